@@ -1,0 +1,94 @@
+# fisherd — build, test, run.
+#
+#   make deps     install the Debian packages building and testing need (root)
+#   make          build/libfisher.a, build/libfisher.so, build/fisherd
+#   make test     deps, build, unit + parity tests, then again under ASan+UBSan
+#   make run      the best fisherd can do so far: a short `tiny` training run
+#   make bench    one training step, C vs PyTorch, side by side
+#   make fixtures regenerate the PyTorch golden files (needs python3-torch)
+#   make clean
+
+CC      ?= cc
+BUILD   ?= build
+OPT     ?= -O2
+PKGS    := openblas jansson
+CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC \
+               -Ilib $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS  ?= $(OPT)
+CFLAGS  += $(CFLAGS_BASE)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+# Every package building and testing needs. The daemon's (libmicrohttpd,
+# SQLite, libuv) are listed now so a machine set up once stays set up.
+DEB_PKGS := gcc make pkg-config libopenblas-dev libjansson-dev libcmocka-dev zlib1g-dev \
+            libsqlite3-dev libuv1-dev libmicrohttpd-dev
+
+LIB_SRC   := $(sort $(wildcard lib/*.c))
+LIB_OBJ   := $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
+UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+DAEMON_SRC := $(sort $(wildcard daemon/*.c))
+DAEMON_OBJ := $(DAEMON_SRC:daemon/%.c=$(BUILD)/daemon/%.o)
+
+.PHONY: all deps test unit unit-asan run bench fixtures clean
+.DELETE_ON_ERROR:
+
+all: $(BUILD)/libfisher.a $(BUILD)/libfisher.so $(BUILD)/fisherd
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all present"; fi
+
+$(BUILD)/lib/%.o: lib/%.c $(wildcard lib/*.h) | $(BUILD)/lib
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/daemon/%.o: daemon/%.c $(wildcard lib/*.h daemon/*.h) | $(BUILD)/daemon
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libfisher.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libfisher.so: $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
+
+$(BUILD)/fisherd: $(DAEMON_OBJ) $(BUILD)/libfisher.a
+	$(CC) $(LDFLAGS) -o $@ $(DAEMON_OBJ) $(BUILD)/libfisher.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/testutil.h $(BUILD)/libfisher.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(BUILD)/libfisher.a -lcmocka -lz $(LDLIBS)
+
+$(BUILD)/lib $(BUILD)/daemon $(BUILD)/tests:
+	mkdir -p $@
+
+# Unit and parity tests; each binary prints cmocka's summary. Tests find the
+# committed golden files through FISHER_FIXTURES.
+unit: $(UNIT_BIN)
+	@fail=0; for t in $(UNIT_BIN); do \
+	  FISHER_FIXTURES=tests/parity/fixtures $$t || fail=1; \
+	done; exit $$fail
+
+unit-asan:
+	$(MAKE) BUILD=build/asan OPT="-O1 $(SAN)" LDFLAGS="$(SAN)" unit
+
+test: deps
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) unit-asan
+
+run: all
+	$(BUILD)/fisherd train --config tiny --steps 300 --batch 4 --image-size 64 --lr 1e-3
+
+bench: all
+	$(MAKE) -C tests/bench
+
+fixtures:
+	/usr/bin/python3 tests/parity/make_fixtures.py tests/parity/fixtures
+
+clean:
+	rm -rf build

@@ -1,0 +1,594 @@
+/*
+ * layers.c — forward/backward pairs of the SegFormer building blocks.
+ * Contracts, layouts and the dimension legend are in layers.h.
+ *
+ * Everything that is a matrix product goes to OpenBLAS sgemm; what remains
+ * is written as plain loops over contiguous channels so the compiler can
+ * vectorise them. Reductions that run over many rows (BatchNorm statistics)
+ * accumulate in double: with B·H·W in the tens of thousands a float sum
+ * would lose the digits the parity tests check.
+ */
+#include "layers.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ Linear */
+
+void fisher_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                           int R, int IC, int OC) {
+    float beta = 0.0f;
+    if (bias) {
+        for (int r = 0; r < R; r++) memcpy(out + (size_t)r * OC, bias, (size_t)OC * sizeof *out);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, IC, 1.0f, inp, IC, weight, IC,
+                beta, out, OC);
+}
+
+/* Σ over rows of a (R, C) matrix, added into acc (C). */
+static void add_column_sums(float *acc, const float *m, int R, int C, int ld) {
+    for (int r = 0; r < R; r++) {
+        const float *m_r = m + (size_t)r * ld;
+        for (int c = 0; c < C; c++) acc[c] += m_r[c];
+    }
+}
+
+void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int R, int IC, int OC) {
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, IC, OC, 1.0f, dout, OC, weight,
+                    IC, 1.0f, dinp, IC);
+    if (dweight)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, R, 1.0f, dout, OC, inp, IC,
+                    1.0f, dweight, IC);
+    if (dbias) add_column_sums(dbias, dout, R, OC, OC);
+}
+
+/* ------------------------------------------------------------------ Conv2d */
+/*
+ * Channels-last im2col. A row of the column matrix is one output position
+ * (b, oh, ow); its columns are grouped by conv group, and inside a group
+ * ordered (kh, kw, c) — not PyTorch's (c, kh, kw) — so that filling a row is
+ * a memcpy of a contiguous channel run per kernel tap. The weight is
+ * permuted into the same order once per call (it is small), so the product
+ * is a plain sgemm per group:
+ *
+ *     out[:, g·OCg : (g+1)·OCg] = col[:, g·Kg : (g+1)·Kg] · wperm_gᵀ
+ *
+ * Depthwise convolutions (groups == C == OC) take a direct loop instead:
+ * one-column GEMMs per channel would be all overhead.
+ */
+
+int fisher_conv2d_dims_init(fisher_conv2d_dims *d, int B, int H, int W, int C, int OC, int KH,
+                            int KW, int stride, int pad, int groups) {
+    if (B <= 0 || H <= 0 || W <= 0 || C <= 0 || OC <= 0 || KH <= 0 || KW <= 0 || stride <= 0 ||
+        pad < 0 || groups <= 0 || C % groups || OC % groups)
+        return -1;
+    d->B = B, d->H = H, d->W = W, d->C = C;
+    d->OC = OC, d->KH = KH, d->KW = KW;
+    d->stride = stride, d->pad = pad, d->groups = groups;
+    d->OH = (H + 2 * pad - KH) / stride + 1;
+    d->OW = (W + 2 * pad - KW) / stride + 1;
+    return (H + 2 * pad < KH || W + 2 * pad < KW) ? -1 : 0;
+}
+
+static int conv_is_depthwise(const fisher_conv2d_dims *d) {
+    return d->groups == d->C && d->OC == d->C;
+}
+
+/* 1×1, stride 1, no padding, one group: the input already is the column matrix. */
+static int conv_is_pointwise(const fisher_conv2d_dims *d) {
+    return d->KH == 1 && d->KW == 1 && d->stride == 1 && d->pad == 0 && d->groups == 1;
+}
+
+size_t fisher_conv2d_scratch_floats(const fisher_conv2d_dims *d) {
+    size_t taps = (size_t)d->KH * d->KW;
+    if (conv_is_depthwise(d)) return 2 * taps * d->C; /* transposed weight + its gradient */
+    size_t kg = (size_t)(d->C / d->groups) * taps;
+    size_t rows = (size_t)d->B * d->OH * d->OW;
+    size_t col = conv_is_pointwise(d) ? 0 : rows * (size_t)d->groups * kg;
+    return 2 * (size_t)d->OC * kg + col; /* wperm, dwperm, col */
+}
+
+/* wperm (OC, KH, KW, Cg) from weight (OC, Cg, KH, KW). */
+static void conv_permute_weight(float *wperm, const float *weight, const fisher_conv2d_dims *d) {
+    int cg = d->C / d->groups, taps = d->KH * d->KW;
+    for (int o = 0; o < d->OC; o++)
+        for (int ci = 0; ci < cg; ci++)
+            for (int t = 0; t < taps; t++)
+                wperm[((size_t)o * taps + t) * cg + ci] = weight[((size_t)o * cg + ci) * taps + t];
+}
+
+/* weight (OC, Cg, KH, KW) += dwperm (OC, KH, KW, Cg). */
+static void conv_unpermute_add(float *dweight, const float *dwperm, const fisher_conv2d_dims *d) {
+    int cg = d->C / d->groups, taps = d->KH * d->KW;
+    for (int o = 0; o < d->OC; o++)
+        for (int ci = 0; ci < cg; ci++)
+            for (int t = 0; t < taps; t++)
+                dweight[((size_t)o * cg + ci) * taps + t] += dwperm[((size_t)o * taps + t) * cg + ci];
+}
+
+/* col (B·OH·OW, G·KH·KW·Cg) from inp (B, H, W, C); zero where the tap is in the padding. */
+static void conv_im2col(float *col, const float *inp, const fisher_conv2d_dims *d) {
+    int G = d->groups, cg = d->C / G, taps = d->KH * d->KW;
+    size_t width = (size_t)G * taps * cg;
+    for (int b = 0; b < d->B; b++)
+        for (int oh = 0; oh < d->OH; oh++)
+            for (int ow = 0; ow < d->OW; ow++) {
+                float *col_r = col + (((size_t)b * d->OH + oh) * d->OW + ow) * width;
+                for (int ki = 0; ki < d->KH; ki++) {
+                    int ih = oh * d->stride - d->pad + ki;
+                    for (int kj = 0; kj < d->KW; kj++) {
+                        int iw = ow * d->stride - d->pad + kj, t = ki * d->KW + kj;
+                        int inside = ih >= 0 && ih < d->H && iw >= 0 && iw < d->W;
+                        const float *x = inp + (((size_t)b * d->H + ih) * d->W + iw) * d->C;
+                        for (int g = 0; g < G; g++) {
+                            float *dst = col_r + ((size_t)g * taps + t) * cg;
+                            if (inside) memcpy(dst, x + (size_t)g * cg, (size_t)cg * sizeof *dst);
+                            else memset(dst, 0, (size_t)cg * sizeof *dst);
+                        }
+                    }
+                }
+            }
+}
+
+/* dinp (B, H, W, C) += the column-matrix gradient folded back onto the input. */
+static void conv_col2im_add(float *dinp, const float *dcol, const fisher_conv2d_dims *d) {
+    int G = d->groups, cg = d->C / G, taps = d->KH * d->KW;
+    size_t width = (size_t)G * taps * cg;
+    for (int b = 0; b < d->B; b++)
+        for (int oh = 0; oh < d->OH; oh++)
+            for (int ow = 0; ow < d->OW; ow++) {
+                const float *dcol_r = dcol + (((size_t)b * d->OH + oh) * d->OW + ow) * width;
+                for (int ki = 0; ki < d->KH; ki++) {
+                    int ih = oh * d->stride - d->pad + ki;
+                    if (ih < 0 || ih >= d->H) continue;
+                    for (int kj = 0; kj < d->KW; kj++) {
+                        int iw = ow * d->stride - d->pad + kj, t = ki * d->KW + kj;
+                        if (iw < 0 || iw >= d->W) continue;
+                        float *dx = dinp + (((size_t)b * d->H + ih) * d->W + iw) * d->C;
+                        for (int g = 0; g < G; g++) {
+                            const float *src = dcol_r + ((size_t)g * taps + t) * cg;
+                            float *dst = dx + (size_t)g * cg;
+                            for (int c = 0; c < cg; c++) dst[c] += src[c];
+                        }
+                    }
+                }
+            }
+}
+
+static void conv_depthwise_forward(float *out, float *wt, const float *inp, const float *weight,
+                                   const float *bias, const fisher_conv2d_dims *d) {
+    int C = d->C, taps = d->KH * d->KW;
+    for (int c = 0; c < C; c++) /* wt (KH·KW, C) so the inner loop runs over channels */
+        for (int t = 0; t < taps; t++) wt[(size_t)t * C + c] = weight[(size_t)c * taps + t];
+    for (int b = 0; b < d->B; b++)
+        for (int oh = 0; oh < d->OH; oh++)
+            for (int ow = 0; ow < d->OW; ow++) {
+                float *o = out + (((size_t)b * d->OH + oh) * d->OW + ow) * C;
+                if (bias) memcpy(o, bias, (size_t)C * sizeof *o);
+                else memset(o, 0, (size_t)C * sizeof *o);
+                for (int ki = 0; ki < d->KH; ki++) {
+                    int ih = oh * d->stride - d->pad + ki;
+                    if (ih < 0 || ih >= d->H) continue;
+                    for (int kj = 0; kj < d->KW; kj++) {
+                        int iw = ow * d->stride - d->pad + kj;
+                        if (iw < 0 || iw >= d->W) continue;
+                        const float *x = inp + (((size_t)b * d->H + ih) * d->W + iw) * C;
+                        const float *w_t = wt + (size_t)(ki * d->KW + kj) * C;
+                        for (int c = 0; c < C; c++) o[c] += x[c] * w_t[c];
+                    }
+                }
+            }
+}
+
+static void conv_depthwise_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                    const float *dout, const float *inp, const float *weight,
+                                    const fisher_conv2d_dims *d) {
+    int C = d->C, taps = d->KH * d->KW;
+    float *wt = scratch, *dwt = scratch + (size_t)taps * C;
+    for (int c = 0; c < C; c++)
+        for (int t = 0; t < taps; t++) wt[(size_t)t * C + c] = weight[(size_t)c * taps + t];
+    memset(dwt, 0, (size_t)taps * C * sizeof *dwt);
+    for (int b = 0; b < d->B; b++)
+        for (int oh = 0; oh < d->OH; oh++)
+            for (int ow = 0; ow < d->OW; ow++) {
+                const float *g = dout + (((size_t)b * d->OH + oh) * d->OW + ow) * C;
+                if (dbias)
+                    for (int c = 0; c < C; c++) dbias[c] += g[c];
+                for (int ki = 0; ki < d->KH; ki++) {
+                    int ih = oh * d->stride - d->pad + ki;
+                    if (ih < 0 || ih >= d->H) continue;
+                    for (int kj = 0; kj < d->KW; kj++) {
+                        int iw = ow * d->stride - d->pad + kj, t = ki * d->KW + kj;
+                        if (iw < 0 || iw >= d->W) continue;
+                        size_t at = (((size_t)b * d->H + ih) * d->W + iw) * C;
+                        if (dweight) {
+                            const float *x = inp + at;
+                            float *dw_t = dwt + (size_t)t * C;
+                            for (int c = 0; c < C; c++) dw_t[c] += g[c] * x[c];
+                        }
+                        if (dinp) {
+                            float *dx = dinp + at;
+                            const float *w_t = wt + (size_t)t * C;
+                            for (int c = 0; c < C; c++) dx[c] += g[c] * w_t[c];
+                        }
+                    }
+                }
+            }
+    if (dweight)
+        for (int c = 0; c < C; c++)
+            for (int t = 0; t < taps; t++) dweight[(size_t)c * taps + t] += dwt[(size_t)t * C + c];
+}
+
+void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
+                           const float *bias, const fisher_conv2d_dims *d) {
+    if (conv_is_depthwise(d)) {
+        conv_depthwise_forward(out, scratch, inp, weight, bias, d);
+        return;
+    }
+    int G = d->groups, ocg = d->OC / G, kg = (d->C / G) * d->KH * d->KW;
+    int rows = d->B * d->OH * d->OW;
+    float *wperm = scratch, *col = scratch + 2 * (size_t)d->OC * kg;
+    conv_permute_weight(wperm, weight, d);
+    const float *a = inp;
+    if (!conv_is_pointwise(d)) {
+        conv_im2col(col, inp, d);
+        a = col;
+    }
+    float beta = 0.0f;
+    if (bias) {
+        for (int r = 0; r < rows; r++) memcpy(out + (size_t)r * d->OC, bias, (size_t)d->OC * sizeof *out);
+        beta = 1.0f;
+    }
+    for (int g = 0; g < G; g++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ocg, kg, 1.0f,
+                    a + (size_t)g * kg, G * kg, wperm + (size_t)g * ocg * kg, kg, beta,
+                    out + (size_t)g * ocg, d->OC);
+}
+
+void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *inp, const float *weight,
+                            const fisher_conv2d_dims *d) {
+    if (conv_is_depthwise(d)) {
+        conv_depthwise_backward(dinp, dweight, dbias, scratch, dout, inp, weight, d);
+        return;
+    }
+    int G = d->groups, ocg = d->OC / G, kg = (d->C / G) * d->KH * d->KW;
+    int rows = d->B * d->OH * d->OW;
+    float *wperm = scratch, *dwperm = scratch + (size_t)d->OC * kg;
+    float *col = scratch + 2 * (size_t)d->OC * kg;
+    int pointwise = conv_is_pointwise(d);
+    if (dbias) add_column_sums(dbias, dout, rows, d->OC, d->OC);
+    if (dweight) {
+        const float *a = inp;
+        if (!pointwise) {
+            conv_im2col(col, inp, d);
+            a = col;
+        }
+        for (int g = 0; g < G; g++)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ocg, kg, rows, 1.0f,
+                        dout + (size_t)g * ocg, d->OC, a + (size_t)g * kg, G * kg, 0.0f,
+                        dwperm + (size_t)g * ocg * kg, kg);
+        conv_unpermute_add(dweight, dwperm, d);
+    }
+    if (dinp) {
+        conv_permute_weight(wperm, weight, d);
+        if (pointwise) { /* dinp is the column matrix: accumulate straight into it */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, kg, d->OC, 1.0f, dout,
+                        d->OC, wperm, kg, 1.0f, dinp, kg);
+            return;
+        }
+        /* col's contents are no longer needed: it becomes dcol. */
+        for (int g = 0; g < G; g++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, kg, ocg, 1.0f,
+                        dout + (size_t)g * ocg, d->OC, wperm + (size_t)g * ocg * kg, kg, 0.0f,
+                        col + (size_t)g * kg, G * kg);
+        conv_col2im_add(dinp, col, d);
+    }
+}
+
+/* --------------------------------------------------------------- LayerNorm */
+
+void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int R, int C, float eps) {
+    for (int r = 0; r < R; r++) {
+        const float *x = inp + (size_t)r * C;
+        float *o = out + (size_t)r * C;
+        float m = 0.0f, v = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        v /= C;
+        float s = 1.0f / sqrtf(v + eps);
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+        mean[r] = m, rstd[r] = s;
+    }
+}
+
+void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int R, int C) {
+    for (int r = 0; r < R; r++) {
+        const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
+        float m = mean[r], s = rstd[r];
+        float sum_dn = 0.0f, sum_dn_n = 0.0f; /* Σ dnorm, Σ dnorm·norm */
+        for (int c = 0; c < C; c++) {
+            float n = (x[c] - m) * s, dn = g[c] * weight[c];
+            sum_dn += dn, sum_dn_n += dn * n;
+            if (dweight) dweight[c] += g[c] * n;
+            if (dbias) dbias[c] += g[c];
+        }
+        if (!dinp) continue;
+        float *dx = dinp + (size_t)r * C;
+        sum_dn /= C, sum_dn_n /= C;
+        for (int c = 0; c < C; c++) {
+            float n = (x[c] - m) * s;
+            dx[c] += s * (g[c] * weight[c] - sum_dn - n * sum_dn_n);
+        }
+    }
+}
+
+/* --------------------------------------------------------------- BatchNorm */
+
+void fisher_batchnorm_forward_train(float *out, float *mean, float *rstd, float *running_mean,
+                                    float *running_var, const float *inp, const float *weight,
+                                    const float *bias, int R, int C, float momentum, float eps) {
+    double sum[C], sq[C];
+    for (int c = 0; c < C; c++) sum[c] = 0.0, sq[c] = 0.0;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) sum[c] += inp[(size_t)r * C + c];
+    for (int c = 0; c < C; c++) mean[c] = (float)(sum[c] / R);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            double x = (double)inp[(size_t)r * C + c] - mean[c];
+            sq[c] += x * x;
+        }
+    for (int c = 0; c < C; c++) {
+        double var = sq[c] / R;
+        rstd[c] = (float)(1.0 / sqrt(var + eps));
+        double unbiased = R > 1 ? sq[c] / (R - 1) : var;
+        running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
+        running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)unbiased;
+    }
+    for (int r = 0; r < R; r++) {
+        const float *x = inp + (size_t)r * C;
+        float *o = out + (size_t)r * C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] - mean[c]) * rstd[c] * weight[c] + bias[c];
+    }
+}
+
+void fisher_batchnorm_forward_eval(float *out, const float *inp, const float *weight,
+                                   const float *bias, const float *running_mean,
+                                   const float *running_var, int R, int C, float eps) {
+    float scale[C], shift[C];
+    for (int c = 0; c < C; c++) {
+        scale[c] = weight[c] / sqrtf(running_var[c] + eps);
+        shift[c] = bias[c] - running_mean[c] * scale[c];
+    }
+    for (int r = 0; r < R; r++) {
+        const float *x = inp + (size_t)r * C;
+        float *o = out + (size_t)r * C;
+        for (int c = 0; c < C; c++) o[c] = x[c] * scale[c] + shift[c];
+    }
+}
+
+void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int R, int C) {
+    double sum_g[C], sum_gn[C]; /* Σ dout, Σ dout·norm per channel */
+    for (int c = 0; c < C; c++) sum_g[c] = 0.0, sum_gn[c] = 0.0;
+    for (int r = 0; r < R; r++) {
+        const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
+        for (int c = 0; c < C; c++) {
+            sum_g[c] += g[c];
+            sum_gn[c] += (double)g[c] * ((x[c] - mean[c]) * rstd[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        if (dweight) dweight[c] += (float)sum_gn[c];
+        if (dbias) dbias[c] += (float)sum_g[c];
+    }
+    if (!dinp) return;
+    float k[C], mg[C], mgn[C];
+    for (int c = 0; c < C; c++) {
+        k[c] = weight[c] * rstd[c];
+        mg[c] = (float)(sum_g[c] / R), mgn[c] = (float)(sum_gn[c] / R);
+    }
+    for (int r = 0; r < R; r++) {
+        const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
+        float *dx = dinp + (size_t)r * C;
+        for (int c = 0; c < C; c++) {
+            float n = (x[c] - mean[c]) * rstd[c];
+            dx[c] += k[c] * (g[c] - mg[c] - n * mgn[c]);
+        }
+    }
+}
+
+/* ------------------------------------------------------------- Elementwise */
+
+static const float inv_sqrt_2 = 0.70710678118654752f;
+
+void fisher_gelu_forward(float *out, const float *inp, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * inv_sqrt_2));
+}
+
+void fisher_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * inv_sqrt_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+void fisher_relu_forward(float *out, const float *inp, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+
+void fisher_relu_backward(float *dinp, const float *dout, const float *out, size_t n) {
+    for (size_t i = 0; i < n; i++) dinp[i] += out[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+void fisher_add_inplace(float *out, const float *inp, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] += inp[i];
+}
+
+/* --------------------------------------------------------------- Attention */
+/* Head h of batch b is a strided view: rows of C floats, columns
+ * [h·hd, (h+1)·hd). sgemm's leading dimensions let every product read and
+ * write those views in place, so heads are never split or merged in memory. */
+
+void fisher_attention_forward(float *out, float *att, const float *q, const float *k,
+                              const float *v, int B, int N, int M, int C, int NH) {
+    int hd = C / NH;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q_bh = q + (size_t)b * N * C + h * hd;
+            const float *k_bh = k + (size_t)b * M * C + h * hd;
+            const float *v_bh = v + (size_t)b * M * C + h * hd;
+            float *att_bh = att + ((size_t)b * NH + h) * N * M;
+            float *out_bh = out + (size_t)b * N * C + h * hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, hd, scale, q_bh, C, k_bh,
+                        C, 0.0f, att_bh, M);
+            for (int i = 0; i < N; i++) {
+                float *row = att_bh + (size_t)i * M, mx = row[0], sum = 0.0f;
+                for (int j = 1; j < M; j++) mx = row[j] > mx ? row[j] : mx;
+                for (int j = 0; j < M; j++) sum += (row[j] = expf(row[j] - mx));
+                for (int j = 0; j < M; j++) row[j] /= sum;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, M, 1.0f, att_bh, M,
+                        v_bh, C, 0.0f, out_bh, C);
+        }
+}
+
+size_t fisher_attention_scratch_floats(int N, int M) { return (size_t)N * M; }
+
+void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                               const float *q, const float *k, const float *v, const float *att,
+                               int B, int N, int M, int C, int NH) {
+    int hd = C / NH;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *dscore = scratch; /* (N, M): first d(att), then d(pre-softmax scores) */
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t qo = (size_t)b * N * C + h * hd, ko = (size_t)b * M * C + h * hd;
+            const float *att_bh = att + ((size_t)b * NH + h) * N * M;
+            const float *dout_bh = dout + qo;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, hd, 1.0f, dout_bh, C,
+                        v + ko, C, 0.0f, dscore, M);
+            if (dv)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, hd, N, 1.0f, att_bh, M,
+                            dout_bh, C, 1.0f, dv + ko, C);
+            for (int i = 0; i < N; i++) { /* softmax backward: p·(g − Σ p·g) */
+                const float *p = att_bh + (size_t)i * M;
+                float *g = dscore + (size_t)i * M, dot = 0.0f;
+                for (int j = 0; j < M; j++) dot += p[j] * g[j];
+                for (int j = 0; j < M; j++) g[j] = p[j] * (g[j] - dot);
+            }
+            if (dq)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, M, scale, dscore, M,
+                            k + ko, C, 1.0f, dq + qo, C);
+            if (dk)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, hd, N, scale, dscore, M,
+                            q + qo, C, 1.0f, dk + ko, C);
+        }
+}
+
+/* ---------------------------------------------------------- Bilinear resize */
+/* PyTorch's source index for align_corners=False:
+ *     src = max(0, (dst + 0.5)·in/out − 0.5),  i0 = ⌊src⌋,  i1 = min(i0 + 1, in − 1). */
+typedef struct {
+    int i0, i1;
+    float l0, l1; /* weights of i0 and i1 */
+} resize_tap;
+
+static resize_tap resize_source(int dst, int in, int out) {
+    float scale = (float)in / (float)out;
+    float src = ((float)dst + 0.5f) * scale - 0.5f;
+    if (src < 0.0f) src = 0.0f;
+    resize_tap t;
+    t.i0 = (int)src;
+    t.i1 = t.i0 < in - 1 ? t.i0 + 1 : t.i0;
+    t.l1 = src - (float)t.i0;
+    t.l0 = 1.0f - t.l1;
+    return t;
+}
+
+void fisher_resize_bilinear_forward(float *out, const float *inp, int B, int H, int W, int C,
+                                    int OH, int OW) {
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++) {
+            resize_tap th = resize_source(oh, H, OH);
+            const float *row0 = inp + ((size_t)b * H + th.i0) * W * C;
+            const float *row1 = inp + ((size_t)b * H + th.i1) * W * C;
+            for (int ow = 0; ow < OW; ow++) {
+                resize_tap tw = resize_source(ow, W, OW);
+                const float *x00 = row0 + (size_t)tw.i0 * C, *x01 = row0 + (size_t)tw.i1 * C;
+                const float *x10 = row1 + (size_t)tw.i0 * C, *x11 = row1 + (size_t)tw.i1 * C;
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;
+                for (int c = 0; c < C; c++)
+                    o[c] = th.l0 * (tw.l0 * x00[c] + tw.l1 * x01[c]) +
+                           th.l1 * (tw.l0 * x10[c] + tw.l1 * x11[c]);
+            }
+        }
+}
+
+void fisher_resize_bilinear_backward(float *dinp, const float *dout, int B, int H, int W, int C,
+                                     int OH, int OW) {
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++) {
+            resize_tap th = resize_source(oh, H, OH);
+            float *row0 = dinp + ((size_t)b * H + th.i0) * W * C;
+            float *row1 = dinp + ((size_t)b * H + th.i1) * W * C;
+            for (int ow = 0; ow < OW; ow++) {
+                resize_tap tw = resize_source(ow, W, OW);
+                float *x00 = row0 + (size_t)tw.i0 * C, *x01 = row0 + (size_t)tw.i1 * C;
+                float *x10 = row1 + (size_t)tw.i0 * C, *x11 = row1 + (size_t)tw.i1 * C;
+                const float *g = dout + (((size_t)b * OH + oh) * OW + ow) * C;
+                float w00 = th.l0 * tw.l0, w01 = th.l0 * tw.l1;
+                float w10 = th.l1 * tw.l0, w11 = th.l1 * tw.l1;
+                for (int c = 0; c < C; c++) {
+                    x00[c] += w00 * g[c];
+                    x01[c] += w01 * g[c];
+                    x10[c] += w10 * g[c];
+                    x11[c] += w11 * g[c];
+                }
+            }
+        }
+}
+
+/* ------------------------------------------------------------------ Concat */
+
+void fisher_concat_forward(float *out, const float *const *parts, const int *widths, int n_parts,
+                           int R) {
+    int total = 0;
+    for (int i = 0; i < n_parts; i++) total += widths[i];
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)r * total;
+        for (int i = 0; i < n_parts; i++) {
+            memcpy(o, parts[i] + (size_t)r * widths[i], (size_t)widths[i] * sizeof *o);
+            o += widths[i];
+        }
+    }
+}
+
+void fisher_concat_backward(float *const *dparts, const float *dout, const int *widths,
+                            int n_parts, int R) {
+    int total = 0;
+    for (int i = 0; i < n_parts; i++) total += widths[i];
+    for (int r = 0; r < R; r++) {
+        const float *g = dout + (size_t)r * total;
+        for (int i = 0; i < n_parts; i++) {
+            if (dparts[i]) {
+                float *d = dparts[i] + (size_t)r * widths[i];
+                for (int c = 0; c < widths[i]; c++) d[c] += g[c];
+            }
+            g += widths[i];
+        }
+    }
+}

@@ -1,0 +1,119 @@
+/*
+ * layers.h — the building blocks of the SegFormer engine, each a forward /
+ * backward pair of free functions in the style of llm.c:
+ *
+ *     layer_forward(out, cache..., inp, weights..., dims...)
+ *     layer_backward(dinp, dweight..., dout, inp, cache..., weights..., dims...)
+ *
+ * Outputs first, then inputs, then sizes. Backward ACCUMULATES (+=) into
+ * every gradient buffer it is given, so one zero_grad clears a whole model
+ * and branches that share an input simply add up. Any gradient pointer may
+ * be NULL: that gradient is not computed (this is how back-propagation stops
+ * below the earliest trainable layer, and how frozen tensors skip their
+ * weight-gradient GEMM).
+ *
+ * Layout. Activations are channels-last everywhere: an image batch is
+ * (B, H, W, C) and a token sequence is (B, N, C) with N = H·W — the same
+ * memory, so the transformer and the convolutions hand tensors to each other
+ * without transposes. Weights keep PyTorch's layouts so checkpoints load
+ * unchanged: Linear (OC, IC), Conv2d (OC, C/groups, KH, KW).
+ *
+ * Dimension legend: B batch, N tokens, C channels, OC output channels,
+ * IC input channels, R rows (= every position a weight is applied at),
+ * H W input height/width, OH OW output height/width, NH heads, M keys.
+ *
+ * None of these functions allocate, fail or touch global state; scratch
+ * memory comes from the caller, sized by the *_scratch_floats helpers.
+ */
+#ifndef FISHER_LAYERS_H
+#define FISHER_LAYERS_H
+
+#include <stddef.h>
+
+/* ---- Linear: out (R, OC) = inp (R, IC) · weight (OC, IC)ᵀ + bias (OC) ---- */
+void fisher_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                           int R, int IC, int OC);
+/* dinp (R, IC) += dout·weight; dweight (OC, IC) += doutᵀ·inp; dbias += Σ_rows dout. */
+void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int R, int IC, int OC);
+
+/* ---- Conv2d, channels-last, stride/padding/groups (depthwise included) ---- */
+typedef struct {
+    int B, H, W, C;        /* input (B, H, W, C) */
+    int OC, KH, KW;        /* weight (OC, C/groups, KH, KW) */
+    int stride, pad, groups;
+    int OH, OW;            /* output (B, OH, OW, OC), derived */
+} fisher_conv2d_dims;
+
+/* Fills d and derives OH, OW as PyTorch does. Returns 0, or -1 when the
+ * combination is impossible (C or OC not divisible by groups, empty output). */
+int fisher_conv2d_dims_init(fisher_conv2d_dims *d, int B, int H, int W, int C, int OC, int KH,
+                            int KW, int stride, int pad, int groups);
+/* Floats of scratch the forward and backward of d need (im2col + permuted weight). */
+size_t fisher_conv2d_scratch_floats(const fisher_conv2d_dims *d);
+
+void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
+                           const float *bias, const fisher_conv2d_dims *d);
+void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *inp, const float *weight,
+                            const fisher_conv2d_dims *d);
+
+/* ---- LayerNorm over the last axis: (R, C) -> (R, C); caches mean, rstd (R) ---- */
+void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int R, int C, float eps);
+void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int R, int C);
+
+/* ---- BatchNorm2d, channels-last: (R = B·H·W, C), PyTorch semantics ----
+ * Training: normalise with the batch's biased variance, cache mean and rstd
+ * (C), and update the running statistics with momentum and the unbiased
+ * variance. Evaluation: normalise with the running statistics. */
+void fisher_batchnorm_forward_train(float *out, float *mean, float *rstd, float *running_mean,
+                                    float *running_var, const float *inp, const float *weight,
+                                    const float *bias, int R, int C, float momentum, float eps);
+void fisher_batchnorm_forward_eval(float *out, const float *inp, const float *weight,
+                                   const float *bias, const float *running_mean,
+                                   const float *running_var, int R, int C, float eps);
+void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int R, int C);
+
+/* ---- Elementwise ---- */
+/* GELU, exact: x·Φ(x) with the erf form (PyTorch's default). */
+void fisher_gelu_forward(float *out, const float *inp, size_t n);
+void fisher_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void fisher_relu_forward(float *out, const float *inp, size_t n);
+/* Uses the forward's output: relu'(x) = out > 0. */
+void fisher_relu_backward(float *dinp, const float *dout, const float *out, size_t n);
+/* out (n) += inp (n): residual connections, and their backward. */
+void fisher_add_inplace(float *out, const float *inp, size_t n);
+
+/* ---- Multi-head attention core (the part between the projections) ----
+ * q (B, N, C), k and v (B, M, C), NH heads of C/NH channels each, head h
+ * owning channels [h·C/NH, (h+1)·C/NH). att (B, NH, N, M) caches the softmax
+ * probabilities for the backward; out (B, N, C).
+ *   att = softmax(q_h·k_hᵀ / sqrt(C/NH)),  out_h = att·v_h */
+void fisher_attention_forward(float *out, float *att, const float *q, const float *k,
+                              const float *v, int B, int N, int M, int C, int NH);
+/* scratch: fisher_attention_scratch_floats(N, M) floats. */
+size_t fisher_attention_scratch_floats(int N, int M);
+void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                               const float *q, const float *k, const float *v, const float *att,
+                               int B, int N, int M, int C, int NH);
+
+/* ---- Bilinear resize, align_corners=False (PyTorch's interpolate) ----
+ * inp (B, H, W, C) -> out (B, OH, OW, C). */
+void fisher_resize_bilinear_forward(float *out, const float *inp, int B, int H, int W, int C,
+                                    int OH, int OW);
+void fisher_resize_bilinear_backward(float *dinp, const float *dout, int B, int H, int W, int C,
+                                     int OH, int OW);
+
+/* ---- Concatenate along channels: parts[i] (R, widths[i]) -> out (R, Σ widths) ---- */
+void fisher_concat_forward(float *out, const float *const *parts, const int *widths, int n_parts,
+                           int R);
+/* dparts[i] (R, widths[i]) += its slice of dout; NULL entries are skipped. */
+void fisher_concat_backward(float *const *dparts, const float *dout, const int *widths,
+                            int n_parts, int R);
+
+#endif

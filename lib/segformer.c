@@ -1,0 +1,901 @@
+/*
+ * segformer.c — SegFormer forward and backward on the layers of layers.c.
+ * See segformer.h for the model and its lifecycle.
+ *
+ * Memory plan (llm.c style): parameters, gradients and buffers are one flat
+ * array each, carved by a fisher_tensor_table. Activations for a given
+ * (B, H, W) are carved out of ONE allocation by walking the model twice with
+ * the same layout code — once to measure, once to hand out pointers — so the
+ * forward never allocates. The forward caches exactly what the backward
+ * needs (every layer input, LayerNorm/BatchNorm mean and rstd, attention
+ * probabilities, pre-activation values) and nothing else.
+ *
+ * Backward scratch is shared: blocks are differentiated one after another,
+ * so one set of block-sized gradient buffers (sized for the largest block)
+ * serves them all, and the residual stream's gradient is accumulated in
+ * place (x_out = x + f(x) ⇒ dx = dx_out + f'ᵀ·dx_out, and every backward
+ * here accumulates).
+ *
+ * Dimension legend as in layers.h; per stage s: h_s × w_s tokens N_s, C_s
+ * channels, M_s = reduced key/value tokens, D decoder width, L labels.
+ */
+#include "segformer.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers.h"
+#include "rng.h"
+
+/* ---------------------------------------------------------------- configs */
+
+typedef struct {
+    const char *name;
+    int hidden[4], depths[4], heads[4], decoder;
+} named_config;
+
+static const named_config named_configs[] = {
+    {"tiny", {16, 32, 64, 128}, {1, 1, 1, 1}, {1, 1, 2, 4}, 64},
+    {"mit-b0", {32, 64, 160, 256}, {2, 2, 2, 2}, {1, 2, 5, 8}, 256},
+    {"mit-b1", {64, 128, 320, 512}, {2, 2, 2, 2}, {1, 2, 5, 8}, 256},
+    {"mit-b2", {64, 128, 320, 512}, {3, 4, 6, 3}, {1, 2, 5, 8}, 768},
+};
+
+int fisher_segformer_config_named(fisher_segformer_config *cfg, const char *name,
+                                  fisher_error *err) {
+    for (size_t i = 0; i < sizeof named_configs / sizeof *named_configs; i++) {
+        const named_config *n = &named_configs[i];
+        if (strcmp(n->name, name) != 0) continue;
+        static const int sr[4] = {8, 4, 2, 1}, patch[4] = {7, 3, 3, 3}, stride[4] = {4, 2, 2, 2};
+        memset(cfg, 0, sizeof *cfg);
+        cfg->num_channels = 3;
+        for (int s = 0; s < FISHER_STAGES; s++) {
+            cfg->hidden_sizes[s] = n->hidden[s], cfg->depths[s] = n->depths[s];
+            cfg->num_heads[s] = n->heads[s], cfg->sr_ratios[s] = sr[s];
+            cfg->patch_sizes[s] = patch[s], cfg->strides[s] = stride[s];
+        }
+        cfg->mlp_ratio = 4;
+        cfg->decoder_hidden_size = n->decoder;
+        cfg->num_labels = 1;
+        cfg->layer_norm_eps = 1e-5f;
+        cfg->batch_norm_eps = 1e-5f;
+        cfg->batch_norm_momentum = 0.1f;
+        return 0;
+    }
+    return fisher_errorf(err, "unknown model config '%s' (known: tiny, mit-b0, mit-b1, mit-b2)",
+                         name);
+}
+
+int fisher_segformer_config_validate(const fisher_segformer_config *cfg, fisher_error *err) {
+    if (cfg->num_channels < 1 || cfg->num_channels > 16)
+        return fisher_errorf(err, "num_channels must be 1..16, got %d", cfg->num_channels);
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        int c = cfg->hidden_sizes[s], h = cfg->num_heads[s];
+        if (c < 1 || c > 4096) return fisher_errorf(err, "hidden_sizes[%d] must be 1..4096, got %d", s, c);
+        if (cfg->depths[s] < 1 || cfg->depths[s] > 64)
+            return fisher_errorf(err, "depths[%d] must be 1..64, got %d", s, cfg->depths[s]);
+        if (h < 1 || c % h)
+            return fisher_errorf(err, "num_attention_heads[%d] = %d must divide hidden_sizes[%d] = %d",
+                                 s, h, s, c);
+        if (cfg->sr_ratios[s] < 1 || cfg->sr_ratios[s] > 64)
+            return fisher_errorf(err, "sr_ratios[%d] must be 1..64, got %d", s, cfg->sr_ratios[s]);
+        if (cfg->patch_sizes[s] < 1 || cfg->patch_sizes[s] > 15 || cfg->strides[s] < 1 ||
+            cfg->strides[s] > cfg->patch_sizes[s])
+            return fisher_errorf(err, "stage %d: patch size %d / stride %d out of range", s,
+                                 cfg->patch_sizes[s], cfg->strides[s]);
+    }
+    if (cfg->mlp_ratio < 1 || cfg->mlp_ratio > 16)
+        return fisher_errorf(err, "mlp_ratio must be 1..16, got %d", cfg->mlp_ratio);
+    if (cfg->decoder_hidden_size < 1 || cfg->decoder_hidden_size > 4096)
+        return fisher_errorf(err, "decoder_hidden_size must be 1..4096, got %d", cfg->decoder_hidden_size);
+    if (cfg->num_labels < 1 || cfg->num_labels > 1024)
+        return fisher_errorf(err, "num_labels must be 1..1024, got %d", cfg->num_labels);
+    if (!(cfg->layer_norm_eps > 0) || !(cfg->batch_norm_eps > 0) ||
+        !(cfg->batch_norm_momentum >= 0 && cfg->batch_norm_momentum <= 1))
+        return fisher_errorf(err, "norm eps must be > 0 and batch-norm momentum in [0, 1]");
+    return 0;
+}
+
+static json_t *int_array(const int *v, int n) {
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(a, json_integer(v[i]));
+    return a;
+}
+
+char *fisher_segformer_config_to_json(const fisher_segformer_config *cfg) {
+    int mlp[FISHER_STAGES];
+    for (int s = 0; s < FISHER_STAGES; s++) mlp[s] = cfg->mlp_ratio;
+    json_t *o = json_object();
+    json_object_set_new(o, "model_type", json_string("segformer"));
+    json_object_set_new(o, "num_channels", json_integer(cfg->num_channels));
+    json_object_set_new(o, "num_encoder_blocks", json_integer(FISHER_STAGES));
+    json_object_set_new(o, "hidden_sizes", int_array(cfg->hidden_sizes, FISHER_STAGES));
+    json_object_set_new(o, "depths", int_array(cfg->depths, FISHER_STAGES));
+    json_object_set_new(o, "num_attention_heads", int_array(cfg->num_heads, FISHER_STAGES));
+    json_object_set_new(o, "sr_ratios", int_array(cfg->sr_ratios, FISHER_STAGES));
+    json_object_set_new(o, "patch_sizes", int_array(cfg->patch_sizes, FISHER_STAGES));
+    json_object_set_new(o, "strides", int_array(cfg->strides, FISHER_STAGES));
+    json_object_set_new(o, "mlp_ratios", int_array(mlp, FISHER_STAGES));
+    json_object_set_new(o, "decoder_hidden_size", json_integer(cfg->decoder_hidden_size));
+    json_object_set_new(o, "num_labels", json_integer(cfg->num_labels));
+    json_object_set_new(o, "layer_norm_eps", json_real(cfg->layer_norm_eps));
+    json_object_set_new(o, "batch_norm_eps", json_real(cfg->batch_norm_eps));
+    json_object_set_new(o, "batch_norm_momentum", json_real(cfg->batch_norm_momentum));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    return s;
+}
+
+static int read_int_array(json_t *root, const char *key, int *dst, fisher_error *err) {
+    json_t *a = json_object_get(root, key);
+    if (!a) return 0;
+    if (!json_is_array(a) || json_array_size(a) != FISHER_STAGES)
+        return fisher_errorf(err, "config: %s must be an array of %d integers", key, FISHER_STAGES);
+    for (int i = 0; i < FISHER_STAGES; i++) {
+        json_t *v = json_array_get(a, (size_t)i);
+        if (!json_is_integer(v) || json_integer_value(v) < -100000 || json_integer_value(v) > 100000)
+            return fisher_errorf(err, "config: %s[%d] must be an integer", key, i);
+        dst[i] = (int)json_integer_value(v);
+    }
+    return 0;
+}
+
+static int read_int(json_t *root, const char *key, int *dst, fisher_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < -100000 || json_integer_value(v) > 100000)
+        return fisher_errorf(err, "config: %s must be an integer", key);
+    *dst = (int)json_integer_value(v);
+    return 0;
+}
+
+static int read_float(json_t *root, const char *key, float *dst, fisher_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v) return 0;
+    if (!json_is_number(v)) return fisher_errorf(err, "config: %s must be a number", key);
+    *dst = (float)json_number_value(v);
+    return 0;
+}
+
+int fisher_segformer_config_from_json(fisher_segformer_config *cfg, const char *text,
+                                      fisher_error *err) {
+    json_error_t jerr;
+    json_t *root = json_loads(text, 0, &jerr);
+    if (!root) return fisher_errorf(err, "config is not JSON: %s (line %d)", jerr.text, jerr.line);
+    int rc = -1;
+    if (!json_is_object(root)) {
+        fisher_errorf(err, "config must be a JSON object");
+        goto out;
+    }
+    json_t *n = json_object_get(root, "num_encoder_blocks");
+    if (n && (!json_is_integer(n) || json_integer_value(n) != FISHER_STAGES)) {
+        fisher_errorf(err, "config: num_encoder_blocks must be %d", FISHER_STAGES);
+        goto out;
+    }
+    int mlp[FISHER_STAGES] = {0};
+    if (read_int(root, "num_channels", &cfg->num_channels, err) ||
+        read_int_array(root, "hidden_sizes", cfg->hidden_sizes, err) ||
+        read_int_array(root, "depths", cfg->depths, err) ||
+        read_int_array(root, "num_attention_heads", cfg->num_heads, err) ||
+        read_int_array(root, "sr_ratios", cfg->sr_ratios, err) ||
+        read_int_array(root, "patch_sizes", cfg->patch_sizes, err) ||
+        read_int_array(root, "strides", cfg->strides, err) ||
+        read_int_array(root, "mlp_ratios", mlp, err) ||
+        read_int(root, "decoder_hidden_size", &cfg->decoder_hidden_size, err) ||
+        read_int(root, "num_labels", &cfg->num_labels, err) ||
+        read_float(root, "layer_norm_eps", &cfg->layer_norm_eps, err) ||
+        read_float(root, "batch_norm_eps", &cfg->batch_norm_eps, err) ||
+        read_float(root, "batch_norm_momentum", &cfg->batch_norm_momentum, err))
+        goto out;
+    if (json_object_get(root, "mlp_ratios")) {
+        for (int s = 1; s < FISHER_STAGES; s++)
+            if (mlp[s] != mlp[0]) {
+                fisher_errorf(err, "config: mlp_ratios must be equal across stages");
+                goto out;
+            }
+        cfg->mlp_ratio = mlp[0];
+    }
+    rc = fisher_segformer_config_validate(cfg, err);
+out:
+    json_decref(root);
+    return rc;
+}
+
+/* ------------------------------------------------------------- the model */
+
+#define NONE (-1)
+
+/* Tensor indices into the parameter table; NONE when the layer has no such tensor. */
+typedef struct {
+    int ln1_w, ln1_b;
+    int q_w, q_b, k_w, k_b, v_w, v_b;
+    int sr_w, sr_b, sr_ln_w, sr_ln_b; /* only when sr > 1 */
+    int o_w, o_b;
+    int ln2_w, ln2_b;
+    int fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b;
+} block_params;
+
+typedef struct {
+    int patch_w, patch_b, patch_ln_w, patch_ln_b;
+    block_params *blocks;
+    int ln_w, ln_b; /* the stage's closing LayerNorm */
+} stage_params;
+
+/* Activations of one block; (B, N, C) unless noted, M = N / sr². */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd;        /* ln1 (B,N,C), stats (B·N) */
+    float *q;
+    float *sr, *sr_ln, *sr_mean, *sr_rstd;   /* (B,M,C), stats (B·M); sr > 1 only */
+    float *k, *v;                            /* (B,M,C) */
+    float *att;                              /* (B,NH,N,M) softmax probabilities */
+    float *ctx;                              /* attention output before output.dense */
+    float *x1;                               /* residual stream after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *h1, *h2, *h3;                     /* (B,N,4C): dense1, dwconv, GELU */
+    float *out;                              /* residual stream after Mix-FFN */
+} block_acts;
+
+typedef struct {
+    int h, w, N, M;                          /* tokens h×w = N; keys M */
+    fisher_conv2d_dims patch, sr, dw;
+    float *patch_out;                        /* (B,h,w,C) patch conv output */
+    float *x0, *x0_mean, *x0_rstd;           /* after the patch LayerNorm */
+    block_acts *blocks;
+    float *out, *out_mean, *out_rstd;        /* stage output after its LayerNorm */
+} stage_acts;
+
+/* Gradient scratch, shared by all blocks/stages (sized for the largest). */
+typedef struct {
+    float *stage_out[FISHER_STAGES];         /* d of each stage output */
+    float *res;                              /* d of the residual stream */
+    float *ln, *q, *k, *v, *ctx, *sr, *sr_ln;
+    float *hidden_a, *hidden_b;              /* (B,N,4C) twice */
+    float *patch;
+    float *att;                              /* attention scratch (N·M) */
+    float *conv;                             /* conv scratch */
+    float *logits, *relu, *bn, *fuse, *cat, *lc[FISHER_STAGES];
+} grad_scratch;
+
+struct fisher_segformer {
+    fisher_segformer_config cfg;
+    fisher_tensor_table params, buffers;
+    float *param_data, *grad_data, *buffer_data;
+    int64_t num_batches_tracked;
+    stage_params stages[FISHER_STAGES];
+    int lc_w[FISHER_STAGES], lc_b[FISHER_STAGES], fuse_w, bn_w, bn_b, cls_w, cls_b;
+    int bn_mean, bn_var; /* buffer indices */
+
+    /* activations for (B, H, W) */
+    int B, H, W;
+    float *act_memory;
+    size_t act_floats;
+    stage_acts acts[FISHER_STAGES];
+    float *lc[FISHER_STAGES], *up[FISHER_STAGES]; /* (B,N_s,D), (B,N_0,D); up[0] = lc[0] */
+    float *cat, *fuse, *bn, *bn_mean_b, *bn_rstd_b, *relu, *logits, *logits_full;
+    float *conv_scratch;                     /* forward conv scratch */
+    grad_scratch g;
+    const float *images; /* the last forward's input: stage 1's conv backward reads it */
+    int last_training;
+};
+
+static float *P(fisher_segformer *m, int i) {
+    return i == NONE ? NULL : m->param_data + m->params.tensors[i].offset;
+}
+static float *G(fisher_segformer *m, int i) {
+    return i == NONE ? NULL : m->grad_data + m->params.tensors[i].offset;
+}
+
+/* Registers `prefix.weight` (shape) and, when bias_len > 0, `prefix.bias`. */
+static int add_wb(fisher_segformer *m, const char *prefix, int ndim, const int64_t *shape,
+                  int64_t bias_len, int *w, int *b, fisher_error *err) {
+    char name[FISHER_NAME_MAX];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    if ((*w = fisher_table_add(&m->params, name, ndim, shape, err)) < 0) return -1;
+    if (!b) return 0;
+    *b = NONE;
+    if (bias_len <= 0) return 0;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return (*b = fisher_table_add(&m->params, name, 1, &bias_len, err)) < 0 ? -1 : 0;
+}
+
+static int add_linear(fisher_segformer *m, const char *prefix, int in, int out, int *w, int *b,
+                      fisher_error *err) {
+    int64_t shape[2] = {out, in};
+    return add_wb(m, prefix, 2, shape, out, w, b, err);
+}
+
+static int add_conv(fisher_segformer *m, const char *prefix, int in, int out, int k, int groups,
+                    int bias, int *w, int *b, fisher_error *err) {
+    int64_t shape[4] = {out, in / groups, k, k};
+    return add_wb(m, prefix, 4, shape, bias ? out : 0, w, b, err);
+}
+
+static int add_norm(fisher_segformer *m, const char *prefix, int c, int *w, int *b,
+                    fisher_error *err) {
+    int64_t shape[1] = {c};
+    return add_wb(m, prefix, 1, shape, c, w, b, err);
+}
+
+static int build_params(fisher_segformer *m, fisher_error *err) {
+    const fisher_segformer_config *c = &m->cfg;
+    char p[FISHER_NAME_MAX];
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        stage_params *sp = &m->stages[s];
+        int in = s ? c->hidden_sizes[s - 1] : c->num_channels, C = c->hidden_sizes[s];
+        snprintf(p, sizeof p, "segformer.encoder.patch_embeddings.%d.proj", s);
+        if (add_conv(m, p, in, C, c->patch_sizes[s], 1, 1, &sp->patch_w, &sp->patch_b, err)) return -1;
+        snprintf(p, sizeof p, "segformer.encoder.patch_embeddings.%d.layer_norm", s);
+        if (add_norm(m, p, C, &sp->patch_ln_w, &sp->patch_ln_b, err)) return -1;
+    }
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        stage_params *sp = &m->stages[s];
+        int C = c->hidden_sizes[s], hidden = C * c->mlp_ratio, sr = c->sr_ratios[s];
+        sp->blocks = calloc((size_t)c->depths[s], sizeof *sp->blocks);
+        if (!sp->blocks) return fisher_errorf(err, "out of memory building the model");
+        for (int j = 0; j < c->depths[s]; j++) {
+            block_params *bp = &sp->blocks[j];
+            char b[96];
+            snprintf(b, sizeof b, "segformer.encoder.block.%d.%d", s, j);
+#define NAME(suffix) (snprintf(p, sizeof p, "%s.%s", b, suffix), p)
+            if (add_norm(m, NAME("layer_norm_1"), C, &bp->ln1_w, &bp->ln1_b, err) ||
+                add_linear(m, NAME("attention.self.query"), C, C, &bp->q_w, &bp->q_b, err) ||
+                add_linear(m, NAME("attention.self.key"), C, C, &bp->k_w, &bp->k_b, err) ||
+                add_linear(m, NAME("attention.self.value"), C, C, &bp->v_w, &bp->v_b, err))
+                return -1;
+            bp->sr_w = bp->sr_b = bp->sr_ln_w = bp->sr_ln_b = NONE;
+            if (sr > 1 &&
+                (add_conv(m, NAME("attention.self.sr"), C, C, sr, 1, 1, &bp->sr_w, &bp->sr_b, err) ||
+                 add_norm(m, NAME("attention.self.layer_norm"), C, &bp->sr_ln_w, &bp->sr_ln_b, err)))
+                return -1;
+            if (add_linear(m, NAME("attention.output.dense"), C, C, &bp->o_w, &bp->o_b, err) ||
+                add_norm(m, NAME("layer_norm_2"), C, &bp->ln2_w, &bp->ln2_b, err) ||
+                add_linear(m, NAME("mlp.dense1"), C, hidden, &bp->fc1_w, &bp->fc1_b, err) ||
+                add_conv(m, NAME("mlp.dwconv.dwconv"), hidden, hidden, 3, hidden, 1, &bp->dw_w,
+                         &bp->dw_b, err) ||
+                add_linear(m, NAME("mlp.dense2"), hidden, C, &bp->fc2_w, &bp->fc2_b, err))
+                return -1;
+#undef NAME
+        }
+    }
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        snprintf(p, sizeof p, "segformer.encoder.layer_norm.%d", s);
+        if (add_norm(m, p, c->hidden_sizes[s], &m->stages[s].ln_w, &m->stages[s].ln_b, err)) return -1;
+    }
+    int D = c->decoder_hidden_size;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        snprintf(p, sizeof p, "decode_head.linear_c.%d.proj", s);
+        if (add_linear(m, p, c->hidden_sizes[s], D, &m->lc_w[s], &m->lc_b[s], err)) return -1;
+    }
+    if (add_conv(m, "decode_head.linear_fuse", FISHER_STAGES * D, D, 1, 1, 0, &m->fuse_w, NULL, err) ||
+        add_norm(m, "decode_head.batch_norm", D, &m->bn_w, &m->bn_b, err) ||
+        add_conv(m, "decode_head.classifier", D, c->num_labels, 1, 1, 1, &m->cls_w, &m->cls_b, err))
+        return -1;
+    int64_t d1[1] = {D};
+    if ((m->bn_mean = fisher_table_add(&m->buffers, "decode_head.batch_norm.running_mean", 1, d1, err)) < 0 ||
+        (m->bn_var = fisher_table_add(&m->buffers, "decode_head.batch_norm.running_var", 1, d1, err)) < 0)
+        return -1;
+    return 0;
+}
+
+fisher_segformer *fisher_segformer_create(const fisher_segformer_config *cfg, fisher_error *err) {
+    if (fisher_segformer_config_validate(cfg, err)) return NULL;
+    fisher_segformer *m = calloc(1, sizeof *m);
+    if (!m) {
+        fisher_errorf(err, "out of memory creating the model");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    if (build_params(m, err)) goto fail;
+    m->param_data = calloc(m->params.total, sizeof(float));
+    m->grad_data = calloc(m->params.total, sizeof(float));
+    m->buffer_data = calloc(m->buffers.total, sizeof(float));
+    if (!m->param_data || !m->grad_data || !m->buffer_data) {
+        fisher_errorf(err, "out of memory allocating %zu parameters", m->params.total);
+        goto fail;
+    }
+    fisher_segformer_init_random(m, 0);
+    return m;
+fail:
+    fisher_segformer_free(m);
+    return NULL;
+}
+
+void fisher_segformer_free(fisher_segformer *m) {
+    if (!m) return;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        free(m->stages[s].blocks);
+        free(m->acts[s].blocks);
+    }
+    fisher_table_free(&m->params);
+    fisher_table_free(&m->buffers);
+    free(m->param_data);
+    free(m->grad_data);
+    free(m->buffer_data);
+    free(m->act_memory);
+    free(m);
+}
+
+const fisher_segformer_config *fisher_segformer_get_config(const fisher_segformer *m) { return &m->cfg; }
+const fisher_tensor_table *fisher_segformer_params(const fisher_segformer *m) { return &m->params; }
+float *fisher_segformer_param_data(fisher_segformer *m) { return m->param_data; }
+float *fisher_segformer_grad_data(fisher_segformer *m) { return m->grad_data; }
+const fisher_tensor_table *fisher_segformer_buffers(const fisher_segformer *m) { return &m->buffers; }
+float *fisher_segformer_buffer_data(fisher_segformer *m) { return m->buffer_data; }
+size_t fisher_segformer_activation_bytes(const fisher_segformer *m) {
+    return m->act_floats * sizeof(float);
+}
+
+/* ------------------------------------------------------------ random init */
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+void fisher_segformer_init_random(fisher_segformer *m, uint64_t seed) {
+    fisher_rng rng;
+    fisher_rng_seed(&rng, seed);
+    for (int i = 0; i < m->params.count; i++) {
+        const fisher_tensor *t = &m->params.tensors[i];
+        float *x = m->param_data + t->offset;
+        if (t->ndim == 1) { /* biases 0; LayerNorm/BatchNorm weights 1 */
+            float v = ends_with(t->name, ".weight") ? 1.0f : 0.0f;
+            for (size_t e = 0; e < t->numel; e++) x[e] = v;
+        } else if (t->ndim == 2) { /* Linear: trunc_normal_(std=.02), mmseg's bounds [-2, 2] */
+            for (size_t e = 0; e < t->numel; e++) x[e] = fisher_rng_trunc_normal(&rng, 0.02f, -2.0f, 2.0f);
+        } else { /* Conv: normal(0, sqrt(2 / fan_out)), fan_out = KH·KW·OC/groups */
+            int64_t oc = t->shape[0], taps = t->shape[2] * t->shape[3];
+            int64_t groups = ends_with(t->name, "dwconv.weight") ? oc : 1;
+            float std = sqrtf(2.0f / (float)(taps * oc / groups));
+            for (size_t e = 0; e < t->numel; e++) x[e] = std * fisher_rng_normal(&rng);
+        }
+    }
+    float *mean = m->buffer_data + m->buffers.tensors[m->bn_mean].offset;
+    float *var = m->buffer_data + m->buffers.tensors[m->bn_var].offset;
+    for (int c = 0; c < m->cfg.decoder_hidden_size; c++) mean[c] = 0.0f, var[c] = 1.0f;
+    m->num_batches_tracked = 0;
+}
+
+/* ------------------------------------------------------------ load / save */
+
+static const char *const bn_tracked_name = "decode_head.batch_norm.num_batches_tracked";
+
+static int is_head(const char *name) { return strncmp(name, "decode_head.", 12) == 0; }
+
+static int load_table(const fisher_tensor_table *t, float *data, const fisher_safetensors *st,
+                      unsigned flags, fisher_error *err) {
+    for (int i = 0; i < t->count; i++) {
+        const fisher_tensor *e = &t->tensors[i];
+        fisher_dtype dt;
+        int nd;
+        int64_t shape[FISHER_ST_MAX_DIMS];
+        if ((flags & FISHER_LOAD_ENCODER_ONLY) && is_head(e->name) &&
+            fisher_safetensors_info(st, e->name, &dt, &nd, shape, NULL) != 0)
+            continue;
+        if (fisher_safetensors_read_f32(st, e->name, data + e->offset, e->ndim, e->shape, err))
+            return -1;
+    }
+    return 0;
+}
+
+int fisher_segformer_load(fisher_segformer *m, const fisher_safetensors *st, unsigned flags,
+                          fisher_error *err) {
+    if (load_table(&m->params, m->param_data, st, flags, err) ||
+        load_table(&m->buffers, m->buffer_data, st, flags, err))
+        return -1;
+    fisher_dtype dt;
+    int nd;
+    int64_t shape[FISHER_ST_MAX_DIMS], tracked = 0;
+    if (fisher_safetensors_info(st, bn_tracked_name, &dt, &nd, shape, NULL) == 0 &&
+        fisher_safetensors_read_i64(st, bn_tracked_name, &tracked, nd, shape, err))
+        return -1;
+    m->num_batches_tracked = tracked;
+    return 0;
+}
+
+int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_error *err) {
+    size_t n = (size_t)(m->params.count + m->buffers.count + 1);
+    fisher_st_tensor *ts = calloc(n, sizeof *ts);
+    if (!ts) return fisher_errorf(err, "out of memory saving %s", path);
+    size_t k = 0;
+    const fisher_tensor_table *tables[2] = {&m->params, &m->buffers};
+    const float *datas[2] = {m->param_data, m->buffer_data};
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < tables[w]->count; i++) {
+            const fisher_tensor *e = &tables[w]->tensors[i];
+            fisher_st_tensor *o = &ts[k++];
+            o->name = e->name, o->dtype = FISHER_DTYPE_F32, o->ndim = e->ndim;
+            for (int d = 0; d < e->ndim; d++) o->shape[d] = e->shape[d];
+            o->data = datas[w] + e->offset;
+        }
+    ts[k].name = bn_tracked_name, ts[k].dtype = FISHER_DTYPE_I64, ts[k].ndim = 0;
+    ts[k].data = &m->num_batches_tracked;
+    k++;
+    char *config = fisher_segformer_config_to_json(&m->cfg);
+    fisher_st_meta meta[2] = {{"config", config}, {"format", "pt"}};
+    int rc = config ? fisher_safetensors_write(path, ts, k, meta, 2, err)
+                    : fisher_errorf(err, "out of memory saving %s", path);
+    free(config);
+    free(ts);
+    return rc;
+}
+
+/* ------------------------------------------------------------ activations */
+/* The layout walk: with base == NULL it only counts floats; with memory it
+ * hands out consecutive slices. Both walks run the same code, so the two can
+ * never disagree. */
+typedef struct {
+    float *base;
+    size_t used;
+} arena;
+
+static float *take(arena *a, size_t n) {
+    float *p = a->base ? a->base + a->used : NULL;
+    a->used += n;
+    return p;
+}
+
+static size_t max_z(size_t a, size_t b) { return a > b ? a : b; }
+
+static void layout(fisher_segformer *m, arena *a) {
+    const fisher_segformer_config *c = &m->cfg;
+    size_t B = (size_t)m->B, D = (size_t)c->decoder_hidden_size, L = (size_t)c->num_labels;
+    size_t max_conv = 0, max_att = 0, max_nc = 0, max_mc = 0, max_nh = 0, max_patch = 0;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        stage_acts *sa = &m->acts[s];
+        size_t C = (size_t)c->hidden_sizes[s], N = (size_t)sa->N, M = (size_t)sa->M;
+        size_t Hd = C * (size_t)c->mlp_ratio, NH = (size_t)c->num_heads[s];
+        sa->patch_out = take(a, B * N * C);
+        sa->x0 = take(a, B * N * C);
+        sa->x0_mean = take(a, B * N);
+        sa->x0_rstd = take(a, B * N);
+        for (int j = 0; j < c->depths[s]; j++) {
+            block_acts *ba = &sa->blocks[j];
+            ba->ln1 = take(a, B * N * C);
+            ba->ln1_mean = take(a, B * N);
+            ba->ln1_rstd = take(a, B * N);
+            ba->q = take(a, B * N * C);
+            if (c->sr_ratios[s] > 1) {
+                ba->sr = take(a, B * M * C);
+                ba->sr_ln = take(a, B * M * C);
+                ba->sr_mean = take(a, B * M);
+                ba->sr_rstd = take(a, B * M);
+            }
+            ba->k = take(a, B * M * C);
+            ba->v = take(a, B * M * C);
+            ba->att = take(a, B * NH * N * M);
+            ba->ctx = take(a, B * N * C);
+            ba->x1 = take(a, B * N * C);
+            ba->ln2 = take(a, B * N * C);
+            ba->ln2_mean = take(a, B * N);
+            ba->ln2_rstd = take(a, B * N);
+            ba->h1 = take(a, B * N * Hd);
+            ba->h2 = take(a, B * N * Hd);
+            ba->h3 = take(a, B * N * Hd);
+            ba->out = take(a, B * N * C);
+        }
+        sa->out = take(a, B * N * C);
+        sa->out_mean = take(a, B * N);
+        sa->out_rstd = take(a, B * N);
+        max_conv = max_z(max_conv, fisher_conv2d_scratch_floats(&sa->patch));
+        max_conv = max_z(max_conv, fisher_conv2d_scratch_floats(&sa->dw));
+        if (c->sr_ratios[s] > 1) max_conv = max_z(max_conv, fisher_conv2d_scratch_floats(&sa->sr));
+        max_att = max_z(max_att, fisher_attention_scratch_floats(sa->N, sa->M));
+        max_nc = max_z(max_nc, B * N * C);
+        max_mc = max_z(max_mc, B * M * C);
+        max_nh = max_z(max_nh, B * N * Hd);
+        max_patch = max_z(max_patch, B * N * C);
+    }
+    size_t N0 = (size_t)m->acts[0].N;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        m->lc[s] = take(a, B * (size_t)m->acts[s].N * D);
+        m->up[s] = s == 0 ? m->lc[0] : take(a, B * N0 * D);
+    }
+    m->cat = take(a, B * N0 * FISHER_STAGES * D);
+    m->fuse = take(a, B * N0 * D);
+    m->bn_mean_b = take(a, D);
+    m->bn_rstd_b = take(a, D);
+    m->bn = take(a, B * N0 * D);
+    m->relu = take(a, B * N0 * D);
+    m->logits = take(a, B * N0 * L);
+    m->logits_full = take(a, B * (size_t)m->H * m->W * L);
+    m->conv_scratch = take(a, max_conv);
+
+    grad_scratch *g = &m->g;
+    for (int s = 0; s < FISHER_STAGES; s++)
+        g->stage_out[s] = take(a, B * (size_t)m->acts[s].N * (size_t)c->hidden_sizes[s]);
+    g->res = take(a, max_nc);
+    g->ln = take(a, max_nc);
+    g->q = take(a, max_nc);
+    g->ctx = take(a, max_nc);
+    g->k = take(a, max_mc);
+    g->v = take(a, max_mc);
+    g->sr = take(a, max_mc);
+    g->sr_ln = take(a, max_mc);
+    g->hidden_a = take(a, max_nh);
+    g->hidden_b = take(a, max_nh);
+    g->patch = take(a, max_patch);
+    g->att = take(a, max_att);
+    g->conv = take(a, max_conv);
+    g->logits = take(a, B * N0 * L);
+    g->relu = take(a, B * N0 * D);
+    g->bn = take(a, B * N0 * D);
+    g->fuse = take(a, B * N0 * D);
+    g->cat = take(a, B * N0 * FISHER_STAGES * D);
+    for (int s = 0; s < FISHER_STAGES; s++) g->lc[s] = take(a, B * (size_t)m->acts[s].N * D);
+}
+
+int fisher_segformer_prepare(fisher_segformer *m, int B, int H, int W, fisher_error *err) {
+    if (m->act_memory && m->B == B && m->H == H && m->W == W) return 0;
+    const fisher_segformer_config *c = &m->cfg;
+    if (B < 1 || H < 1 || W < 1)
+        return fisher_errorf(err, "batch shape (%d, %d, %d) must be positive", B, H, W);
+    int h = H, w = W, in = c->num_channels;
+    stage_acts dims[FISHER_STAGES];
+    memset(dims, 0, sizeof dims);
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        stage_acts *sa = &dims[s];
+        int C = c->hidden_sizes[s], k = c->patch_sizes[s], sr = c->sr_ratios[s];
+        if (fisher_conv2d_dims_init(&sa->patch, B, h, w, in, C, k, k, c->strides[s], k / 2, 1))
+            return fisher_errorf(err, "image %dx%d is too small for stage %d of the encoder", H, W, s + 1);
+        sa->h = sa->patch.OH, sa->w = sa->patch.OW, sa->N = sa->h * sa->w;
+        if (sr > 1) {
+            if (fisher_conv2d_dims_init(&sa->sr, B, sa->h, sa->w, C, C, sr, sr, sr, 0, 1))
+                return fisher_errorf(err,
+                                     "image %dx%d is too small: stage %d has %dx%d tokens, fewer than "
+                                     "its spatial reduction %d (use at least %dx%d)",
+                                     H, W, s + 1, sa->h, sa->w, sr, 32, 32);
+            sa->M = sa->sr.OH * sa->sr.OW;
+        } else {
+            sa->M = sa->N;
+        }
+        int hidden = C * c->mlp_ratio;
+        fisher_conv2d_dims_init(&sa->dw, B, sa->h, sa->w, hidden, hidden, 3, 3, 1, 1, hidden);
+        h = sa->h, w = sa->w, in = C;
+    }
+    free(m->act_memory);
+    m->act_memory = NULL;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        block_acts *blocks = realloc(m->acts[s].blocks, (size_t)c->depths[s] * sizeof *blocks);
+        if (!blocks) return fisher_errorf(err, "out of memory preparing activations");
+        m->acts[s] = dims[s];
+        m->acts[s].blocks = blocks;
+        memset(blocks, 0, (size_t)c->depths[s] * sizeof *blocks);
+    }
+    m->B = B, m->H = H, m->W = W;
+    arena measure = {NULL, 0};
+    layout(m, &measure);
+    m->act_memory = calloc(measure.used, sizeof(float));
+    if (!m->act_memory) {
+        m->B = 0;
+        return fisher_errorf(err, "out of memory: activations for batch %d at %dx%d need %.1f MiB",
+                             B, H, W, (double)measure.used * 4 / 1048576.0);
+    }
+    m->act_floats = measure.used;
+    arena carve = {m->act_memory, 0};
+    layout(m, &carve);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
+    const fisher_segformer_config *c = &m->cfg;
+    stage_acts *sa = &m->acts[s];
+    block_acts *a = &sa->blocks[j];
+    const block_params *p = &m->stages[s].blocks[j];
+    int B = m->B, N = sa->N, M = sa->M, C = c->hidden_sizes[s], Hd = C * c->mlp_ratio;
+    float eps = c->layer_norm_eps;
+
+    fisher_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, P(m, p->ln1_w), P(m, p->ln1_b),
+                             B * N, C, eps);
+    fisher_linear_forward(a->q, a->ln1, P(m, p->q_w), P(m, p->q_b), B * N, C, C);
+    const float *kv_src = a->ln1;
+    if (c->sr_ratios[s] > 1) {
+        fisher_conv2d_forward(a->sr, m->conv_scratch, a->ln1, P(m, p->sr_w), P(m, p->sr_b), &sa->sr);
+        fisher_layernorm_forward(a->sr_ln, a->sr_mean, a->sr_rstd, a->sr, P(m, p->sr_ln_w),
+                                 P(m, p->sr_ln_b), B * M, C, eps);
+        kv_src = a->sr_ln;
+    }
+    fisher_linear_forward(a->k, kv_src, P(m, p->k_w), P(m, p->k_b), B * M, C, C);
+    fisher_linear_forward(a->v, kv_src, P(m, p->v_w), P(m, p->v_b), B * M, C, C);
+    fisher_attention_forward(a->ctx, a->att, a->q, a->k, a->v, B, N, M, C, c->num_heads[s]);
+    fisher_linear_forward(a->x1, a->ctx, P(m, p->o_w), P(m, p->o_b), B * N, C, C);
+    fisher_add_inplace(a->x1, x, (size_t)B * N * C);
+
+    fisher_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, P(m, p->ln2_w),
+                             P(m, p->ln2_b), B * N, C, eps);
+    fisher_linear_forward(a->h1, a->ln2, P(m, p->fc1_w), P(m, p->fc1_b), B * N, C, Hd);
+    fisher_conv2d_forward(a->h2, m->conv_scratch, a->h1, P(m, p->dw_w), P(m, p->dw_b), &sa->dw);
+    fisher_gelu_forward(a->h3, a->h2, (size_t)B * N * Hd);
+    fisher_linear_forward(a->out, a->h3, P(m, p->fc2_w), P(m, p->fc2_b), B * N, Hd, C);
+    fisher_add_inplace(a->out, a->x1, (size_t)B * N * C);
+}
+
+const float *fisher_segformer_forward(fisher_segformer *m, const float *images, int training) {
+    const fisher_segformer_config *c = &m->cfg;
+    int B = m->B, D = c->decoder_hidden_size, L = c->num_labels;
+    float eps = c->layer_norm_eps;
+    const float *x = images;
+    m->images = images;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        stage_acts *sa = &m->acts[s];
+        const stage_params *sp = &m->stages[s];
+        int C = c->hidden_sizes[s], N = sa->N;
+        fisher_conv2d_forward(sa->patch_out, m->conv_scratch, x, P(m, sp->patch_w),
+                              P(m, sp->patch_b), &sa->patch);
+        fisher_layernorm_forward(sa->x0, sa->x0_mean, sa->x0_rstd, sa->patch_out,
+                                 P(m, sp->patch_ln_w), P(m, sp->patch_ln_b), B * N, C, eps);
+        const float *h = sa->x0;
+        for (int j = 0; j < c->depths[s]; j++) {
+            block_forward(m, s, j, h);
+            h = sa->blocks[j].out;
+        }
+        fisher_layernorm_forward(sa->out, sa->out_mean, sa->out_rstd, h, P(m, sp->ln_w),
+                                 P(m, sp->ln_b), B * N, C, eps);
+        x = sa->out;
+    }
+
+    /* decode head */
+    int h0 = m->acts[0].h, w0 = m->acts[0].w, N0 = m->acts[0].N;
+    const float *parts[FISHER_STAGES];
+    int widths[FISHER_STAGES];
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        stage_acts *sa = &m->acts[s];
+        fisher_linear_forward(m->lc[s], sa->out, P(m, m->lc_w[s]), P(m, m->lc_b[s]), B * sa->N,
+                              c->hidden_sizes[s], D);
+        if (s > 0) fisher_resize_bilinear_forward(m->up[s], m->lc[s], B, sa->h, sa->w, D, h0, w0);
+        /* HF concatenates the stages deepest first. */
+        parts[FISHER_STAGES - 1 - s] = m->up[s];
+        widths[FISHER_STAGES - 1 - s] = D;
+    }
+    fisher_concat_forward(m->cat, parts, widths, FISHER_STAGES, B * N0);
+    fisher_linear_forward(m->fuse, m->cat, P(m, m->fuse_w), NULL, B * N0, FISHER_STAGES * D, D);
+    float *run_mean = m->buffer_data + m->buffers.tensors[m->bn_mean].offset;
+    float *run_var = m->buffer_data + m->buffers.tensors[m->bn_var].offset;
+    if (training) {
+        fisher_batchnorm_forward_train(m->bn, m->bn_mean_b, m->bn_rstd_b, run_mean, run_var, m->fuse,
+                                       P(m, m->bn_w), P(m, m->bn_b), B * N0, D,
+                                       c->batch_norm_momentum, c->batch_norm_eps);
+        m->num_batches_tracked++;
+    } else {
+        fisher_batchnorm_forward_eval(m->bn, m->fuse, P(m, m->bn_w), P(m, m->bn_b), run_mean,
+                                      run_var, B * N0, D, c->batch_norm_eps);
+    }
+    fisher_relu_forward(m->relu, m->bn, (size_t)B * N0 * D);
+    fisher_linear_forward(m->logits, m->relu, P(m, m->cls_w), P(m, m->cls_b), B * N0, D, L);
+    fisher_resize_bilinear_forward(m->logits_full, m->logits, B, h0, w0, L, m->H, m->W);
+    m->last_training = training;
+    return m->logits_full;
+}
+
+const float *fisher_segformer_logits_quarter(const fisher_segformer *m, int *h4, int *w4) {
+    if (h4) *h4 = m->acts[0].h;
+    if (w4) *w4 = m->acts[0].w;
+    return m->logits;
+}
+
+/* --------------------------------------------------------------- backward */
+
+void fisher_segformer_zero_grad(fisher_segformer *m) {
+    memset(m->grad_data, 0, m->params.total * sizeof(float));
+}
+
+static void zero(float *p, size_t n) { memset(p, 0, n * sizeof *p); }
+
+/* dres holds d(block output) on entry and d(block input) on return. */
+static void block_backward(fisher_segformer *m, int s, int j, const float *x, float *dres) {
+    const fisher_segformer_config *c = &m->cfg;
+    stage_acts *sa = &m->acts[s];
+    block_acts *a = &sa->blocks[j];
+    const block_params *p = &m->stages[s].blocks[j];
+    grad_scratch *g = &m->g;
+    int B = m->B, N = sa->N, M = sa->M, C = c->hidden_sizes[s], Hd = C * c->mlp_ratio;
+    size_t nc = (size_t)B * N * C, mc = (size_t)B * M * C, nh = (size_t)B * N * Hd;
+
+    /* Mix-FFN: out = x1 + dense2(gelu(dwconv(dense1(ln2(x1))))) */
+    float *dh3 = g->hidden_a, *dh2 = g->hidden_b, *dh1 = g->hidden_a;
+    zero(dh3, nh);
+    fisher_linear_backward(dh3, G(m, p->fc2_w), G(m, p->fc2_b), dres, a->h3, P(m, p->fc2_w), B * N,
+                           Hd, C);
+    zero(dh2, nh);
+    fisher_gelu_backward(dh2, dh3, a->h2, nh);
+    zero(dh1, nh); /* dh3 is spent: its buffer now collects dh1 */
+    fisher_conv2d_backward(dh1, G(m, p->dw_w), G(m, p->dw_b), g->conv, dh2, a->h1, P(m, p->dw_w),
+                           &sa->dw);
+    zero(g->ln, nc);
+    fisher_linear_backward(g->ln, G(m, p->fc1_w), G(m, p->fc1_b), dh1, a->ln2, P(m, p->fc1_w),
+                           B * N, C, Hd);
+    fisher_layernorm_backward(dres, G(m, p->ln2_w), G(m, p->ln2_b), g->ln, a->x1, P(m, p->ln2_w),
+                              a->ln2_mean, a->ln2_rstd, B * N, C);
+
+    /* attention: x1 = x + dense(attn(q(ln1), k(kv), v(kv))), kv = ln1 or sr_ln(sr(ln1)) */
+    zero(g->ctx, nc);
+    fisher_linear_backward(g->ctx, G(m, p->o_w), G(m, p->o_b), dres, a->ctx, P(m, p->o_w), B * N, C, C);
+    zero(g->q, nc), zero(g->k, mc), zero(g->v, mc);
+    fisher_attention_backward(g->q, g->k, g->v, g->att, g->ctx, a->q, a->k, a->v, a->att, B, N, M,
+                              C, c->num_heads[s]);
+    zero(g->ln, nc);
+    int reduced = c->sr_ratios[s] > 1;
+    float *dkv = reduced ? g->sr_ln : g->ln;
+    const float *kv_src = reduced ? a->sr_ln : a->ln1;
+    if (reduced) zero(dkv, mc);
+    fisher_linear_backward(dkv, G(m, p->k_w), G(m, p->k_b), g->k, kv_src, P(m, p->k_w), B * M, C, C);
+    fisher_linear_backward(dkv, G(m, p->v_w), G(m, p->v_b), g->v, kv_src, P(m, p->v_w), B * M, C, C);
+    if (reduced) {
+        zero(g->sr, mc);
+        fisher_layernorm_backward(g->sr, G(m, p->sr_ln_w), G(m, p->sr_ln_b), g->sr_ln, a->sr,
+                                  P(m, p->sr_ln_w), a->sr_mean, a->sr_rstd, B * M, C);
+        fisher_conv2d_backward(g->ln, G(m, p->sr_w), G(m, p->sr_b), g->conv, g->sr, a->ln1,
+                               P(m, p->sr_w), &sa->sr);
+    }
+    fisher_linear_backward(g->ln, G(m, p->q_w), G(m, p->q_b), g->q, a->ln1, P(m, p->q_w), B * N, C, C);
+    fisher_layernorm_backward(dres, G(m, p->ln1_w), G(m, p->ln1_b), g->ln, x, P(m, p->ln1_w),
+                              a->ln1_mean, a->ln1_rstd, B * N, C);
+}
+
+void fisher_segformer_backward(fisher_segformer *m, const float *dlogits) {
+    const fisher_segformer_config *c = &m->cfg;
+    grad_scratch *g = &m->g;
+    int B = m->B, D = c->decoder_hidden_size, L = c->num_labels;
+    int h0 = m->acts[0].h, w0 = m->acts[0].w, N0 = m->acts[0].N;
+    size_t nd = (size_t)B * N0 * D;
+
+    /* decode head, top down */
+    zero(g->logits, (size_t)B * N0 * L);
+    fisher_resize_bilinear_backward(g->logits, dlogits, B, h0, w0, L, m->H, m->W);
+    zero(g->relu, nd);
+    fisher_linear_backward(g->relu, G(m, m->cls_w), G(m, m->cls_b), g->logits, m->relu,
+                           P(m, m->cls_w), B * N0, D, L);
+    zero(g->bn, nd);
+    fisher_relu_backward(g->bn, g->relu, m->relu, nd);
+    zero(g->fuse, nd);
+    fisher_batchnorm_backward(g->fuse, G(m, m->bn_w), G(m, m->bn_b), g->bn, m->fuse, P(m, m->bn_w),
+                              m->bn_mean_b, m->bn_rstd_b, B * N0, D);
+    zero(g->cat, nd * FISHER_STAGES);
+    fisher_linear_backward(g->cat, G(m, m->fuse_w), NULL, g->fuse, m->cat, P(m, m->fuse_w),
+                           B * N0, FISHER_STAGES * D, D);
+    /* Concat backward one stage at a time (NULL parts are skipped): stage 0
+     * lands directly in its projection's gradient, the others in a (B,N0,D)
+     * buffer — dfuse, spent by now — and are resized back to their stage. */
+    float *dup = g->fuse;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        stage_acts *sa = &m->acts[s];
+        float *dparts[FISHER_STAGES] = {NULL};
+        int widths[FISHER_STAGES];
+        for (int i = 0; i < FISHER_STAGES; i++) widths[i] = D;
+        zero(g->lc[s], (size_t)B * sa->N * D);
+        dparts[FISHER_STAGES - 1 - s] = s == 0 ? g->lc[0] : dup;
+        if (s > 0) zero(dup, nd);
+        fisher_concat_backward(dparts, g->cat, widths, FISHER_STAGES, B * N0);
+        if (s > 0) fisher_resize_bilinear_backward(g->lc[s], dup, B, sa->h, sa->w, D, h0, w0);
+        zero(g->stage_out[s], (size_t)B * sa->N * c->hidden_sizes[s]);
+        fisher_linear_backward(g->stage_out[s], G(m, m->lc_w[s]), G(m, m->lc_b[s]), g->lc[s],
+                               sa->out, P(m, m->lc_w[s]), B * sa->N, c->hidden_sizes[s], D);
+    }
+
+    /* encoder, deepest stage first; a stage's input gradient lands in the
+     * previous stage's output gradient (already holding the decoder's part) */
+    for (int s = FISHER_STAGES - 1; s >= 0; s--) {
+        stage_acts *sa = &m->acts[s];
+        const stage_params *sp = &m->stages[s];
+        int C = c->hidden_sizes[s], N = sa->N, depth = c->depths[s];
+        size_t nc = (size_t)B * N * C;
+        const float *last = sa->blocks[depth - 1].out;
+        zero(g->res, nc);
+        fisher_layernorm_backward(g->res, G(m, sp->ln_w), G(m, sp->ln_b), g->stage_out[s], last,
+                                  P(m, sp->ln_w), sa->out_mean, sa->out_rstd, B * N, C);
+        for (int j = depth - 1; j >= 0; j--)
+            block_backward(m, s, j, j ? sa->blocks[j - 1].out : sa->x0, g->res);
+        zero(g->patch, nc);
+        fisher_layernorm_backward(g->patch, G(m, sp->patch_ln_w), G(m, sp->patch_ln_b), g->res,
+                                  sa->patch_out, P(m, sp->patch_ln_w), sa->x0_mean, sa->x0_rstd,
+                                  B * N, C);
+        const float *inp = s ? m->acts[s - 1].out : m->images;
+        fisher_conv2d_backward(s ? g->stage_out[s - 1] : NULL, G(m, sp->patch_w), G(m, sp->patch_b),
+                               g->conv, g->patch, inp, P(m, sp->patch_w), &sa->patch);
+    }
+}

@@ -1,0 +1,113 @@
+/*
+ * segformer.h — the SegFormer model (Xie et al., 2021): a Mix Transformer
+ * (MiT) encoder of four stages — overlapping patch embedding, blocks of
+ * efficient self-attention (keys/values spatially reduced by a strided conv)
+ * and Mix-FFN (dense, depthwise 3×3 conv, GELU, dense) — and an all-MLP
+ * decode head that projects every stage to one width, upsamples to 1/4
+ * resolution, fuses, and classifies. Logits come out at 1/4 of the input
+ * resolution and are bilinearly upsampled to full size for loss and
+ * prediction.
+ *
+ * Tensor names are exactly those of Hugging Face's
+ * SegformerForSemanticSegmentation state dict, so public checkpoints load.
+ *
+ * Lifecycle:
+ *     m = fisher_segformer_create(&cfg, &err);      parameters + gradients
+ *     fisher_segformer_init_random(m, seed)  or  fisher_segformer_load(m, st, &err)
+ *     fisher_segformer_prepare(m, B, H, W, &err);    activations, once per shape
+ *     loop: zero_grad, forward(training=1), loss, backward, optimiser step
+ *     fisher_segformer_free(m);
+ */
+#ifndef FISHER_SEGFORMER_H
+#define FISHER_SEGFORMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "safetensors.h"
+#include "tensors.h"
+
+#define FISHER_STAGES 4
+
+typedef struct {
+    int num_channels;                   /* input image channels (3) */
+    int hidden_sizes[FISHER_STAGES];    /* C of each stage */
+    int depths[FISHER_STAGES];          /* blocks per stage */
+    int num_heads[FISHER_STAGES];
+    int sr_ratios[FISHER_STAGES];       /* spatial reduction of keys/values */
+    int patch_sizes[FISHER_STAGES];     /* patch-embedding kernel */
+    int strides[FISHER_STAGES];         /* patch-embedding stride */
+    int mlp_ratio;                      /* Mix-FFN hidden = mlp_ratio·C */
+    int decoder_hidden_size;
+    int num_labels;                     /* 1 = binary segmentation */
+    float layer_norm_eps;               /* 1e-5, PyTorch's LayerNorm default */
+    float batch_norm_eps;               /* 1e-5 */
+    float batch_norm_momentum;          /* 0.1 */
+} fisher_segformer_config;
+
+/* Named configs: "tiny", "mit-b0", "mit-b1", "mit-b2". */
+int fisher_segformer_config_named(fisher_segformer_config *cfg, const char *name, fisher_error *err);
+/* The config as JSON with Hugging Face's config.json keys (malloc'd). */
+char *fisher_segformer_config_to_json(const fisher_segformer_config *cfg);
+/* Parses such JSON; missing keys keep cfg's current values. Validates. */
+int fisher_segformer_config_from_json(fisher_segformer_config *cfg, const char *json,
+                                      fisher_error *err);
+int fisher_segformer_config_validate(const fisher_segformer_config *cfg, fisher_error *err);
+
+typedef struct fisher_segformer fisher_segformer;
+
+fisher_segformer *fisher_segformer_create(const fisher_segformer_config *cfg, fisher_error *err);
+void fisher_segformer_free(fisher_segformer *m);
+
+const fisher_segformer_config *fisher_segformer_get_config(const fisher_segformer *m);
+/* Trainable parameters: the table and the flat arrays in its layout. */
+const fisher_tensor_table *fisher_segformer_params(const fisher_segformer *m);
+float *fisher_segformer_param_data(fisher_segformer *m);
+float *fisher_segformer_grad_data(fisher_segformer *m);
+/* Non-trainable state (BatchNorm running statistics), same conventions. */
+const fisher_tensor_table *fisher_segformer_buffers(const fisher_segformer *m);
+float *fisher_segformer_buffer_data(fisher_segformer *m);
+
+/* Random init as the original SegFormer: Linear weights trunc-normal(0.02),
+ * Conv weights normal(0, sqrt(2/fan_out)), fan_out = KH·KW·OC/groups,
+ * biases 0, norm weights 1; running stats (0, 1). Reproducible from seed. */
+void fisher_segformer_init_random(fisher_segformer *m, uint64_t seed);
+
+/* Loads every parameter and buffer by name, checking shapes: a missing
+ * tensor or a wrong shape is an error naming it. Tensors of the file that
+ * the model does not have are ignored (checkpoints carry other heads, and
+ * fixtures carry test data). With FISHER_LOAD_ENCODER_ONLY the decode head
+ * may be absent and keeps its current (random) values: that is how an
+ * ImageNet-pretrained MiT encoder starts a segmentation model. */
+#define FISHER_LOAD_ENCODER_ONLY 1u
+int fisher_segformer_load(fisher_segformer *m, const fisher_safetensors *st, unsigned flags,
+                          fisher_error *err);
+/* Writes parameters and buffers (num_batches_tracked as I64) with the config
+ * in __metadata__["config"]. */
+int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_error *err);
+
+/* Allocates activations for batches of (B, H, W); an image too small for
+ * the four stages (and their spatial reduction) is an error saying so.
+ * A no-op for the shape already prepared. */
+int fisher_segformer_prepare(fisher_segformer *m, int B, int H, int W, fisher_error *err);
+
+/* images (B, H, W, num_channels), channels-last. Training mode uses batch
+ * statistics in BatchNorm and updates its running statistics. Returns the
+ * full-resolution logits (B, H, W, num_labels), valid until the next call. */
+const float *fisher_segformer_forward(fisher_segformer *m, const float *images, int training);
+/* Logits at 1/4 resolution (B, H/4, W/4, num_labels) of the last forward. */
+const float *fisher_segformer_logits_quarter(const fisher_segformer *m, int *h4, int *w4);
+
+/* Clears every parameter gradient. */
+void fisher_segformer_zero_grad(fisher_segformer *m);
+/* Back-propagates dlogits (B, H, W, num_labels) — the gradient of the loss
+ * w.r.t. the full-resolution logits of the last training forward — and
+ * accumulates every parameter gradient. The images given to that forward
+ * must still be valid. */
+void fisher_segformer_backward(fisher_segformer *m, const float *dlogits);
+
+/* Bytes of activation memory held after prepare (for reports). */
+size_t fisher_segformer_activation_bytes(const fisher_segformer *m);
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * train.h — the training loop: the one entry point the CLI and the daemon's
+ * workers both call. It owns nothing global; data comes in through a batch
+ * callback, and everything it has to say goes out through a progress
+ * callback. It stops early, cleanly, when *cancel becomes non-zero.
+ *
+ * Order of one step: zero_grad → forward → loss → backward → AdamW.
+ */
+#ifndef FISHER_TRAIN_H
+#define FISHER_TRAIN_H
+
+#include <stdint.h>
+
+#include "error.h"
+#include "optim.h"
+#include "segformer.h"
+
+typedef struct {
+    int batch_size;
+    int image_height, image_width;
+    int64_t steps;
+    float dice_weight;
+    fisher_adamw_config optim;
+} fisher_train_config;
+
+/* Fills images (B, H, W, C) and masks (B, H, W, 1) for `step`. Returns 0,
+ * or -1 with err set (the run then fails with that message). */
+typedef int (*fisher_batch_fn)(void *ctx, int64_t step, float *images, float *masks, int B, int H,
+                               int W, fisher_error *err);
+
+typedef struct {
+    int64_t step, steps;       /* step just finished (1-based) and the total */
+    float loss;
+    double seconds;            /* wall time of this step */
+} fisher_progress;
+
+typedef void (*fisher_progress_fn)(void *ctx, const fisher_progress *p);
+
+/* Trains m for cfg->steps steps. Returns the number of steps done, or -1
+ * with err set on a bad config or a failed batch. */
+int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher_batch_fn next_batch,
+                     void *batch_ctx, fisher_progress_fn on_progress, void *progress_ctx,
+                     const volatile int *cancel, fisher_error *err);
+
+#endif

@@ -1,0 +1,300 @@
+/*
+ * test_layers.c — every layer's forward and backward against PyTorch
+ * (tests/parity/fixtures/layers.safetensors, made by make_fixtures.py).
+ *
+ * Tolerance: rtol 1e-4 with atol 1e-5. Inputs and weights are O(1), so
+ * float32 results carry ~1e-7 relative error per operation; sums of up to a
+ * few hundred terms (the largest reduction here is the 7×7×3 patch conv's
+ * dweight over 60 positions) stay well inside 1e-4, while any indexing or
+ * formula error shows up as O(1). atol covers elements that are nearly zero
+ * (cancellations), where relative error is meaningless.
+ */
+#include "testutil.h"
+
+#include "layers.h"
+#include "loss.h"
+#include "optim.h"
+
+#define RTOL 1e-4
+#define ATOL 1e-5
+
+static fisher_safetensors *fx;
+
+static int setup(void **state) {
+    (void)state;
+    fx = fixture_open("layers.safetensors");
+    return fx ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    fisher_safetensors_close(fx);
+    return 0;
+}
+
+/* Fixture tensor "<case>.<what>", checked to hold n elements. */
+static float *get(const char *cas, const char *what, size_t n) {
+    char name[128];
+    snprintf(name, sizeof name, "%s.%s", cas, what);
+    return fixture_f32(fx, name, n);
+}
+
+static void check(const char *cas, const char *what, const float *got, size_t n) {
+    char name[128];
+    snprintf(name, sizeof name, "%s.%s", cas, what);
+    float *want = get(cas, what, n);
+    assert_close(name, got, want, n, RTOL, ATOL);
+    free(want);
+}
+
+static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+
+static void test_linear(void **state) {
+    (void)state;
+    int R = 10, IC = 12, OC = 7;
+    float *inp = get("linear", "inp", (size_t)R * IC), *w = get("linear", "weight", (size_t)OC * IC);
+    float *b = get("linear", "bias", OC), *dout = get("linear", "dout", (size_t)R * OC);
+    float *out = zeros((size_t)R * OC), *dinp = zeros((size_t)R * IC);
+    float *dw = zeros((size_t)OC * IC), *db = zeros(OC);
+    fisher_linear_forward(out, inp, w, b, R, IC, OC);
+    check("linear", "out", out, (size_t)R * OC);
+    fisher_linear_backward(dinp, dw, db, dout, inp, w, R, IC, OC);
+    check("linear", "dinp", dinp, (size_t)R * IC);
+    check("linear", "dweight", dw, (size_t)OC * IC);
+    check("linear", "dbias", db, OC);
+    /* backward accumulates: a second call doubles every gradient */
+    fisher_linear_backward(dinp, dw, db, dout, inp, w, R, IC, OC);
+    float *want = get("linear", "dbias", OC);
+    for (int i = 0; i < OC; i++) want[i] *= 2;
+    assert_close("linear.dbias accumulated twice", db, want, OC, RTOL, ATOL);
+    free(want), free(inp), free(w), free(b), free(dout), free(out), free(dinp), free(dw), free(db);
+}
+
+typedef struct {
+    const char *name;
+    int B, H, W, C, OC, K, stride, pad, groups, bias;
+} conv_case;
+
+static void run_conv(const conv_case *cc) {
+    fisher_conv2d_dims d;
+    assert_int_equal(fisher_conv2d_dims_init(&d, cc->B, cc->H, cc->W, cc->C, cc->OC, cc->K, cc->K,
+                                             cc->stride, cc->pad, cc->groups), 0);
+    size_t n_in = (size_t)d.B * d.H * d.W * d.C, n_out = (size_t)d.B * d.OH * d.OW * d.OC;
+    size_t n_w = (size_t)d.OC * (d.C / d.groups) * d.KH * d.KW;
+    float *inp = get(cc->name, "inp", n_in), *w = get(cc->name, "weight", n_w);
+    float *b = cc->bias ? get(cc->name, "bias", d.OC) : NULL;
+    float *dout = get(cc->name, "dout", n_out);
+    float *out = zeros(n_out), *dinp = zeros(n_in), *dw = zeros(n_w), *db = zeros(d.OC);
+    float *scratch = zeros(fisher_conv2d_scratch_floats(&d));
+    fisher_conv2d_forward(out, scratch, inp, w, b, &d);
+    check(cc->name, "out", out, n_out);
+    fisher_conv2d_backward(dinp, dw, cc->bias ? db : NULL, scratch, dout, inp, w, &d);
+    check(cc->name, "dinp", dinp, n_in);
+    check(cc->name, "dweight", dw, n_w);
+    if (cc->bias) check(cc->name, "dbias", db, d.OC);
+    free(inp), free(w), free(b), free(dout), free(out), free(dinp), free(dw), free(db), free(scratch);
+}
+
+static void test_conv_patch(void **s) { (void)s; run_conv(&(conv_case){"conv_patch", 2, 19, 23, 3, 8, 7, 4, 3, 1, 1}); }
+static void test_conv_s2(void **s) { (void)s; run_conv(&(conv_case){"conv_s2", 2, 9, 12, 8, 16, 3, 2, 1, 1, 1}); }
+static void test_conv_grouped(void **s) { (void)s; run_conv(&(conv_case){"conv_grouped", 2, 6, 7, 8, 12, 3, 1, 1, 4, 0}); }
+static void test_conv_depthwise(void **s) { (void)s; run_conv(&(conv_case){"conv_dw", 2, 7, 5, 16, 16, 3, 1, 1, 16, 1}); }
+static void test_conv_sr(void **s) { (void)s; run_conv(&(conv_case){"conv_sr", 2, 8, 12, 8, 8, 4, 4, 0, 1, 1}); }
+static void test_conv_1x1(void **s) { (void)s; run_conv(&(conv_case){"conv_1x1", 2, 5, 6, 24, 10, 1, 1, 0, 1, 0}); }
+
+static void test_conv_dims_reject(void **s) {
+    (void)s;
+    fisher_conv2d_dims d;
+    assert_int_equal(fisher_conv2d_dims_init(&d, 1, 4, 4, 6, 8, 3, 3, 1, 1, 4), -1); /* 6 % 4 */
+    assert_int_equal(fisher_conv2d_dims_init(&d, 1, 2, 2, 4, 4, 7, 7, 4, 0, 1), -1); /* empty */
+    assert_int_equal(fisher_conv2d_dims_init(&d, 1, 7, 7, 4, 4, 7, 7, 4, 3, 1), 0);
+    assert_int_equal(d.OH, 2);
+}
+
+static void test_layernorm(void **s) {
+    (void)s;
+    int R = 14, C = 16;
+    size_t n = (size_t)R * C;
+    float *inp = get("layernorm", "inp", n), *w = get("layernorm", "weight", C);
+    float *b = get("layernorm", "bias", C), *dout = get("layernorm", "dout", n);
+    float *out = zeros(n), *mean = zeros(R), *rstd = zeros(R), *dinp = zeros(n);
+    float *dw = zeros(C), *db = zeros(C);
+    fisher_layernorm_forward(out, mean, rstd, inp, w, b, R, C, 1e-5f);
+    check("layernorm", "out", out, n);
+    fisher_layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, R, C);
+    check("layernorm", "dinp", dinp, n);
+    check("layernorm", "dweight", dw, C);
+    check("layernorm", "dbias", db, C);
+    free(inp), free(w), free(b), free(dout), free(out), free(mean), free(rstd), free(dinp), free(dw), free(db);
+}
+
+static void test_batchnorm(void **s) {
+    (void)s;
+    int R = 2 * 5 * 6, C = 12;
+    size_t n = (size_t)R * C;
+    float *inp = get("batchnorm", "inp", n), *w = get("batchnorm", "weight", C);
+    float *b = get("batchnorm", "bias", C), *dout = get("batchnorm", "dout", n);
+    float *rm = get("batchnorm", "running_mean", C), *rv = get("batchnorm", "running_var", C);
+    float *rm0 = get("batchnorm", "running_mean", C), *rv0 = get("batchnorm", "running_var", C);
+    float *out = zeros(n), *mean = zeros(C), *rstd = zeros(C), *dinp = zeros(n);
+    float *dw = zeros(C), *db = zeros(C);
+    fisher_batchnorm_forward_train(out, mean, rstd, rm, rv, inp, w, b, R, C, 0.1f, 1e-5f);
+    check("batchnorm", "out", out, n);
+    check("batchnorm", "running_mean_after", rm, C);
+    check("batchnorm", "running_var_after", rv, C);
+    fisher_batchnorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, R, C);
+    check("batchnorm", "dinp", dinp, n);
+    check("batchnorm", "dweight", dw, C);
+    check("batchnorm", "dbias", db, C);
+    fisher_batchnorm_forward_eval(out, inp, w, b, rm0, rv0, R, C, 1e-5f);
+    check("batchnorm", "out_eval", out, n);
+    free(inp), free(w), free(b), free(dout), free(rm), free(rv), free(rm0), free(rv0);
+    free(out), free(mean), free(rstd), free(dinp), free(dw), free(db);
+}
+
+static void run_elementwise(const char *cas, void (*fwd)(float *, const float *, size_t), int uses_out) {
+    size_t n = 150;
+    float *inp = get(cas, "inp", n), *dout = get(cas, "dout", n);
+    float *out = zeros(n), *dinp = zeros(n);
+    fwd(out, inp, n);
+    check(cas, "out", out, n);
+    if (uses_out) fisher_relu_backward(dinp, dout, out, n);
+    else fisher_gelu_backward(dinp, dout, inp, n);
+    check(cas, "dinp", dinp, n);
+    free(inp), free(dout), free(out), free(dinp);
+}
+
+static void test_gelu(void **s) { (void)s; run_elementwise("gelu", fisher_gelu_forward, 0); }
+static void test_relu(void **s) { (void)s; run_elementwise("relu", fisher_relu_forward, 1); }
+
+static void test_attention(void **s) {
+    (void)s;
+    int B = 2, N = 12, M = 3, C = 16, NH = 2;
+    size_t nq = (size_t)B * N * C, nk = (size_t)B * M * C;
+    float *q = get("attention", "q", nq), *k = get("attention", "k", nk), *v = get("attention", "v", nk);
+    float *dout = get("attention", "dout", nq);
+    float *out = zeros(nq), *att = zeros((size_t)B * NH * N * M);
+    float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
+    float *scratch = zeros(fisher_attention_scratch_floats(N, M));
+    fisher_attention_forward(out, att, q, k, v, B, N, M, C, NH);
+    check("attention", "out", out, nq);
+    fisher_attention_backward(dq, dk, dv, scratch, dout, q, k, v, att, B, N, M, C, NH);
+    check("attention", "dq", dq, nq);
+    check("attention", "dk", dk, nk);
+    check("attention", "dv", dv, nk);
+    free(q), free(k), free(v), free(dout), free(out), free(att), free(dq), free(dk), free(dv), free(scratch);
+}
+
+typedef struct {
+    const char *name;
+    int B, H, W, C, OH, OW;
+} resize_case;
+
+static void run_resize(const resize_case *rc) {
+    size_t n_in = (size_t)rc->B * rc->H * rc->W * rc->C, n_out = (size_t)rc->B * rc->OH * rc->OW * rc->C;
+    float *inp = get(rc->name, "inp", n_in), *dout = get(rc->name, "dout", n_out);
+    float *out = zeros(n_out), *dinp = zeros(n_in);
+    fisher_resize_bilinear_forward(out, inp, rc->B, rc->H, rc->W, rc->C, rc->OH, rc->OW);
+    check(rc->name, "out", out, n_out);
+    fisher_resize_bilinear_backward(dinp, dout, rc->B, rc->H, rc->W, rc->C, rc->OH, rc->OW);
+    check(rc->name, "dinp", dinp, n_in);
+    free(inp), free(dout), free(out), free(dinp);
+}
+
+static void test_resize_up(void **s) { (void)s; run_resize(&(resize_case){"resize_up", 2, 3, 5, 4, 7, 11}); }
+static void test_resize_down(void **s) { (void)s; run_resize(&(resize_case){"resize_down", 2, 9, 10, 3, 4, 6}); }
+static void test_resize_same(void **s) { (void)s; run_resize(&(resize_case){"resize_same", 2, 5, 6, 2, 5, 6}); }
+
+static void test_concat(void **s) {
+    (void)s;
+    /* Two rows of parts widths 2 and 3: out rows are [a0 a1 b0 b1 b2]. */
+    float a[4] = {1, 2, 3, 4}, b[6] = {5, 6, 7, 8, 9, 10}, out[10];
+    const float *parts[2] = {a, b};
+    int widths[2] = {2, 3};
+    fisher_concat_forward(out, parts, widths, 2, 2);
+    float want[10] = {1, 2, 5, 6, 7, 3, 4, 8, 9, 10};
+    assert_memory_equal(out, want, sizeof want);
+    float da[4] = {0}, db[6] = {100, 100, 100, 100, 100, 100};
+    float *dparts[2] = {da, db};
+    fisher_concat_backward(dparts, want, widths, 2, 2);
+    float want_da[4] = {1, 2, 3, 4}, want_db[6] = {105, 106, 107, 108, 109, 110};
+    assert_memory_equal(da, want_da, sizeof da);
+    assert_memory_equal(db, want_db, sizeof db);
+}
+
+static void test_loss(void **s) {
+    (void)s;
+    size_t n = 2 * 9 * 11;
+    float *logits = get("loss", "logits", n), *target = get("loss", "target", n);
+    float *dlogits = zeros(n);
+    float loss = fisher_seg_loss(dlogits, logits, target, n, FISHER_DICE_WEIGHT_DEFAULT);
+    check("loss", "value", &loss, 1);
+    check("loss", "dlogits", dlogits, n);
+    free(logits), free(target), free(dlogits);
+}
+
+static void test_metrics(void **s) {
+    (void)s;
+    /* logits ≥ 0 predict crack. truth:  1 1 0 0 1 0 ; pred: 1 0 1 0 1 0 */
+    float logits[6] = {2, -1, 0, -3, 0.5f, -0.1f}, target[6] = {1, 1, 0, 0, 1, 0};
+    fisher_confusion c = {0};
+    fisher_confusion_add(&c, logits, target, 6);
+    assert_int_equal(c.tp, 2);
+    assert_int_equal(c.fp, 1);
+    assert_int_equal(c.fn, 1);
+    assert_int_equal(c.tn, 2);
+    fisher_seg_metrics m = fisher_confusion_metrics(&c);
+    assert_float_equal(m.accuracy, 4.0 / 6, 1e-12);
+    assert_float_equal(m.precision, 2.0 / 3, 1e-12);
+    assert_float_equal(m.recall, 2.0 / 3, 1e-12);
+    assert_float_equal(m.f1, 4.0 / 6, 1e-12);
+    assert_float_equal(m.iou, 2.0 / 4, 1e-12);
+    fisher_confusion empty = {.tn = 5};
+    m = fisher_confusion_metrics(&empty);
+    assert_float_equal(m.iou, 1.0, 0);
+    assert_float_equal(m.f1, 1.0, 0);
+}
+
+static void test_adamw(void **s) {
+    (void)s;
+    size_t n = 37;
+    float *p = get("adamw", "param0", n);
+    fisher_adamw opt;
+    fisher_error err;
+    fisher_adamw_config cfg = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f};
+    assert_int_equal(fisher_adamw_init(&opt, n, cfg, &err), 0);
+    for (int step = 1; step <= 3; step++) {
+        char what[16];
+        snprintf(what, sizeof what, "grad%d", step);
+        float *g = get("adamw", what, n);
+        fisher_adamw_step(&opt, p, g);
+        snprintf(what, sizeof what, "param%d", step);
+        /* a few float ulps of the parameters: AdamW is elementwise */
+        char name[32];
+        snprintf(name, sizeof name, "adamw.%s", what);
+        float *want = get("adamw", what, n);
+        assert_close(name, p, want, n, 1e-6, 1e-7);
+        free(g), free(want);
+    }
+    cfg.beta1 = 1.0f;
+    assert_int_equal(fisher_adamw_init(&opt, n, cfg, &err), -1);
+    assert_non_null(strstr(err.msg, "betas"));
+    fisher_adamw_free(&opt);
+    free(p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear),         cmocka_unit_test(test_conv_patch),
+        cmocka_unit_test(test_conv_s2),        cmocka_unit_test(test_conv_grouped),
+        cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_sr),
+        cmocka_unit_test(test_conv_1x1),       cmocka_unit_test(test_conv_dims_reject),
+        cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
+        cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
+        cmocka_unit_test(test_attention),      cmocka_unit_test(test_resize_up),
+        cmocka_unit_test(test_resize_down),    cmocka_unit_test(test_resize_same),
+        cmocka_unit_test(test_concat),         cmocka_unit_test(test_loss),
+        cmocka_unit_test(test_metrics),        cmocka_unit_test(test_adamw),
+    };
+    return cmocka_run_group_tests_name("layers", tests, setup, teardown);
+}

@@ -1,0 +1,183 @@
+/*
+ * test_segformer.c — the whole SegFormer against PyTorch.
+ *
+ * segformer_tiny: the `tiny` config at 64×64, batch 2, in training mode:
+ * logits, loss, every parameter gradient, then three AdamW steps (lr 1e-3,
+ * weight decay 0.01) on the same batch: the loss of each step, how far
+ * every parameter moved (stored as an F16 delta: Adam moves a weight ~lr
+ * per step, so F16 keeps ~1e-6 absolute precision) and the BatchNorm
+ * buffers afterwards.
+ * segformer_mitb0: a full-size `mit-b0` checkpoint written by PyTorch (F16
+ * weights, gzipped to fit the fixture budget) loads by Hugging Face names
+ * and gives PyTorch's eval-mode logits on a non-square image.
+ *
+ * Tolerances. Logits and loss: rtol 1e-4 — a forward is ~40 layers deep,
+ * each adding ~1e-7 relative error, and GEMM summation order differs from
+ * PyTorch's. Gradients: rtol 1e-3 per tensor with atol 1e-3 × the tensor's
+ * largest |gradient| — back-propagation through LayerNorm and softmax
+ * subtracts nearly equal terms, so elements near zero carry the absolute
+ * error of the tensor's scale, not their own. Some gradients are exactly 0
+ * in exact arithmetic — attention key biases (softmax ignores a per-row
+ * shift), the decoder's per-channel biases and the last stage's LayerNorm
+ * bias (BatchNorm removes per-channel constants) — and both frameworks
+ * return rounding noise of ~1e-9 there; atol is floored at 1e-6 × the
+ * largest gradient of the model to accept that noise and nothing larger.
+ * Parameters after three steps: rtol 1e-3 of how far each weight moved,
+ * plus an atol that follows from the gradient tolerance: Adam normalises
+ * each update to ~lr·g/|g|, so a gradient known only to ±ε (ε the atol the
+ * gradients were checked with above) can move its weight by up to
+ * lr·ε/|g| per step in a direction set by rounding — a full lr for the
+ * exactly-zero gradients. atol = 1e-5 + 3·lr·min(1, ε/|g|). The optimiser is
+ * proven element-exact on its own (test_layers: adamw). BatchNorm's
+ * running mean averages decoder features whose per-channel constants are
+ * exactly those noise-driven biases, so it gets atol 1e-3 (measured here:
+ * 8.3e-4; the analytic worst case, 0.58·lr·Σ|linear_fuse row|, is ~7e-3);
+ * the running variance is unaffected.
+ */
+#include "testutil.h"
+
+#include "loss.h"
+#include "optim.h"
+#include "segformer.h"
+
+static fisher_segformer *load_model(const fisher_safetensors *st) {
+    fisher_error err = {{0}};
+    fisher_segformer_config cfg;
+    const char *json = fisher_safetensors_metadata(st, "config");
+    assert_non_null(json);
+    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
+    if (fisher_segformer_config_from_json(&cfg, json, &err)) fail_msg("config: %s", err.msg);
+    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
+    if (!m) fail_msg("create: %s", err.msg);
+    if (fisher_segformer_load(m, st, 0, &err)) fail_msg("load: %s", err.msg);
+    return m;
+}
+
+static double max_abs(const float *x, size_t n) {
+    double mx = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(x[i]));
+    return mx;
+}
+
+static void test_tiny_training(void **state) {
+    (void)state;
+    fisher_safetensors *st = fixture_open("segformer_tiny.safetensors.gz");
+    fisher_segformer *m = load_model(st);
+    fisher_error err = {{0}};
+    int B = 2, H = 64, W = 64;
+    size_t npix = (size_t)B * H * W;
+    float *images = fixture_f32(st, "input", npix * 3);
+    float *target = fixture_f32(st, "target", npix);
+    if (fisher_segformer_prepare(m, B, H, W, &err)) fail_msg("prepare: %s", err.msg);
+    printf("  activations: %.1f MiB\n", fisher_segformer_activation_bytes(m) / 1048576.0);
+
+    const fisher_tensor_table *params = fisher_segformer_params(m);
+    float *initial = malloc(params->total * sizeof(float));
+    memcpy(initial, fisher_segformer_param_data(m), params->total * sizeof(float));
+    float *dlogits = calloc(npix, sizeof(float));
+    fisher_adamw opt;
+    fisher_adamw_config ocfg = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                                .weight_decay = 0.01f};
+    assert_int_equal(fisher_adamw_init(&opt, params->total, ocfg, &err), 0);
+
+    /* per-element atol for the parameters after step 3, set from step 1's gradients */
+    double *param_atol = calloc(params->total, sizeof(double));
+    for (int step = 1; step <= 3; step++) {
+        fisher_segformer_zero_grad(m);
+        const float *logits = fisher_segformer_forward(m, images, 1);
+        float loss = fisher_seg_loss(dlogits, logits, target, npix, 0.65f);
+        char name[160];
+        snprintf(name, sizeof name, "loss.step%d", step);
+        float *want_loss = fixture_f32(st, name, 1);
+        assert_close(name, &loss, want_loss, 1, 1e-4, 0);
+        free(want_loss);
+        if (step == 1) {
+            int h4, w4;
+            const float *q = fisher_segformer_logits_quarter(m, &h4, &w4);
+            float *want = fixture_f32(st, "logits", (size_t)B * h4 * w4);
+            assert_close("logits (1/4 resolution)", q, want, (size_t)B * h4 * w4, 1e-4, 1e-5);
+            free(want);
+        }
+        fisher_segformer_backward(m, dlogits);
+        if (step == 1) {
+            const float *grads = fisher_segformer_grad_data(m);
+            double model_max = max_abs(grads, params->total);
+            for (int i = 0; i < params->count; i++) {
+                const fisher_tensor *t = &params->tensors[i];
+                snprintf(name, sizeof name, "grad.%s", t->name);
+                float *want = fixture_f32(st, name, t->numel);
+                double eps = fmax(1e-3 * max_abs(want, t->numel), 1e-6 * model_max);
+                assert_close(name, grads + t->offset, want, t->numel, 1e-3, eps);
+                /* Adam's update is scale-free (m/sqrt(v) ≈ g/|g|), so a gradient
+                 * known to ±ε moves its weight by up to lr·ε/|g| per step in
+                 * an arbitrary direction; ε is the gradient tolerance above. */
+                for (size_t e = 0; e < t->numel; e++) {
+                    double g = fabs(want[e]);
+                    double noise = g > eps ? eps / g : 1.0;
+                    param_atol[t->offset + e] = 1e-5 + 3 * ocfg.lr * noise;
+                }
+            }
+        }
+        fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
+    }
+    const float *p = fisher_segformer_param_data(m);
+    for (int i = 0; i < params->count; i++) {
+        const fisher_tensor *t = &params->tensors[i];
+        char name[160];
+        snprintf(name, sizeof name, "step3_delta.%s", t->name);
+        float *want = fixture_f32(st, name, t->numel);
+        float *moved = malloc(t->numel * sizeof(float));
+        for (size_t e = 0; e < t->numel; e++) moved[e] = p[t->offset + e] - initial[t->offset + e];
+        assert_close_each(name, moved, want, t->numel, 1e-3, 1e-5, param_atol + t->offset);
+        free(want), free(moved);
+    }
+    const fisher_tensor_table *bufs = fisher_segformer_buffers(m);
+    const float *b = fisher_segformer_buffer_data(m);
+    for (int i = 0; i < bufs->count; i++) {
+        const fisher_tensor *t = &bufs->tensors[i];
+        char name[160];
+        snprintf(name, sizeof name, "step3.%s", t->name);
+        float *want = fixture_f32(st, name, t->numel);
+        int is_mean = strstr(t->name, "running_mean") != NULL;
+        assert_close(name, b + t->offset, want, t->numel, 1e-4, is_mean ? 1e-3 : 1e-5);
+        free(want);
+    }
+    fisher_adamw_free(&opt);
+    free(param_atol), free(initial);
+    free(dlogits), free(images), free(target);
+    fisher_segformer_free(m);
+    fisher_safetensors_close(st);
+}
+
+static void test_mitb0_checkpoint(void **state) {
+    (void)state;
+    fisher_safetensors *st = fixture_open("segformer_mitb0.safetensors.gz");
+    fisher_segformer *m = load_model(st);
+    const fisher_segformer_config *cfg = fisher_segformer_get_config(m);
+    assert_int_equal(cfg->hidden_sizes[2], 160);
+    assert_int_equal(cfg->num_heads[3], 8);
+    assert_int_equal(cfg->decoder_hidden_size, 256);
+    printf("  mit-b0: %zu parameters\n", fisher_segformer_params(m)->total);
+    fisher_error err = {{0}};
+    int B = 1, H = 64, W = 96;
+    float *images = fixture_f32(st, "input", (size_t)B * H * W * 3);
+    if (fisher_segformer_prepare(m, B, H, W, &err)) fail_msg("prepare: %s", err.msg);
+    fisher_segformer_forward(m, images, 0);
+    int h4, w4;
+    const float *logits = fisher_segformer_logits_quarter(m, &h4, &w4);
+    assert_int_equal(h4, 16);
+    assert_int_equal(w4, 24);
+    float *want = fixture_f32(st, "logits", (size_t)B * h4 * w4);
+    assert_close("mit-b0 eval logits (1/4 resolution)", logits, want, (size_t)B * h4 * w4, 1e-4, 1e-5);
+    free(want), free(images);
+    fisher_segformer_free(m);
+    fisher_safetensors_close(st);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tiny_training),
+        cmocka_unit_test(test_mitb0_checkpoint),
+    };
+    return cmocka_run_group_tests_name("segformer", tests, NULL, NULL);
+}
