@@ -12,7 +12,7 @@ CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
 PKGS    := openblas jansson
-CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC \
+CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC -fno-math-errno \
                -Ilib $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS  ?= $(OPT)
 CFLAGS  += $(CFLAGS_BASE)

@@ -16,15 +16,27 @@
 
 /* ------------------------------------------------------------------ Linear */
 
+void fisher_linear_slice_forward(float *out, const float *inp, const float *weight, int ldw,
+                                 int R, int IC, int OC, int accumulate) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, IC, 1.0f, inp, IC, weight, ldw,
+                accumulate ? 1.0f : 0.0f, out, OC);
+}
+
+void fisher_linear_slice_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                                  const float *weight, int ldw, int R, int IC, int OC) {
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, IC, OC, 1.0f, dout, OC, weight,
+                    ldw, 1.0f, dinp, IC);
+    if (dweight)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, R, 1.0f, dout, OC, inp, IC,
+                    1.0f, dweight, ldw);
+}
+
 void fisher_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                            int R, int IC, int OC) {
-    float beta = 0.0f;
-    if (bias) {
+    if (bias)
         for (int r = 0; r < R; r++) memcpy(out + (size_t)r * OC, bias, (size_t)OC * sizeof *out);
-        beta = 1.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, IC, 1.0f, inp, IC, weight, IC,
-                beta, out, OC);
+    fisher_linear_slice_forward(out, inp, weight, IC, R, IC, OC, bias != NULL);
 }
 
 /* Σ over rows of a (R, C) matrix, added into acc (C). */
@@ -37,12 +49,7 @@ static void add_column_sums(float *acc, const float *m, int R, int C, int ld) {
 
 void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, int R, int IC, int OC) {
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, IC, OC, 1.0f, dout, OC, weight,
-                    IC, 1.0f, dinp, IC);
-    if (dweight)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, R, 1.0f, dout, OC, inp, IC,
-                    1.0f, dweight, IC);
+    fisher_linear_slice_backward(dinp, dweight, dout, inp, weight, IC, R, IC, OC);
     if (dbias) add_column_sums(dbias, dout, R, OC, OC);
 }
 

@@ -36,6 +36,13 @@ void fisher_linear_forward(float *out, const float *inp, const float *weight, co
 /* dinp (R, IC) += dout·weight; dweight (OC, IC) += doutᵀ·inp; dbias += Σ_rows dout. */
 void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, int R, int IC, int OC);
+/* The same without bias, for a block of IC columns of a wider weight whose
+ * rows are ldw floats apart (one input block of a layer that reads a
+ * concatenation). Forward overwrites out, or adds to it when accumulate. */
+void fisher_linear_slice_forward(float *out, const float *inp, const float *weight, int ldw,
+                                 int R, int IC, int OC, int accumulate);
+void fisher_linear_slice_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                                  const float *weight, int ldw, int R, int IC, int OC);
 
 /* ---- Conv2d, channels-last, stride/padding/groups (depthwise included) ---- */
 typedef struct {

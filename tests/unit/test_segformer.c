@@ -116,6 +116,7 @@ static void test_tiny_training(void **state) {
                     double noise = g > eps ? eps / g : 1.0;
                     param_atol[t->offset + e] = 1e-5 + 3 * ocfg.lr * noise;
                 }
+                free(want);
             }
         }
         fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
