@@ -12,11 +12,11 @@ CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
 PKGS    := openblas jansson
-CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC -fno-math-errno \
+CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC -fno-math-errno -fopenmp \
                -Ilib $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS  ?= $(OPT)
 CFLAGS  += $(CFLAGS_BASE)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -fopenmp -lm -lpthread
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 # Every package building and testing needs. The daemon's (libmicrohttpd,
@@ -31,7 +31,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 DAEMON_OBJ := $(DAEMON_SRC:daemon/%.c=$(BUILD)/daemon/%.o)
 
-.PHONY: all deps test unit unit-asan run bench fixtures clean
+.PHONY: all deps test unit unit-asan run bench bench-deps fixtures clean
 .DELETE_ON_ERROR:
 
 all: $(BUILD)/libfisher.a $(BUILD)/libfisher.so $(BUILD)/fisherd
@@ -84,8 +84,19 @@ test: deps
 run: all
 	$(BUILD)/fisherd train --config tiny --steps 300 --batch 4 --image-size 64 --lr 1e-3
 
-bench: all
-	$(MAKE) -C tests/bench
+# The training-step benchmark, C vs PyTorch, interleaved (minutes; pass
+# BENCH_ARGS=--quick for a one-round look at the two small cases). The C half
+# is compiled here, with the library's own CFLAGS and LDLIBS, so it links
+# whatever the library needs; it is one file, so it is simply rebuilt.
+bench: all bench-deps
+	mkdir -p $(BUILD)/bench
+	$(CC) $(CFLAGS) tests/bench/bench_step.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
+	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
+
+# PyTorch is only the benchmark's yardstick: it stays out of `deps`, so
+# `make test` and CI never pull it in. Same install-if-missing as deps.
+bench-deps:
+	@$(MAKE) --no-print-directory deps DEB_PKGS="python3-torch python3-numpy"
 
 fixtures:
 	/usr/bin/python3 tests/parity/make_fixtures.py tests/parity/fixtures

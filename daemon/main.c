@@ -8,7 +8,6 @@
  * `fisherd serve` (the long-running daemon with its REST API) arrives with
  * the daemon issue; until then this is the whole binary.
  */
-#include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -134,14 +133,13 @@ static int cmd_train(int argc, char **argv) {
         fprintf(stderr, "fisherd: --config: %s\n", err.msg);
         return 2;
     }
-    openblas_set_num_threads((int)threads);
     fisher_segformer *m = fisher_segformer_create(&cfg, &err);
     if (!m) {
         fprintf(stderr, "fisherd: %s\n", err.msg);
         return 1;
     }
     fisher_segformer_init_random(m, (uint64_t)seed);
-    tc.batch_size = (int)batch, tc.image_height = tc.image_width = (int)size, tc.steps = steps;
+    tc.threads = (int)threads, tc.batch_size = (int)batch, tc.image_height = tc.image_width = (int)size, tc.steps = steps;
     printf("fisherd %s: training SegFormer-%s (%zu parameters) on synthetic cracks, batch %ld at "
            "%ldx%ld, %ld steps, lr %g, %ld BLAS threads\n",
            FISHERD_VERSION, config, fisher_segformer_params(m)->total, batch, size, size, steps,

@@ -7,12 +7,23 @@
  * vectorise them. Reductions that run over many rows (BatchNorm statistics)
  * accumulate in double: with B·H·W in the tens of thousands a float sum
  * would lose the digits the parity tests check.
+ *
+ * Threads. OpenBLAS parallelises the GEMMs; the rest — a third of a step —
+ * is parallelised here with OpenMP over rows, with the team size the caller
+ * set for its thread (omp_set_num_threads; see fisher_set_threads). Loops
+ * too small to pay for waking a team run serially (PAR_MIN elements).
+ * Per-row work is independent; sums over rows (weight and bias gradients,
+ * statistics) use OpenMP array reductions, so their rounding depends on the
+ * thread count but not on timing: a run is reproducible for a given count.
  */
 #include "layers.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+
+/* Below this many elements of work a loop runs on the calling thread. */
+#define PAR_MIN 32768
 
 /* ------------------------------------------------------------------ Linear */
 
@@ -32,15 +43,24 @@ void fisher_linear_slice_backward(float *dinp, float *dweight, const float *dout
                     1.0f, dweight, ldw);
 }
 
+/* Every row of out (R, C) += bias (C). */
+static void add_bias_rows(float *out, const float *bias, int R, int C) {
+#pragma omp parallel for schedule(static) if ((size_t)R * C > PAR_MIN)
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)r * C;
+        for (int c = 0; c < C; c++) o[c] += bias[c];
+    }
+}
+
 void fisher_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                            int R, int IC, int OC) {
-    if (bias)
-        for (int r = 0; r < R; r++) memcpy(out + (size_t)r * OC, bias, (size_t)OC * sizeof *out);
-    fisher_linear_slice_forward(out, inp, weight, IC, R, IC, OC, bias != NULL);
+    fisher_linear_slice_forward(out, inp, weight, IC, R, IC, OC, 0);
+    if (bias) add_bias_rows(out, bias, R, OC);
 }
 
 /* Σ over rows of a (R, C) matrix, added into acc (C). */
 static void add_column_sums(float *acc, const float *m, int R, int C, int ld) {
+#pragma omp parallel for schedule(static) reduction(+ : acc[:C]) if ((size_t)R * C > PAR_MIN)
     for (int r = 0; r < R; r++) {
         const float *m_r = m + (size_t)r * ld;
         for (int c = 0; c < C; c++) acc[c] += m_r[c];
@@ -121,6 +141,7 @@ static void conv_unpermute_add(float *dweight, const float *dwperm, const fisher
 static void conv_im2col(float *col, const float *inp, const fisher_conv2d_dims *d) {
     int G = d->groups, cg = d->C / G, taps = d->KH * d->KW;
     size_t width = (size_t)G * taps * cg;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)d->B * d->OH * d->OW * width > PAR_MIN)
     for (int b = 0; b < d->B; b++)
         for (int oh = 0; oh < d->OH; oh++)
             for (int ow = 0; ow < d->OW; ow++) {
@@ -131,10 +152,12 @@ static void conv_im2col(float *col, const float *inp, const fisher_conv2d_dims *
                         int iw = ow * d->stride - d->pad + kj, t = ki * d->KW + kj;
                         int inside = ih >= 0 && ih < d->H && iw >= 0 && iw < d->W;
                         const float *x = inp + (((size_t)b * d->H + ih) * d->W + iw) * d->C;
+                        /* runs are short (3 channels for the first patch embedding):
+                         * a plain loop beats a memcpy call */
                         for (int g = 0; g < G; g++) {
                             float *dst = col_r + ((size_t)g * taps + t) * cg;
-                            if (inside) memcpy(dst, x + (size_t)g * cg, (size_t)cg * sizeof *dst);
-                            else memset(dst, 0, (size_t)cg * sizeof *dst);
+                            const float *src = x + (size_t)g * cg;
+                            for (int c = 0; c < cg; c++) dst[c] = inside ? src[c] : 0.0f;
                         }
                     }
                 }
@@ -145,6 +168,8 @@ static void conv_im2col(float *col, const float *inp, const fisher_conv2d_dims *
 static void conv_col2im_add(float *dinp, const float *dcol, const fisher_conv2d_dims *d) {
     int G = d->groups, cg = d->C / G, taps = d->KH * d->KW;
     size_t width = (size_t)G * taps * cg;
+    /* taps of neighbouring positions overlap, images do not: one image per thread */
+#pragma omp parallel for schedule(static) if ((size_t)d->B * d->OH * d->OW * width > PAR_MIN)
     for (int b = 0; b < d->B; b++)
         for (int oh = 0; oh < d->OH; oh++)
             for (int ow = 0; ow < d->OW; ow++) {
@@ -171,6 +196,7 @@ static void conv_depthwise_forward(float *out, float *wt, const float *inp, cons
     int C = d->C, taps = d->KH * d->KW;
     for (int c = 0; c < C; c++) /* wt (KH·KW, C) so the inner loop runs over channels */
         for (int t = 0; t < taps; t++) wt[(size_t)t * C + c] = weight[(size_t)c * taps + t];
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)d->B * d->OH * d->OW * C * taps > PAR_MIN)
     for (int b = 0; b < d->B; b++)
         for (int oh = 0; oh < d->OH; oh++)
             for (int ow = 0; ow < d->OW; ow++) {
@@ -191,43 +217,60 @@ static void conv_depthwise_forward(float *out, float *wt, const float *inp, cons
             }
 }
 
+/* Depthwise backward in two passes that each parallelise without races:
+ * dinp gathered per input position (the scatter of the forward, read in
+ * reverse), then dweight/dbias summed over output positions. */
 static void conv_depthwise_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                                     const float *dout, const float *inp, const float *weight,
                                     const fisher_conv2d_dims *d) {
-    int C = d->C, taps = d->KH * d->KW;
+    int C = d->C, taps = d->KH * d->KW, s = d->stride, p = d->pad;
+    size_t work = (size_t)d->B * d->OH * d->OW * C * taps;
     float *wt = scratch, *dwt = scratch + (size_t)taps * C;
     for (int c = 0; c < C; c++)
         for (int t = 0; t < taps; t++) wt[(size_t)t * C + c] = weight[(size_t)c * taps + t];
-    memset(dwt, 0, (size_t)taps * C * sizeof *dwt);
+    if (dinp) {
+#pragma omp parallel for collapse(2) schedule(static) if (work > PAR_MIN)
+        for (int b = 0; b < d->B; b++)
+            for (int ih = 0; ih < d->H; ih++)
+                for (int iw = 0; iw < d->W; iw++) {
+                    float *dx = dinp + (((size_t)b * d->H + ih) * d->W + iw) * C;
+                    for (int ki = 0; ki < d->KH; ki++) {
+                        int oh_s = ih + p - ki; /* = oh·stride */
+                        if (oh_s < 0 || oh_s % s || oh_s / s >= d->OH) continue;
+                        for (int kj = 0; kj < d->KW; kj++) {
+                            int ow_s = iw + p - kj;
+                            if (ow_s < 0 || ow_s % s || ow_s / s >= d->OW) continue;
+                            const float *g = dout + (((size_t)b * d->OH + oh_s / s) * d->OW + ow_s / s) * C;
+                            const float *w_t = wt + (size_t)(ki * d->KW + kj) * C;
+                            for (int c = 0; c < C; c++) dx[c] += g[c] * w_t[c];
+                        }
+                    }
+                }
+    }
+    if (!dweight && !dbias) return;
+    size_t nw = (size_t)taps * C;
+    memset(dwt, 0, nw * sizeof *dwt);
+#pragma omp parallel for collapse(2) schedule(static) reduction(+ : dwt[:nw]) if (work > PAR_MIN)
     for (int b = 0; b < d->B; b++)
         for (int oh = 0; oh < d->OH; oh++)
             for (int ow = 0; ow < d->OW; ow++) {
                 const float *g = dout + (((size_t)b * d->OH + oh) * d->OW + ow) * C;
-                if (dbias)
-                    for (int c = 0; c < C; c++) dbias[c] += g[c];
                 for (int ki = 0; ki < d->KH; ki++) {
-                    int ih = oh * d->stride - d->pad + ki;
+                    int ih = oh * s - p + ki;
                     if (ih < 0 || ih >= d->H) continue;
                     for (int kj = 0; kj < d->KW; kj++) {
-                        int iw = ow * d->stride - d->pad + kj, t = ki * d->KW + kj;
+                        int iw = ow * s - p + kj;
                         if (iw < 0 || iw >= d->W) continue;
-                        size_t at = (((size_t)b * d->H + ih) * d->W + iw) * C;
-                        if (dweight) {
-                            const float *x = inp + at;
-                            float *dw_t = dwt + (size_t)t * C;
-                            for (int c = 0; c < C; c++) dw_t[c] += g[c] * x[c];
-                        }
-                        if (dinp) {
-                            float *dx = dinp + at;
-                            const float *w_t = wt + (size_t)t * C;
-                            for (int c = 0; c < C; c++) dx[c] += g[c] * w_t[c];
-                        }
+                        const float *x = inp + (((size_t)b * d->H + ih) * d->W + iw) * C;
+                        float *dw_t = dwt + (size_t)(ki * d->KW + kj) * C;
+                        for (int c = 0; c < C; c++) dw_t[c] += g[c] * x[c];
                     }
                 }
             }
     if (dweight)
         for (int c = 0; c < C; c++)
             for (int t = 0; t < taps; t++) dweight[(size_t)c * taps + t] += dwt[(size_t)t * C + c];
+    if (dbias) add_column_sums(dbias, dout, d->B * d->OH * d->OW, C, C);
 }
 
 void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
@@ -245,15 +288,11 @@ void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const f
         conv_im2col(col, inp, d);
         a = col;
     }
-    float beta = 0.0f;
-    if (bias) {
-        for (int r = 0; r < rows; r++) memcpy(out + (size_t)r * d->OC, bias, (size_t)d->OC * sizeof *out);
-        beta = 1.0f;
-    }
     for (int g = 0; g < G; g++)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ocg, kg, 1.0f,
-                    a + (size_t)g * kg, G * kg, wperm + (size_t)g * ocg * kg, kg, beta,
+                    a + (size_t)g * kg, G * kg, wperm + (size_t)g * ocg * kg, kg, 0.0f,
                     out + (size_t)g * ocg, d->OC);
+    if (bias) add_bias_rows(out, bias, rows, d->OC);
 }
 
 void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
@@ -301,6 +340,7 @@ void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
 
 void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                               const float *weight, const float *bias, int R, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)R * C > PAR_MIN)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C;
         float *o = out + (size_t)r * C;
@@ -318,18 +358,27 @@ void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float 
 void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int R, int C) {
+    int par = (size_t)R * C > PAR_MIN;
+    if (dweight) {
+#pragma omp parallel for schedule(static) reduction(+ : dweight[:C]) if (par)
+        for (int r = 0; r < R; r++) {
+            const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
+            float m = mean[r], s = rstd[r];
+            for (int c = 0; c < C; c++) dweight[c] += g[c] * ((x[c] - m) * s);
+        }
+    }
+    if (dbias) add_column_sums(dbias, dout, R, C, C);
+    if (!dinp) return;
+#pragma omp parallel for schedule(static) if (par)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
+        float *dx = dinp + (size_t)r * C;
         float m = mean[r], s = rstd[r];
         float sum_dn = 0.0f, sum_dn_n = 0.0f; /* Σ dnorm, Σ dnorm·norm */
         for (int c = 0; c < C; c++) {
-            float n = (x[c] - m) * s, dn = g[c] * weight[c];
-            sum_dn += dn, sum_dn_n += dn * n;
-            if (dweight) dweight[c] += g[c] * n;
-            if (dbias) dbias[c] += g[c];
+            float dn = g[c] * weight[c];
+            sum_dn += dn, sum_dn_n += dn * ((x[c] - m) * s);
         }
-        if (!dinp) continue;
-        float *dx = dinp + (size_t)r * C;
         sum_dn /= C, sum_dn_n /= C;
         for (int c = 0; c < C; c++) {
             float n = (x[c] - m) * s;
@@ -343,11 +392,14 @@ void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const 
 void fisher_batchnorm_forward_train(float *out, float *mean, float *rstd, float *running_mean,
                                     float *running_var, const float *inp, const float *weight,
                                     const float *bias, int R, int C, float momentum, float eps) {
+    int par = (size_t)R * C > PAR_MIN;
     double sum[C], sq[C];
     for (int c = 0; c < C; c++) sum[c] = 0.0, sq[c] = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : sum[:C]) if (par)
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) sum[c] += inp[(size_t)r * C + c];
     for (int c = 0; c < C; c++) mean[c] = (float)(sum[c] / R);
+#pragma omp parallel for schedule(static) reduction(+ : sq[:C]) if (par)
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             double x = (double)inp[(size_t)r * C + c] - mean[c];
@@ -360,6 +412,7 @@ void fisher_batchnorm_forward_train(float *out, float *mean, float *rstd, float 
         running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
         running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)unbiased;
     }
+#pragma omp parallel for schedule(static) if (par)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C;
         float *o = out + (size_t)r * C;
@@ -375,6 +428,7 @@ void fisher_batchnorm_forward_eval(float *out, const float *inp, const float *we
         scale[c] = weight[c] / sqrtf(running_var[c] + eps);
         shift[c] = bias[c] - running_mean[c] * scale[c];
     }
+#pragma omp parallel for schedule(static) if ((size_t)R * C > PAR_MIN)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C;
         float *o = out + (size_t)r * C;
@@ -385,8 +439,10 @@ void fisher_batchnorm_forward_eval(float *out, const float *inp, const float *we
 void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int R, int C) {
+    int par = (size_t)R * C > PAR_MIN;
     double sum_g[C], sum_gn[C]; /* Σ dout, Σ dout·norm per channel */
     for (int c = 0; c < C; c++) sum_g[c] = 0.0, sum_gn[c] = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : sum_g[:C], sum_gn[:C]) if (par)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
         for (int c = 0; c < C; c++) {
@@ -404,6 +460,7 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
         k[c] = weight[c] * rstd[c];
         mg[c] = (float)(sum_g[c] / R), mgn[c] = (float)(sum_gn[c] / R);
     }
+#pragma omp parallel for schedule(static) if (par)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
         float *dx = dinp + (size_t)r * C;
@@ -419,11 +476,13 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
 static const float inv_sqrt_2 = 0.70710678118654752f;
 
 void fisher_gelu_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * inv_sqrt_2));
 }
 
 void fisher_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float cdf = 0.5f * (1.0f + erff(x * inv_sqrt_2));
@@ -433,14 +492,17 @@ void fisher_gelu_backward(float *dinp, const float *dout, const float *inp, size
 }
 
 void fisher_relu_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
 
 void fisher_relu_backward(float *dinp, const float *dout, const float *out, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) dinp[i] += out[i] > 0.0f ? dout[i] : 0.0f;
 }
 
 void fisher_add_inplace(float *out, const float *inp, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] += inp[i];
 }
 
@@ -528,6 +590,7 @@ static resize_tap resize_source(int dst, int in, int out) {
 
 void fisher_resize_bilinear_forward(float *out, const float *inp, int B, int H, int W, int C,
                                     int OH, int OW) {
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * OH * OW * C > PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int oh = 0; oh < OH; oh++) {
             resize_tap th = resize_source(oh, H, OH);
@@ -547,6 +610,8 @@ void fisher_resize_bilinear_forward(float *out, const float *inp, int B, int H, 
 
 void fisher_resize_bilinear_backward(float *dinp, const float *dout, int B, int H, int W, int C,
                                      int OH, int OW) {
+    /* output pixels share input taps, images do not: one image per thread */
+#pragma omp parallel for schedule(static) if ((size_t)B * OH * OW * C > PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int oh = 0; oh < OH; oh++) {
             resize_tap th = resize_source(oh, H, OH);

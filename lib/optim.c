@@ -45,6 +45,7 @@ void fisher_adamw_step(fisher_adamw *opt, float *params, const float *grads) {
     float bc2_sqrt = (float)sqrt(bc2);
     float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
     float *m = opt->m, *v = opt->v;
+#pragma omp parallel for simd schedule(static) if (opt->n > 65536)
     for (size_t i = 0; i < opt->n; i++) {
         float g = grads[i];
         params[i] *= decay;

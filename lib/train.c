@@ -1,6 +1,8 @@
 /* train.c — see train.h. */
 #include "train.h"
 
+#include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -12,6 +14,12 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+void fisher_set_threads(int n) {
+    if (n < 1) return;
+    openblas_set_num_threads(n);
+    omp_set_num_threads(n);
+}
+
 int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher_batch_fn next_batch,
                      void *batch_ctx, fisher_progress_fn on_progress, void *progress_ctx,
                      const volatile int *cancel, fisher_error *err) {
@@ -20,6 +28,7 @@ int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher
         return fisher_errorf(err, "batch_size must be ≥ 1 and steps ≥ 0 (got %d, %lld)", B,
                              (long long)cfg->steps);
     if (fisher_segformer_prepare(m, B, H, W, err)) return -1;
+    fisher_set_threads(cfg->threads);
     const fisher_segformer_config *mc = fisher_segformer_get_config(m);
     size_t npix = (size_t)B * H * W;
     size_t nlab = npix * (size_t)mc->num_labels;

@@ -15,7 +15,13 @@
 #include "optim.h"
 #include "segformer.h"
 
+/* Threads for everything numeric the calling thread does from now on:
+ * OpenBLAS's GEMMs (a process-wide setting of OpenBLAS) and the library's
+ * own OpenMP loops (a setting of the calling thread only). */
+void fisher_set_threads(int n);
+
 typedef struct {
+    int threads;               /* see fisher_set_threads; 0 keeps the current setting */
     int batch_size;
     int image_height, image_width;
     int64_t steps;

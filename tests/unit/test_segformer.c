@@ -39,6 +39,8 @@
 #include "loss.h"
 #include "optim.h"
 #include "segformer.h"
+#include "synth.h"
+#include "train.h"
 
 static fisher_segformer *load_model(const fisher_safetensors *st) {
     fisher_error err = {{0}};
@@ -175,10 +177,61 @@ static void test_mitb0_checkpoint(void **state) {
     fisher_safetensors_close(st);
 }
 
+/* Logits and gradients of one training step of a fresh `tiny` model at
+ * 128×128, batch 4 — large enough that every OpenMP loop runs in parallel
+ * (the parity fixtures are too small to), computed with n threads.
+ * Returns a malloc'd [logits | grads]. */
+static float *step_with_threads(int n, size_t *len) {
+    fisher_error err = {{0}};
+    fisher_segformer_config cfg;
+    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
+    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
+    assert_non_null(m);
+    fisher_segformer_init_random(m, 7);
+    int B = 4, H = 128, W = 128;
+    size_t npix = (size_t)B * H * W, np = fisher_segformer_params(m)->total;
+    float *images = malloc(npix * 3 * sizeof(float)), *masks = malloc(npix * sizeof(float));
+    float *dlogits = malloc(npix * sizeof(float));
+    for (int b = 0; b < B; b++)
+        fisher_synth_crack(images + (size_t)b * H * W * 3, masks + (size_t)b * H * W, H, W, 1, (uint64_t)b);
+    assert_int_equal(fisher_segformer_prepare(m, B, H, W, &err), 0);
+    fisher_set_threads(n);
+    fisher_segformer_zero_grad(m);
+    const float *logits = fisher_segformer_forward(m, images, 1);
+    fisher_seg_loss(dlogits, logits, masks, npix, 0.65f);
+    fisher_segformer_backward(m, dlogits);
+    float *out = malloc((npix + np) * sizeof(float));
+    memcpy(out, logits, npix * sizeof(float));
+    memcpy(out + npix, fisher_segformer_grad_data(m), np * sizeof(float));
+    *len = npix + np;
+    free(images), free(masks), free(dlogits);
+    fisher_segformer_free(m);
+    return out;
+}
+
+/* Threads change the order of a few sums and nothing else: 1 and 2 threads
+ * agree to float rounding (a race would not), and a fixed thread count is
+ * bit-for-bit reproducible. */
+static void test_threads_change_rounding_only(void **state) {
+    (void)state;
+    size_t n1, n2, n3;
+    float *one = step_with_threads(1, &n1), *two = step_with_threads(2, &n2);
+    float *again = step_with_threads(2, &n3);
+    assert_int_equal(n1, n2);
+    size_t npix = 4 * 128 * 128, ngrad = n1 - npix; /* [logits | grads] */
+    assert_close("1 vs 2 threads: logits", two, one, npix, 1e-4, 1e-6 * max_abs(one, npix));
+    assert_close("1 vs 2 threads: gradients", two + npix, one + npix, ngrad, 1e-3,
+                 1e-5 * max_abs(one + npix, ngrad));
+    assert_memory_equal(two, again, n2 * sizeof(float));
+    fisher_set_threads(2);
+    free(one), free(two), free(again);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_training),
         cmocka_unit_test(test_mitb0_checkpoint),
+        cmocka_unit_test(test_threads_change_rounding_only),
     };
     return cmocka_run_group_tests_name("segformer", tests, NULL, NULL);
 }
