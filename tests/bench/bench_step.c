@@ -1,0 +1,263 @@
+/*
+ * bench_step.c — the C half of the training-step benchmark (tests/bench/step.py
+ * runs it interleaved with step_torch.py, the PyTorch half, and tabulates both).
+ *
+ * It times the step fisherd's training loop takes (train.c: zero_grad →
+ * forward → loss → backward → AdamW) on one fixed random batch, so the
+ * numbers measure the engine and nothing else: no data generation, no I/O.
+ * It also measures what this machine's OpenBLAS sgemm can do with the same
+ * thread count, the ceiling against which the step's GFLOP/s are read.
+ *
+ *     bench_step --config mit-b0 --size 128 --batch 4 --threads 2 --warmup 2 --reps 5
+ *
+ * Prints ONE JSON line on stdout (the driver parses it):
+ *     {"impl":"c","config":"mit-b0","size":128,"batch":4,"threads":2,
+ *      "step_ms":[...reps values...],"maxrss_mb":...,"sgemm_gflops":...,"sgemm_n":...}
+ * Errors go to stderr with exit status 1 (2 for bad arguments).
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "loss.h"
+#include "optim.h"
+#include "rng.h"
+#include "segformer.h"
+#include "train.h"
+
+/* The fixed batch: a seed for reproducibility, and a mask density like the
+ * synthetic cracks' (~10 % ones), so the loss takes its ordinary path. */
+#define BATCH_SEED 42
+#define MASK_DENSITY 0.1f
+
+/* sgemm peak: repeat until both this many runs and this much time have
+ * passed, and keep the best run (the peak, not the average, is the ceiling). */
+#define SGEMM_MIN_RUNS 5
+#define SGEMM_MIN_SECONDS 0.5
+/* A 1024³ product that takes less than this is too short to time well
+ * against thread start-up; then 2048³ is measured instead. */
+#define SGEMM_FAST_SECONDS 0.025
+
+typedef struct {
+    const char *config;
+    long size, batch, threads, warmup, reps;
+} bench_args;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: bench_step --config NAME --size N --batch B --threads T --warmup W "
+                 "--reps R\n");
+}
+
+/* Parses a whole-string number in [lo, hi]; prints a precise error otherwise. */
+static int parse_long(const char *opt, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "bench_step: %s must be an integer in [%ld, %ld], got '%s'\n", opt, lo, hi,
+                s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Returns 0, or 2 (the exit status) after printing what was wrong. */
+static int parse_args(bench_args *a, int argc, char **argv) {
+    static const struct option opts[] = {
+        {"config", required_argument, 0, 'c'}, {"size", required_argument, 0, 's'},
+        {"batch", required_argument, 0, 'b'},  {"threads", required_argument, 0, 't'},
+        {"warmup", required_argument, 0, 'w'}, {"reps", required_argument, 0, 'r'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+    };
+    *a = (bench_args){"tiny", 64, 8, 1, 2, 5};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'c': a->config = optarg; break;
+        case 's': bad = parse_long("--size", optarg, 32, 4096, &a->size); break;
+        case 'b': bad = parse_long("--batch", optarg, 1, 1024, &a->batch); break;
+        case 't': bad = parse_long("--threads", optarg, 1, 256, &a->threads); break;
+        case 'w': bad = parse_long("--warmup", optarg, 0, 1000, &a->warmup); break;
+        case 'r': bad = parse_long("--reps", optarg, 1, 1000, &a->reps); break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return 2;
+        }
+        if (bad) return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "bench_step: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+/* Best sgemm rate (GFLOP/s) on n×n×n, C = A·B, with the BLAS threads already
+ * set; 0 if out of memory. */
+static double sgemm_gflops_at(int n) {
+    size_t nn = (size_t)n * (size_t)n;
+    float *a = malloc(nn * sizeof(float)), *b = malloc(nn * sizeof(float));
+    float *c = malloc(nn * sizeof(float));
+    double best = 0;
+    if (a && b && c) {
+        fisher_rng rng;
+        fisher_rng_seed(&rng, 7);
+        for (size_t i = 0; i < nn; i++)
+            a[i] = fisher_rng_uniform(&rng) - 0.5f, b[i] = fisher_rng_uniform(&rng) - 0.5f;
+        double flops = 2.0 * n * n * n, start = now_seconds();
+        for (int run = 0; run < SGEMM_MIN_RUNS || now_seconds() - start < SGEMM_MIN_SECONDS;
+             run++) {
+            double t0 = now_seconds();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
+                        c, n);
+            double gflops = flops / (now_seconds() - t0) / 1e9;
+            if (gflops > best) best = gflops;
+        }
+    }
+    free(a), free(b), free(c);
+    return best;
+}
+
+/* The sgemm peak and the size it was measured at (1024, or 2048 if fast). */
+static double sgemm_peak(int *n_used) {
+    *n_used = 1024;
+    double g = sgemm_gflops_at(1024);
+    if (g > 0 && 2.0 * 1024 * 1024 * 1024 / (g * 1e9) < SGEMM_FAST_SECONDS) {
+        double g2 = sgemm_gflops_at(2048);
+        if (g2 > 0) *n_used = 2048, g = g2;
+    }
+    return g;
+}
+
+/* Peak resident memory of this process, in MB. Linux keeps ru_maxrss
+ * across execve, so a child of a big parent (the driver imports torch:
+ * ~230 MB) would report the parent's peak; VmHWM belongs to the process's
+ * own address space, which exec replaces. ru_maxrss only if /proc is absent. */
+static double peak_rss_mb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+    while (f && kib < 0 && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) != 1) kib = -1;
+    if (f) fclose(f);
+    if (kib < 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        kib = ru.ru_maxrss; /* KiB on Linux */
+    }
+    return (double)kib / 1024.0;
+}
+
+/* Prints the result line; ms holds reps step times. Returns 0 or -1. */
+static int print_result(const bench_args *a, const double *ms, double maxrss_mb,
+                        double sgemm_gflops, int sgemm_n) {
+    json_t *steps = json_array();
+    for (long i = 0; i < a->reps; i++) json_array_append_new(steps, json_real(ms[i]));
+    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:o, s:f, s:f, s:i}", "impl", "c", "config",
+                          a->config, "size", (int)a->size, "batch", (int)a->batch, "threads",
+                          (int)a->threads, "step_ms", steps, "maxrss_mb", maxrss_mb,
+                          "sgemm_gflops", sgemm_gflops, "sgemm_n", sgemm_n);
+    /* Six significant digits: the timer resolves microseconds at best. */
+    char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6))
+                   : NULL;
+    json_decref(o);
+    if (!line) return -1;
+    printf("%s\n", line);
+    free(line);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    bench_args a;
+    int rc = parse_args(&a, argc, argv);
+    if (rc) return rc;
+
+    fisher_error err = {{0}};
+    fisher_segformer_config cfg;
+    if (fisher_segformer_config_named(&cfg, a.config, &err)) {
+        fprintf(stderr, "bench_step: --config: %s\n", err.msg);
+        return 2;
+    }
+    /* --threads is every thread the step may use: the library's own setter
+     * sizes both OpenBLAS's pool (the GEMMs) and its OpenMP team (the rest),
+     * exactly as a fisherd training run does. */
+    fisher_set_threads((int)a.threads);
+
+    int B = (int)a.batch, H = (int)a.size, W = (int)a.size;
+    size_t npix = (size_t)B * H * W, nlab = npix * (size_t)cfg.num_labels;
+    fisher_segformer *m = NULL;
+    fisher_adamw opt = {0};
+    float *images = malloc(npix * (size_t)cfg.num_channels * sizeof(float));
+    float *masks = malloc(nlab * sizeof(float)), *dlogits = malloc(nlab * sizeof(float));
+    double *ms = malloc((size_t)a.reps * sizeof(double));
+    rc = 1;
+    if (!images || !masks || !dlogits || !ms) {
+        fprintf(stderr, "bench_step: out of memory for a batch of %d at %dx%d\n", B, H, W);
+        goto out;
+    }
+    if (!(m = fisher_segformer_create(&cfg, &err))) goto fail;
+    fisher_segformer_init_random(m, 0);
+    if (fisher_segformer_prepare(m, B, H, W, &err)) goto fail;
+    if (fisher_adamw_init(&opt, fisher_segformer_params(m)->total, fisher_adamw_defaults(), &err))
+        goto fail;
+
+    fisher_rng rng;
+    fisher_rng_seed(&rng, BATCH_SEED);
+    for (size_t i = 0; i < npix * (size_t)cfg.num_channels; i++)
+        images[i] = fisher_rng_normal(&rng);
+    for (size_t i = 0; i < nlab; i++) masks[i] = fisher_rng_uniform(&rng) < MASK_DENSITY;
+
+    /* Warm-up steps fault in the activation pages and let OpenBLAS start its
+     * threads; only the steps after them are reported. */
+    for (long step = 0; step < a.warmup + a.reps; step++) {
+        double t0 = now_seconds();
+        fisher_segformer_zero_grad(m);
+        const float *logits = fisher_segformer_forward(m, images, 1);
+        float loss = fisher_seg_loss(dlogits, logits, masks, nlab, FISHER_DICE_WEIGHT_DEFAULT);
+        fisher_segformer_backward(m, dlogits);
+        fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
+        double dt = now_seconds() - t0;
+        /* A non-finite loss means the engine is broken, and its time means nothing. */
+        if (!isfinite(loss)) {
+            fprintf(stderr, "bench_step: loss is %g at step %ld\n", (double)loss, step);
+            goto out;
+        }
+        if (step >= a.warmup) ms[step - a.warmup] = 1e3 * dt;
+    }
+
+    /* The high-water mark is read before the sgemm buffers (48 MB at 2048)
+     * exist, so it is the training step's memory alone. */
+    double maxrss_mb = peak_rss_mb();
+
+    fisher_adamw_free(&opt);
+    fisher_segformer_free(m), m = NULL;
+    int sgemm_n;
+    double gflops = sgemm_peak(&sgemm_n);
+
+    if (print_result(&a, ms, maxrss_mb, gflops, sgemm_n)) {
+        fprintf(stderr, "bench_step: cannot format the result\n");
+        goto out;
+    }
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "bench_step: %s\n", err.msg);
+out:
+    fisher_adamw_free(&opt);
+    fisher_segformer_free(m);
+    free(images), free(masks), free(dlogits), free(ms);
+    return rc;
+}
