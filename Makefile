@@ -11,17 +11,25 @@
 CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
-PKGS    := openblas jansson
+PKGS    := jansson
+# OpenBLAS built on OpenMP, so its GEMMs and the library's own OpenMP loops
+# share one thread team: two pools (OpenBLAS's pthreads and OpenMP's) fought
+# over the 2 cores and made a 2-thread mit-b0 step 2x slower than 1 thread
+# (`make bench`: 320 ms vs 159 ms; one team: ~105 ms). The rpath pins this
+# build whichever libopenblas.so.0 update-alternatives prefers.
+BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
+BLAS_LIBS := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
 CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC -fno-math-errno -fopenmp \
-               -Ilib $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+               -Ilib $(BLAS_CFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS  ?= $(OPT)
 CFLAGS  += $(CFLAGS_BASE)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -fopenmp -lm -lpthread
+LDLIBS  := $(BLAS_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -fopenmp -lm -lpthread
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 # Every package building and testing needs. The daemon's (libmicrohttpd,
 # SQLite, libuv) are listed now so a machine set up once stays set up.
-DEB_PKGS := gcc make pkg-config libopenblas-dev libjansson-dev libcmocka-dev zlib1g-dev \
+DEB_PKGS := gcc make pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev zlib1g-dev \
             libsqlite3-dev libuv1-dev libmicrohttpd-dev
 
 LIB_SRC   := $(sort $(wildcard lib/*.c))
@@ -90,7 +98,7 @@ run: all
 # whatever the library needs; it is one file, so it is simply rebuilt.
 bench: all bench-deps
 	mkdir -p $(BUILD)/bench
-	$(CC) $(CFLAGS) tests/bench/bench_step.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
+	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
 
 # PyTorch is only the benchmark's yardstick: it stays out of `deps`, so

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "openmp_env.h"
 #include "segformer.h"
 #include "synth.h"
 #include "train.h"
@@ -160,6 +161,7 @@ static int cmd_train(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    fisherd_tune_openmp(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

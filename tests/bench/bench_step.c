@@ -25,6 +25,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "../../daemon/openmp_env.h"
 #include "loss.h"
 #include "optim.h"
 #include "rng.h"
@@ -181,6 +182,7 @@ static int print_result(const bench_args *a, const double *ms, double maxrss_mb,
 }
 
 int main(int argc, char **argv) {
+    fisherd_tune_openmp(argv); /* wait for work the way fisherd does */
     bench_args a;
     int rc = parse_args(&a, argc, argv);
     if (rc) return rc;
