@@ -568,6 +568,79 @@ void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, 
         }
 }
 
+/* ------------------------------------------------ Efficient self-attention */
+
+int fisher_esa_dims_init(fisher_esa_dims *d, int B, int H, int W, int C, int NH, int sr, float eps) {
+    if (B < 1 || H < 1 || W < 1 || C < 1 || NH < 1 || C % NH || sr < 1) return -1;
+    memset(d, 0, sizeof *d);
+    d->B = B, d->H = H, d->W = W, d->C = C, d->NH = NH, d->sr = sr, d->eps = eps;
+    d->N = H * W;
+    d->M = d->N;
+    if (sr > 1) {
+        if (fisher_conv2d_dims_init(&d->sr_conv, B, H, W, C, C, sr, sr, sr, 0, 1)) return -1;
+        d->M = d->sr_conv.OH * d->sr_conv.OW;
+    }
+    return 0;
+}
+
+/* Backward scratch, in order: dq, dctx (B,N,C); dk, dv, dsr_ln, dsr (B,M,C);
+ * attention scratch; conv scratch (the forward uses only the last). */
+size_t fisher_esa_scratch_floats(const fisher_esa_dims *d) {
+    size_t nc = (size_t)d->B * d->N * d->C, mc = (size_t)d->B * d->M * d->C;
+    size_t conv = d->sr > 1 ? fisher_conv2d_scratch_floats(&d->sr_conv) : 0;
+    return 2 * nc + 4 * mc + fisher_attention_scratch_floats(d->N, d->M) + conv;
+}
+
+static float *esa_conv_scratch(float *scratch, const fisher_esa_dims *d) {
+    size_t nc = (size_t)d->B * d->N * d->C, mc = (size_t)d->B * d->M * d->C;
+    return scratch + 2 * nc + 4 * mc + fisher_attention_scratch_floats(d->N, d->M);
+}
+
+void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratch, const float *inp,
+                        const fisher_esa_params *w, const fisher_esa_dims *d) {
+    int B = d->B, N = d->N, M = d->M, C = d->C;
+    const fisher_esa_cache *a = cache;
+    fisher_linear_forward(a->q, inp, w->q_w, w->q_b, B * N, C, C);
+    const float *kv_src = inp;
+    if (d->sr > 1) {
+        fisher_conv2d_forward(a->sr, esa_conv_scratch(scratch, d), inp, w->sr_w, w->sr_b, &d->sr_conv);
+        fisher_layernorm_forward(a->sr_ln, a->sr_mean, a->sr_rstd, a->sr, w->sr_ln_w, w->sr_ln_b,
+                                 B * M, C, d->eps);
+        kv_src = a->sr_ln;
+    }
+    fisher_linear_forward(a->k, kv_src, w->k_w, w->k_b, B * M, C, C);
+    fisher_linear_forward(a->v, kv_src, w->v_w, w->v_b, B * M, C, C);
+    fisher_attention_forward(a->ctx, a->att, a->q, a->k, a->v, B, N, M, C, d->NH);
+    fisher_linear_forward(out, a->ctx, w->o_w, w->o_b, B * N, C, C);
+}
+
+void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scratch,
+                         const float *dout, const float *inp, const fisher_esa_cache *cache,
+                         const fisher_esa_params *w, const fisher_esa_dims *d) {
+    int B = d->B, N = d->N, M = d->M, C = d->C;
+    size_t nc = (size_t)B * N * C, mc = (size_t)B * M * C;
+    const fisher_esa_cache *a = cache;
+    float *dq = scratch, *dctx = dq + nc, *dk = dctx + nc, *dv = dk + mc;
+    float *dsr_ln = dv + mc, *dsr = dsr_ln + mc, *att_scratch = dsr + mc;
+    memset(scratch, 0, (2 * nc + 4 * mc) * sizeof *scratch);
+    fisher_linear_backward(dctx, grad->o_w, grad->o_b, dout, a->ctx, w->o_w, B * N, C, C);
+    fisher_attention_backward(dq, dk, dv, att_scratch, dctx, a->q, a->k, a->v, a->att, B, N, M, C,
+                              d->NH);
+    int reduced = d->sr > 1;
+    /* without reduction, keys and values read the input itself */
+    float *dkv = reduced ? dsr_ln : dinp;
+    const float *kv_src = reduced ? a->sr_ln : inp;
+    fisher_linear_backward(dkv, grad->k_w, grad->k_b, dk, kv_src, w->k_w, B * M, C, C);
+    fisher_linear_backward(dkv, grad->v_w, grad->v_b, dv, kv_src, w->v_w, B * M, C, C);
+    if (reduced) {
+        fisher_layernorm_backward(dsr, grad->sr_ln_w, grad->sr_ln_b, dsr_ln, a->sr, w->sr_ln_w,
+                                  a->sr_mean, a->sr_rstd, B * M, C);
+        fisher_conv2d_backward(dinp, grad->sr_w, grad->sr_b, esa_conv_scratch(scratch, d), dsr, inp,
+                               w->sr_w, &d->sr_conv);
+    }
+    fisher_linear_backward(dinp, grad->q_w, grad->q_b, dq, inp, w->q_w, B * N, C, C);
+}
+
 /* ---------------------------------------------------------- Bilinear resize */
 /* PyTorch's source index for align_corners=False:
  *     src = max(0, (dst + 0.5)·in/out − 0.5),  i0 = ⌊src⌋,  i1 = min(i0 + 1, in − 1). */

@@ -109,6 +109,48 @@ void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, 
                                const float *q, const float *k, const float *v, const float *att,
                                int B, int N, int M, int C, int NH);
 
+/* ---- Efficient self-attention (SegFormer), the whole sub-layer ----
+ * Hugging Face's SegformerAttention without its residual: queries from the
+ * input tokens; keys and values from tokens spatially reduced by a strided
+ * sr×sr conv and a LayerNorm (or from the input itself when sr == 1);
+ * multi-head attention; the output projection.
+ *   inp (B, N = H·W, C) -> out (B, N, C),  M = (H/sr)·(W/sr) key tokens. */
+typedef struct {
+    int B, H, W, C, NH, sr;
+    int N, M;                        /* derived */
+    float eps;                       /* of the reduction LayerNorm */
+    fisher_conv2d_dims sr_conv;      /* derived; unused when sr == 1 */
+} fisher_esa_dims;
+
+/* Weights in PyTorch layouts: q/k/v/o (C, C) + (C); sr (C, C, sr, sr) + (C)
+ * and sr_ln (C) + (C) only when sr > 1. The gradient struct has the same
+ * fields; any of them may be NULL (not computed). */
+typedef struct {
+    float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b;
+    float *sr_w, *sr_b, *sr_ln_w, *sr_ln_b;
+    float *o_w, *o_b;
+} fisher_esa_params;
+
+/* What the forward keeps for the backward. */
+typedef struct {
+    float *q;                                /* (B, N, C) */
+    float *sr, *sr_ln, *sr_mean, *sr_rstd;   /* (B, M, C), stats (B·M); sr > 1 only */
+    float *k, *v;                            /* (B, M, C) */
+    float *att;                              /* (B, NH, N, M) */
+    float *ctx;                              /* (B, N, C) before the output projection */
+} fisher_esa_cache;
+
+/* Returns 0, or -1 when the shapes are impossible (C % NH, H or W < sr). */
+int fisher_esa_dims_init(fisher_esa_dims *d, int B, int H, int W, int C, int NH, int sr, float eps);
+/* Floats of scratch forward and backward need (the same buffer serves both). */
+size_t fisher_esa_scratch_floats(const fisher_esa_dims *d);
+
+void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratch, const float *inp,
+                        const fisher_esa_params *w, const fisher_esa_dims *d);
+void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scratch,
+                         const float *dout, const float *inp, const fisher_esa_cache *cache,
+                         const fisher_esa_params *w, const fisher_esa_dims *d);
+
 /* ---- Bilinear resize, align_corners=False (PyTorch's interpolate) ----
  * inp (B, H, W, C) -> out (B, OH, OW, C). */
 void fisher_resize_bilinear_forward(float *out, const float *inp, int B, int H, int W, int C,

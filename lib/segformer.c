@@ -224,14 +224,10 @@ typedef struct {
     int ln_w, ln_b; /* the stage's closing LayerNorm */
 } stage_params;
 
-/* Activations of one block; (B, N, C) unless noted, M = N / sr². */
+/* Activations of one block; (B, N, C) unless noted. */
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd;        /* ln1 (B,N,C), stats (B·N) */
-    float *q;
-    float *sr, *sr_ln, *sr_mean, *sr_rstd;   /* (B,M,C), stats (B·M); sr > 1 only */
-    float *k, *v;                            /* (B,M,C) */
-    float *att;                              /* (B,NH,N,M) softmax probabilities */
-    float *ctx;                              /* attention output before output.dense */
+    fisher_esa_cache esa;                    /* inside the attention sub-layer */
     float *x1;                               /* residual stream after attention */
     float *ln2, *ln2_mean, *ln2_rstd;
     float *h1, *h2, *h3;                     /* (B,N,4C): dense1, dwconv, GELU */
@@ -240,7 +236,8 @@ typedef struct {
 
 typedef struct {
     int h, w, N, M;                          /* tokens h×w = N; keys M */
-    fisher_conv2d_dims patch, sr, dw;
+    fisher_conv2d_dims patch, dw;
+    fisher_esa_dims esa;
     float *patch_out;                        /* (B,h,w,C) patch conv output */
     float *x0, *x0_mean, *x0_rstd;           /* after the patch LayerNorm */
     block_acts *blocks;
@@ -251,10 +248,9 @@ typedef struct {
 typedef struct {
     float *stage_out[FISHER_STAGES];         /* d of each stage output */
     float *res;                              /* d of the residual stream */
-    float *ln, *q, *k, *v, *ctx, *sr, *sr_ln;
+    float *ln;
     float *hidden_a, *hidden_b;              /* (B,N,4C) twice */
     float *patch;
-    float *att;                              /* attention scratch (N·M) */
     float *conv;                             /* conv scratch */
     float *logits, *relu, *bn, *fuse, *z, *lc[FISHER_STAGES];
 } grad_scratch;
@@ -277,6 +273,7 @@ struct fisher_segformer {
     float *z, *z_up;                         /* (B,N_s,D) fused at stage resolution, (B,N_0,D) upsampled */
     float *fuse, *bn, *bn_mean_b, *bn_rstd_b, *relu, *logits, *logits_full;
     float *conv_scratch;                     /* forward conv scratch */
+    float *esa_scratch;                      /* attention sub-layer scratch, forward and backward */
     grad_scratch g;
     const float *images; /* the last forward's input: stage 1's conv backward reads it */
     int last_training;
@@ -544,7 +541,7 @@ static size_t max_z(size_t a, size_t b) { return a > b ? a : b; }
 static void layout(fisher_segformer *m, arena *a) {
     const fisher_segformer_config *c = &m->cfg;
     size_t B = (size_t)m->B, D = (size_t)c->decoder_hidden_size, L = (size_t)c->num_labels;
-    size_t max_conv = 0, max_att = 0, max_nc = 0, max_mc = 0, max_nh = 0, max_patch = 0;
+    size_t max_conv = 0, max_esa = 0, max_nc = 0, max_nh = 0, max_patch = 0;
     for (int s = 0; s < FISHER_STAGES; s++) {
         stage_acts *sa = &m->acts[s];
         size_t C = (size_t)c->hidden_sizes[s], N = (size_t)sa->N, M = (size_t)sa->M;
@@ -558,17 +555,18 @@ static void layout(fisher_segformer *m, arena *a) {
             ba->ln1 = take(a, B * N * C);
             ba->ln1_mean = take(a, B * N);
             ba->ln1_rstd = take(a, B * N);
-            ba->q = take(a, B * N * C);
+            fisher_esa_cache *e = &ba->esa;
+            e->q = take(a, B * N * C);
             if (c->sr_ratios[s] > 1) {
-                ba->sr = take(a, B * M * C);
-                ba->sr_ln = take(a, B * M * C);
-                ba->sr_mean = take(a, B * M);
-                ba->sr_rstd = take(a, B * M);
+                e->sr = take(a, B * M * C);
+                e->sr_ln = take(a, B * M * C);
+                e->sr_mean = take(a, B * M);
+                e->sr_rstd = take(a, B * M);
             }
-            ba->k = take(a, B * M * C);
-            ba->v = take(a, B * M * C);
-            ba->att = take(a, B * NH * N * M);
-            ba->ctx = take(a, B * N * C);
+            e->k = take(a, B * M * C);
+            e->v = take(a, B * M * C);
+            e->att = take(a, B * NH * N * M);
+            e->ctx = take(a, B * N * C);
             ba->x1 = take(a, B * N * C);
             ba->ln2 = take(a, B * N * C);
             ba->ln2_mean = take(a, B * N);
@@ -583,10 +581,8 @@ static void layout(fisher_segformer *m, arena *a) {
         sa->out_rstd = take(a, B * N);
         max_conv = max_z(max_conv, fisher_conv2d_scratch_floats(&sa->patch));
         max_conv = max_z(max_conv, fisher_conv2d_scratch_floats(&sa->dw));
-        if (c->sr_ratios[s] > 1) max_conv = max_z(max_conv, fisher_conv2d_scratch_floats(&sa->sr));
-        max_att = max_z(max_att, fisher_attention_scratch_floats(sa->N, sa->M));
+        max_esa = max_z(max_esa, fisher_esa_scratch_floats(&sa->esa));
         max_nc = max_z(max_nc, B * N * C);
-        max_mc = max_z(max_mc, B * M * C);
         max_nh = max_z(max_nh, B * N * Hd);
         max_patch = max_z(max_patch, B * N * C);
     }
@@ -602,22 +598,16 @@ static void layout(fisher_segformer *m, arena *a) {
     m->logits = take(a, B * N0 * L);
     m->logits_full = take(a, B * (size_t)m->H * m->W * L);
     m->conv_scratch = take(a, max_conv);
+    m->esa_scratch = take(a, max_esa);
 
     grad_scratch *g = &m->g;
     for (int s = 0; s < FISHER_STAGES; s++)
         g->stage_out[s] = take(a, B * (size_t)m->acts[s].N * (size_t)c->hidden_sizes[s]);
     g->res = take(a, max_nc);
     g->ln = take(a, max_nc);
-    g->q = take(a, max_nc);
-    g->ctx = take(a, max_nc);
-    g->k = take(a, max_mc);
-    g->v = take(a, max_mc);
-    g->sr = take(a, max_mc);
-    g->sr_ln = take(a, max_mc);
     g->hidden_a = take(a, max_nh);
     g->hidden_b = take(a, max_nh);
     g->patch = take(a, max_patch);
-    g->att = take(a, max_att);
     g->conv = take(a, max_conv);
     g->logits = take(a, B * N0 * L);
     g->relu = take(a, B * N0 * D);
@@ -641,16 +631,12 @@ int fisher_segformer_prepare(fisher_segformer *m, int B, int H, int W, fisher_er
         if (fisher_conv2d_dims_init(&sa->patch, B, h, w, in, C, k, k, c->strides[s], k / 2, 1))
             return fisher_errorf(err, "image %dx%d is too small for stage %d of the encoder", H, W, s + 1);
         sa->h = sa->patch.OH, sa->w = sa->patch.OW, sa->N = sa->h * sa->w;
-        if (sr > 1) {
-            if (fisher_conv2d_dims_init(&sa->sr, B, sa->h, sa->w, C, C, sr, sr, sr, 0, 1))
-                return fisher_errorf(err,
-                                     "image %dx%d is too small: stage %d has %dx%d tokens, fewer than "
-                                     "its spatial reduction %d (use at least %dx%d)",
-                                     H, W, s + 1, sa->h, sa->w, sr, 32, 32);
-            sa->M = sa->sr.OH * sa->sr.OW;
-        } else {
-            sa->M = sa->N;
-        }
+        if (fisher_esa_dims_init(&sa->esa, B, sa->h, sa->w, C, c->num_heads[s], sr, c->layer_norm_eps))
+            return fisher_errorf(err,
+                                 "image %dx%d is too small: stage %d has %dx%d tokens, fewer than "
+                                 "its spatial reduction %d (use at least 32x32)",
+                                 H, W, s + 1, sa->h, sa->w, sr);
+        sa->M = sa->esa.M;
         int hidden = C * c->mlp_ratio;
         fisher_conv2d_dims_init(&sa->dw, B, sa->h, sa->w, hidden, hidden, 3, 3, 1, 1, hidden);
         h = sa->h, w = sa->w, in = C;
@@ -681,28 +667,29 @@ int fisher_segformer_prepare(fisher_segformer *m, int B, int H, int W, fisher_er
 
 /* ---------------------------------------------------------------- forward */
 
+/* The attention sub-layer's tensors of block p, through P (values) or G (gradients). */
+static fisher_esa_params esa_params(fisher_segformer *m, const block_params *p,
+                                    float *(*at)(fisher_segformer *, int)) {
+    return (fisher_esa_params){
+        .q_w = at(m, p->q_w), .q_b = at(m, p->q_b), .k_w = at(m, p->k_w), .k_b = at(m, p->k_b),
+        .v_w = at(m, p->v_w), .v_b = at(m, p->v_b), .sr_w = at(m, p->sr_w), .sr_b = at(m, p->sr_b),
+        .sr_ln_w = at(m, p->sr_ln_w), .sr_ln_b = at(m, p->sr_ln_b), .o_w = at(m, p->o_w),
+        .o_b = at(m, p->o_b),
+    };
+}
+
 static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
     const fisher_segformer_config *c = &m->cfg;
     stage_acts *sa = &m->acts[s];
     block_acts *a = &sa->blocks[j];
     const block_params *p = &m->stages[s].blocks[j];
-    int B = m->B, N = sa->N, M = sa->M, C = c->hidden_sizes[s], Hd = C * c->mlp_ratio;
+    int B = m->B, N = sa->N, C = c->hidden_sizes[s], Hd = C * c->mlp_ratio;
     float eps = c->layer_norm_eps;
 
     fisher_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, P(m, p->ln1_w), P(m, p->ln1_b),
                              B * N, C, eps);
-    fisher_linear_forward(a->q, a->ln1, P(m, p->q_w), P(m, p->q_b), B * N, C, C);
-    const float *kv_src = a->ln1;
-    if (c->sr_ratios[s] > 1) {
-        fisher_conv2d_forward(a->sr, m->conv_scratch, a->ln1, P(m, p->sr_w), P(m, p->sr_b), &sa->sr);
-        fisher_layernorm_forward(a->sr_ln, a->sr_mean, a->sr_rstd, a->sr, P(m, p->sr_ln_w),
-                                 P(m, p->sr_ln_b), B * M, C, eps);
-        kv_src = a->sr_ln;
-    }
-    fisher_linear_forward(a->k, kv_src, P(m, p->k_w), P(m, p->k_b), B * M, C, C);
-    fisher_linear_forward(a->v, kv_src, P(m, p->v_w), P(m, p->v_b), B * M, C, C);
-    fisher_attention_forward(a->ctx, a->att, a->q, a->k, a->v, B, N, M, C, c->num_heads[s]);
-    fisher_linear_forward(a->x1, a->ctx, P(m, p->o_w), P(m, p->o_b), B * N, C, C);
+    fisher_esa_params w = esa_params(m, p, P);
+    fisher_esa_forward(a->x1, &a->esa, m->esa_scratch, a->ln1, &w, &sa->esa);
     fisher_add_inplace(a->x1, x, (size_t)B * N * C);
 
     fisher_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, P(m, p->ln2_w),
@@ -798,8 +785,8 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
     block_acts *a = &sa->blocks[j];
     const block_params *p = &m->stages[s].blocks[j];
     grad_scratch *g = &m->g;
-    int B = m->B, N = sa->N, M = sa->M, C = c->hidden_sizes[s], Hd = C * c->mlp_ratio;
-    size_t nc = (size_t)B * N * C, mc = (size_t)B * M * C, nh = (size_t)B * N * Hd;
+    int B = m->B, N = sa->N, C = c->hidden_sizes[s], Hd = C * c->mlp_ratio;
+    size_t nc = (size_t)B * N * C, nh = (size_t)B * N * Hd;
 
     /* Mix-FFN: out = x1 + dense2(gelu(dwconv(dense1(ln2(x1))))) */
     float *dh3 = g->hidden_a, *dh2 = g->hidden_b, *dh1 = g->hidden_a;
@@ -817,27 +804,10 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
     fisher_layernorm_backward(dres, G(m, p->ln2_w), G(m, p->ln2_b), g->ln, a->x1, P(m, p->ln2_w),
                               a->ln2_mean, a->ln2_rstd, B * N, C);
 
-    /* attention: x1 = x + dense(attn(q(ln1), k(kv), v(kv))), kv = ln1 or sr_ln(sr(ln1)) */
-    zero(g->ctx, nc);
-    fisher_linear_backward(g->ctx, G(m, p->o_w), G(m, p->o_b), dres, a->ctx, P(m, p->o_w), B * N, C, C);
-    zero(g->q, nc), zero(g->k, mc), zero(g->v, mc);
-    fisher_attention_backward(g->q, g->k, g->v, g->att, g->ctx, a->q, a->k, a->v, a->att, B, N, M,
-                              C, c->num_heads[s]);
+    /* attention: x1 = x + esa(ln1(x)) */
+    fisher_esa_params w = esa_params(m, p, P), dw = esa_params(m, p, G);
     zero(g->ln, nc);
-    int reduced = c->sr_ratios[s] > 1;
-    float *dkv = reduced ? g->sr_ln : g->ln;
-    const float *kv_src = reduced ? a->sr_ln : a->ln1;
-    if (reduced) zero(dkv, mc);
-    fisher_linear_backward(dkv, G(m, p->k_w), G(m, p->k_b), g->k, kv_src, P(m, p->k_w), B * M, C, C);
-    fisher_linear_backward(dkv, G(m, p->v_w), G(m, p->v_b), g->v, kv_src, P(m, p->v_w), B * M, C, C);
-    if (reduced) {
-        zero(g->sr, mc);
-        fisher_layernorm_backward(g->sr, G(m, p->sr_ln_w), G(m, p->sr_ln_b), g->sr_ln, a->sr,
-                                  P(m, p->sr_ln_w), a->sr_mean, a->sr_rstd, B * M, C);
-        fisher_conv2d_backward(g->ln, G(m, p->sr_w), G(m, p->sr_b), g->conv, g->sr, a->ln1,
-                               P(m, p->sr_w), &sa->sr);
-    }
-    fisher_linear_backward(g->ln, G(m, p->q_w), G(m, p->q_b), g->q, a->ln1, P(m, p->q_w), B * N, C, C);
+    fisher_esa_backward(g->ln, &dw, m->esa_scratch, dres, a->ln1, &a->esa, &w, &sa->esa);
     fisher_layernorm_backward(dres, G(m, p->ln1_w), G(m, p->ln1_b), g->ln, x, P(m, p->ln1_w),
                               a->ln1_mean, a->ln1_rstd, B * N, C);
 }

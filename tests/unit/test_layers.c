@@ -11,6 +11,8 @@
  */
 #include "testutil.h"
 
+#include <stddef.h>
+
 #include "layers.h"
 #include "loss.h"
 #include "optim.h"
@@ -185,6 +187,61 @@ static void test_attention(void **s) {
     free(q), free(k), free(v), free(dout), free(out), free(att), free(dq), free(dk), free(dv), free(scratch);
 }
 
+/* The whole efficient self-attention sub-layer, with Hugging Face's
+ * parameter names, against SegformerAttention (sr 2, 2 heads, 4×6 tokens). */
+static void test_efficient_self_attention(void **s) {
+    (void)s;
+    fisher_esa_dims d;
+    assert_int_equal(fisher_esa_dims_init(&d, 2, 4, 6, 16, 2, 2, 1e-5f), 0);
+    assert_int_equal(d.M, 6);
+    size_t C = 16, nc = (size_t)d.B * d.N * C, mc = (size_t)d.B * d.M * C;
+    static const struct {
+        const char *name;
+        size_t numel;
+        size_t field; /* offset into fisher_esa_params */
+    } tensors[] = {
+        {"attention.self.query.weight", 256, offsetof(fisher_esa_params, q_w)},
+        {"attention.self.query.bias", 16, offsetof(fisher_esa_params, q_b)},
+        {"attention.self.key.weight", 256, offsetof(fisher_esa_params, k_w)},
+        {"attention.self.key.bias", 16, offsetof(fisher_esa_params, k_b)},
+        {"attention.self.value.weight", 256, offsetof(fisher_esa_params, v_w)},
+        {"attention.self.value.bias", 16, offsetof(fisher_esa_params, v_b)},
+        {"attention.self.sr.weight", 1024, offsetof(fisher_esa_params, sr_w)},
+        {"attention.self.sr.bias", 16, offsetof(fisher_esa_params, sr_b)},
+        {"attention.self.layer_norm.weight", 16, offsetof(fisher_esa_params, sr_ln_w)},
+        {"attention.self.layer_norm.bias", 16, offsetof(fisher_esa_params, sr_ln_b)},
+        {"attention.output.dense.weight", 256, offsetof(fisher_esa_params, o_w)},
+        {"attention.output.dense.bias", 16, offsetof(fisher_esa_params, o_b)},
+    };
+    enum { NT = sizeof tensors / sizeof *tensors };
+    fisher_esa_params w, g;
+    for (int i = 0; i < NT; i++) {
+        *(float **)((char *)&w + tensors[i].field) = get("esa", tensors[i].name, tensors[i].numel);
+        *(float **)((char *)&g + tensors[i].field) = zeros(tensors[i].numel);
+    }
+    float *hidden = get("esa", "hidden", nc), *dout = get("esa", "dout", nc);
+    float *out = zeros(nc), *dhidden = zeros(nc), *scratch = zeros(fisher_esa_scratch_floats(&d));
+    fisher_esa_cache cache = {
+        .q = zeros(nc), .sr = zeros(mc), .sr_ln = zeros(mc), .sr_mean = zeros(mc / C),
+        .sr_rstd = zeros(mc / C), .k = zeros(mc), .v = zeros(mc),
+        .att = zeros((size_t)d.B * d.NH * d.N * d.M), .ctx = zeros(nc),
+    };
+    fisher_esa_forward(out, &cache, scratch, hidden, &w, &d);
+    check("esa", "out", out, nc);
+    fisher_esa_backward(dhidden, &g, scratch, dout, hidden, &cache, &w, &d);
+    check("esa", "dhidden", dhidden, nc);
+    for (int i = 0; i < NT; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "grad.%s", tensors[i].name);
+        check("esa", what, *(float **)((char *)&g + tensors[i].field), tensors[i].numel);
+        free(*(float **)((char *)&w + tensors[i].field));
+        free(*(float **)((char *)&g + tensors[i].field));
+    }
+    free(hidden), free(dout), free(out), free(dhidden), free(scratch);
+    free(cache.q), free(cache.sr), free(cache.sr_ln), free(cache.sr_mean), free(cache.sr_rstd);
+    free(cache.k), free(cache.v), free(cache.att), free(cache.ctx);
+}
+
 typedef struct {
     const char *name;
     int B, H, W, C, OH, OW;
@@ -289,7 +346,8 @@ int main(void) {
         cmocka_unit_test(test_conv_1x1),       cmocka_unit_test(test_conv_dims_reject),
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
-        cmocka_unit_test(test_attention),      cmocka_unit_test(test_resize_up),
+        cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
+        cmocka_unit_test(test_resize_up),
         cmocka_unit_test(test_resize_down),    cmocka_unit_test(test_resize_same),
         cmocka_unit_test(test_concat),         cmocka_unit_test(test_loss),
         cmocka_unit_test(test_metrics),        cmocka_unit_test(test_adamw),

@@ -36,6 +36,8 @@
  */
 #include "testutil.h"
 
+#include <unistd.h>
+
 #include "loss.h"
 #include "optim.h"
 #include "segformer.h"
@@ -227,11 +229,171 @@ static void test_threads_change_rounding_only(void **state) {
     free(one), free(two), free(again);
 }
 
+static fisher_segformer *new_model(const char *config, int num_labels, uint64_t seed) {
+    fisher_error err = {{0}};
+    fisher_segformer_config cfg;
+    assert_int_equal(fisher_segformer_config_named(&cfg, config, &err), 0);
+    cfg.num_labels = num_labels;
+    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
+    if (!m) fail_msg("create: %s", err.msg);
+    fisher_segformer_init_random(m, seed);
+    return m;
+}
+
+static char tmpdir[64];
+
+static const char *tmp_path(const char *name) {
+    static char path[128];
+    if (!tmpdir[0]) {
+        strcpy(tmpdir, "/tmp/fisher_segformer_XXXXXX");
+        assert_non_null(mkdtemp(tmpdir));
+    }
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    return path;
+}
+
+/* Saved weights, buffers, num_batches_tracked and config come back exactly,
+ * and the reloaded model computes the same logits. */
+static void test_save_load_roundtrip(void **state) {
+    (void)state;
+    fisher_error err = {{0}};
+    fisher_segformer *a = new_model("tiny", 1, 3);
+    int B = 2, H = 64, W = 64;
+    float *images = malloc((size_t)B * H * W * 3 * sizeof(float)), mask[64 * 64];
+    for (int b = 0; b < B; b++) fisher_synth_crack(images + (size_t)b * H * W * 3, mask, H, W, 5, (uint64_t)b);
+    assert_int_equal(fisher_segformer_prepare(a, B, H, W, &err), 0);
+    fisher_segformer_forward(a, images, 1); /* moves the BatchNorm running statistics */
+    const char *path = tmp_path("roundtrip.safetensors");
+    if (fisher_segformer_save(a, path, &err)) fail_msg("save: %s", err.msg);
+
+    fisher_safetensors *st = fisher_safetensors_open(path, &err);
+    if (!st) fail_msg("open: %s", err.msg);
+    fisher_segformer *b = load_model(st);
+    const fisher_tensor_table *pt = fisher_segformer_params(a), *bt = fisher_segformer_buffers(a);
+    assert_memory_equal(fisher_segformer_param_data(a), fisher_segformer_param_data(b), pt->total * sizeof(float));
+    assert_memory_equal(fisher_segformer_buffer_data(a), fisher_segformer_buffer_data(b), bt->total * sizeof(float));
+    int64_t tracked = -1, scalar[1] = {0};
+    assert_int_equal(fisher_safetensors_read_i64(st, "decode_head.batch_norm.num_batches_tracked", &tracked, 0, scalar, &err), 0);
+    assert_int_equal(tracked, 1);
+    assert_memory_equal(fisher_segformer_get_config(a), fisher_segformer_get_config(b), sizeof(fisher_segformer_config));
+
+    assert_int_equal(fisher_segformer_prepare(b, B, H, W, &err), 0);
+    size_t n = (size_t)B * H * W;
+    float *la = malloc(n * sizeof(float));
+    memcpy(la, fisher_segformer_forward(a, images, 0), n * sizeof(float));
+    assert_memory_equal(la, fisher_segformer_forward(b, images, 0), n * sizeof(float));
+    free(la), free(images);
+    fisher_safetensors_close(st);
+    fisher_segformer_free(a), fisher_segformer_free(b);
+    unlink(path);
+}
+
+/* A checkpoint that does not fit is refused with the tensor named. */
+static void test_load_errors_name_the_tensor(void **state) {
+    (void)state;
+    fisher_error err = {{0}};
+    fisher_segformer *tiny = new_model("tiny", 1, 1), *b0 = new_model("mit-b0", 1, 1);
+    const char *path = tmp_path("tiny.safetensors");
+    assert_int_equal(fisher_segformer_save(tiny, path, &err), 0);
+    fisher_safetensors *st = fisher_safetensors_open(path, &err);
+    assert_non_null(st);
+    assert_int_equal(fisher_segformer_load(b0, st, 0, &err), -1);
+    printf("  mit-b0 from a tiny file: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "segformer.encoder.patch_embeddings.0.proj.weight"));
+    assert_non_null(strstr(err.msg, "[16, 3, 7, 7]"));
+    assert_non_null(strstr(err.msg, "[32, 3, 7, 7]"));
+    fisher_safetensors_close(st);
+
+    /* an encoder-only checkpoint (ImageNet MiT weights): refused unless asked for */
+    const fisher_tensor_table *t = fisher_segformer_params(tiny);
+    fisher_st_tensor enc[512];
+    size_t n = 0;
+    for (int i = 0; i < t->count; i++) {
+        const fisher_tensor *e = &t->tensors[i];
+        if (strncmp(e->name, "segformer.", 10) != 0) continue;
+        enc[n] = (fisher_st_tensor){.name = e->name, .dtype = FISHER_DTYPE_F32, .ndim = e->ndim,
+                                    .data = fisher_segformer_param_data(tiny) + e->offset};
+        for (int d = 0; d < e->ndim; d++) enc[n].shape[d] = e->shape[d];
+        n++;
+    }
+    const char *enc_path = tmp_path("encoder.safetensors");
+    assert_int_equal(fisher_safetensors_write(enc_path, enc, n, NULL, 0, &err), 0);
+    st = fisher_safetensors_open(enc_path, &err);
+    fisher_segformer *fresh = new_model("tiny", 1, 2);
+    assert_int_equal(fisher_segformer_load(fresh, st, 0, &err), -1);
+    printf("  encoder-only file, full load: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "decode_head."));
+    assert_int_equal(fisher_segformer_load(fresh, st, FISHER_LOAD_ENCODER_ONLY, &err), 0);
+    int enc0 = fisher_table_find(t, "segformer.encoder.block.0.0.mlp.dense1.weight");
+    assert_memory_equal(fisher_segformer_param_data(fresh) + t->tensors[enc0].offset,
+                        fisher_segformer_param_data(tiny) + t->tensors[enc0].offset,
+                        t->tensors[enc0].numel * sizeof(float));
+    fisher_safetensors_close(st);
+    fisher_segformer_free(tiny), fisher_segformer_free(b0), fisher_segformer_free(fresh);
+    unlink(path), unlink(enc_path);
+}
+
+/* Several labels: logits have num_labels channels and training runs. */
+static void test_num_labels(void **state) {
+    (void)state;
+    fisher_error err = {{0}};
+    fisher_segformer *m = new_model("tiny", 3, 4);
+    int cls = fisher_table_find(fisher_segformer_params(m), "decode_head.classifier.weight");
+    assert_int_equal(fisher_segformer_params(m)->tensors[cls].shape[0], 3);
+    int B = 1, H = 32, W = 48;
+    size_t n = (size_t)B * H * W * 3;
+    float *images = calloc(n, sizeof(float)), *dlogits = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) images[i] = (float)(i % 7) - 3, dlogits[i] = 1e-3f;
+    assert_int_equal(fisher_segformer_prepare(m, B, H, W, &err), 0);
+    int h4, w4;
+    fisher_segformer_forward(m, images, 1);
+    fisher_segformer_logits_quarter(m, &h4, &w4);
+    assert_int_equal(h4, 8);
+    assert_int_equal(w4, 12);
+    fisher_segformer_zero_grad(m);
+    fisher_segformer_backward(m, dlogits);
+    const float *g = fisher_segformer_grad_data(m) + fisher_segformer_params(m)->tensors[cls].offset;
+    assert_true(g[0] != 0.0f && g[64] != 0.0f && g[128] != 0.0f); /* every label's row learns */
+    free(images), free(dlogits);
+    fisher_segformer_free(m);
+}
+
+static void test_bad_shapes_and_configs(void **state) {
+    (void)state;
+    fisher_error err = {{0}};
+    fisher_segformer *m = new_model("tiny", 1, 0);
+    assert_int_equal(fisher_segformer_prepare(m, 2, 16, 16, &err), -1);
+    printf("  16x16: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "too small"));
+    fisher_segformer_free(m);
+    fisher_segformer_config cfg;
+    assert_int_equal(fisher_segformer_config_named(&cfg, "mit-b7", &err), -1);
+    assert_non_null(strstr(err.msg, "mit-b7"));
+    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
+    assert_int_equal(fisher_segformer_config_from_json(&cfg, "{\"num_attention_heads\": [3, 1, 2, 4]}", &err), -1);
+    printf("  heads 3 for 16 channels: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "num_attention_heads[0]"));
+    assert_int_equal(fisher_segformer_config_from_json(&cfg, "{\"hidden_sizes\": [16, 32]}", &err), -1);
+    assert_non_null(strstr(err.msg, "hidden_sizes"));
+    assert_int_equal(fisher_segformer_config_from_json(&cfg, "not json", &err), -1);
+    assert_non_null(strstr(err.msg, "not JSON"));
+}
+
+static int remove_tmpdir(void **state) {
+    (void)state;
+    if (tmpdir[0]) rmdir(tmpdir);
+    return 0;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_training),
         cmocka_unit_test(test_mitb0_checkpoint),
         cmocka_unit_test(test_threads_change_rounding_only),
+        cmocka_unit_test(test_save_load_roundtrip),
+        cmocka_unit_test(test_load_errors_name_the_tensor),
+        cmocka_unit_test(test_num_labels),
+        cmocka_unit_test(test_bad_shapes_and_configs),
     };
-    return cmocka_run_group_tests_name("segformer", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("segformer", tests, NULL, remove_tmpdir);
 }
