@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "openmp_env.h"
 #include "segformer.h"
@@ -65,6 +66,17 @@ static int parse_float(const char *opt, const char *s, double lo, double hi, flo
     }
     *out = (float)v;
     return 0;
+}
+
+/* Whether the directory that would hold `path` exists and is writable. */
+static int writable_dir_of(const char *path) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) return access(".", W_OK) == 0;
+    if (slash == dir) slash++; /* "/file" lives in "/" */
+    *slash = '\0';
+    return access(dir, W_OK) == 0;
 }
 
 typedef struct {
@@ -128,6 +140,11 @@ static int cmd_train(int argc, char **argv) {
         fprintf(stderr, "fisherd train: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    if (out && !writable_dir_of(out)) {
+        /* found out now, not after the training it would throw away */
+        fprintf(stderr, "fisherd: --out %s: its directory does not exist or is not writable\n", out);
+        return 2;
+    }
     fisher_error err = {{0}};
     fisher_segformer_config cfg;
     if (fisher_segformer_config_named(&cfg, config, &err)) {
@@ -146,15 +163,31 @@ static int cmd_train(int argc, char **argv) {
            FISHERD_VERSION, config, fisher_segformer_params(m)->total, batch, size, size, steps,
            (double)tc.optim.lr, threads);
     synth_data data = {(uint64_t)seed, 1000};
-    int rc = 0;
-    if (fisher_train(m, &tc, synth_batch, &data, print_progress, NULL, NULL, &err) < 0) {
+    /* held out: another seed of the same generator, never trained on */
+    synth_data val = {(uint64_t)seed + 1, 1000};
+    int rc = 0, val_batches = 8;
+    fisher_seg_metrics before, after;
+    double loss_before, loss_after;
+    if (fisher_evaluate(m, val_batches, (int)batch, (int)size, (int)size, tc.dice_weight,
+                        synth_batch, &val, &before, &loss_before, &err) ||
+        fisher_train(m, &tc, synth_batch, &data, print_progress, NULL, NULL, &err) < 0 ||
+        fisher_evaluate(m, val_batches, (int)batch, (int)size, (int)size, tc.dice_weight,
+                        synth_batch, &val, &after, &loss_after, &err)) {
         fprintf(stderr, "fisherd: training failed: %s\n", err.msg);
         rc = 1;
-    } else if (out && fisher_segformer_save(m, out, &err)) {
-        fprintf(stderr, "fisherd: %s\n", err.msg);
-        rc = 1;
-    } else if (out) {
-        printf("weights written to %s\n", out);
+    } else {
+        printf("held-out synthetic images (%ld): loss %.4f -> %.4f, IoU %.3f -> %.3f, "
+               "F1 %.3f -> %.3f, pixel accuracy %.3f -> %.3f\n",
+               val_batches * batch, loss_before, loss_after, before.iou, after.iou, before.f1,
+               after.f1, before.accuracy, after.accuracy);
+    }
+    if (!rc && out) {
+        if (fisher_segformer_save(m, out, &err)) {
+            fprintf(stderr, "fisherd: %s\n", err.msg);
+            rc = 1;
+        } else {
+            printf("weights written to %s\n", out);
+        }
     }
     fisher_segformer_free(m);
     return rc;

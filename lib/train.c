@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "loss.h"
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -63,4 +62,34 @@ out:
     fisher_adamw_free(&opt);
     free(images), free(masks), free(dlogits);
     return step;
+}
+
+int fisher_evaluate(fisher_segformer *m, int batches, int B, int H, int W, float dice_weight,
+                    fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
+                    double *mean_loss, fisher_error *err) {
+    if (batches < 1) return fisher_errorf(err, "evaluation needs at least one batch");
+    if (fisher_segformer_prepare(m, B, H, W, err)) return -1;
+    const fisher_segformer_config *mc = fisher_segformer_get_config(m);
+    size_t npix = (size_t)B * H * W, nlab = npix * (size_t)mc->num_labels;
+    float *images = malloc(npix * (size_t)mc->num_channels * sizeof(float));
+    float *masks = malloc(nlab * sizeof(float));
+    int rc = -1;
+    fisher_confusion confusion = {0};
+    double loss_sum = 0;
+    if (!images || !masks) {
+        fisher_errorf(err, "out of memory for an evaluation batch of %d at %dx%d", B, H, W);
+        goto out;
+    }
+    for (int i = 0; i < batches; i++) {
+        if (next_batch(batch_ctx, i, images, masks, B, H, W, err)) goto out;
+        const float *logits = fisher_segformer_forward(m, images, 0);
+        loss_sum += fisher_seg_loss(NULL, logits, masks, nlab, dice_weight);
+        fisher_confusion_add(&confusion, logits, masks, nlab);
+    }
+    *metrics = fisher_confusion_metrics(&confusion);
+    if (mean_loss) *mean_loss = loss_sum / batches;
+    rc = 0;
+out:
+    free(images), free(masks);
+    return rc;
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "loss.h"
 #include "optim.h"
 #include "segformer.h"
 
@@ -47,5 +48,12 @@ typedef void (*fisher_progress_fn)(void *ctx, const fisher_progress *p);
 int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher_batch_fn next_batch,
                      void *batch_ctx, fisher_progress_fn on_progress, void *progress_ctx,
                      const volatile int *cancel, fisher_error *err);
+
+/* Evaluates m in inference mode (BatchNorm on running statistics) over
+ * `batches` batches of (B, H, W) from next_batch and returns the metrics of
+ * all their pixels together, and the mean loss. Returns 0, or -1 with err. */
+int fisher_evaluate(fisher_segformer *m, int batches, int B, int H, int W, float dice_weight,
+                    fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
+                    double *mean_loss, fisher_error *err);
 
 #endif
