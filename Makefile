@@ -89,7 +89,8 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) unit-asan
 
-run: all
+run: deps
+	$(MAKE) all
 	$(BUILD)/fisherd train --config tiny --steps 300 --batch 4 --image-size 64 --lr 1e-3
 
 # The training-step benchmark, C vs PyTorch, interleaved (minutes; pass

@@ -37,7 +37,7 @@ static void usage(FILE *out) {
             "  --lr X              AdamW learning rate                 (default 1e-4)\n"
             "  --weight-decay X    AdamW weight decay                  (default 5e-5)\n"
             "  --seed N            init and data seed                  (default 0)\n"
-            "  --threads N         OpenBLAS threads                    (default 2)\n"
+            "  --threads N         compute threads (BLAS and loops)    (default 2)\n"
             "  --out FILE          write the trained weights (safetensors)\n"
             "\n"
             "  fisherd --help | --version\n");
@@ -159,7 +159,7 @@ static int cmd_train(int argc, char **argv) {
     fisher_segformer_init_random(m, (uint64_t)seed);
     tc.threads = (int)threads, tc.batch_size = (int)batch, tc.image_height = tc.image_width = (int)size, tc.steps = steps;
     printf("fisherd %s: training SegFormer-%s (%zu parameters) on synthetic cracks, batch %ld at "
-           "%ldx%ld, %ld steps, lr %g, %ld BLAS threads\n",
+           "%ldx%ld, %ld steps, lr %g, %ld threads\n",
            FISHERD_VERSION, config, fisher_segformer_params(m)->total, batch, size, size, steps,
            (double)tc.optim.lr, threads);
     synth_data data = {(uint64_t)seed, 1000};
