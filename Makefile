@@ -39,7 +39,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 DAEMON_OBJ := $(DAEMON_SRC:daemon/%.c=$(BUILD)/daemon/%.o)
 
-.PHONY: all deps test unit unit-asan run bench bench-deps fixtures clean
+.PHONY: all deps torch-deps test unit unit-asan run bench fixtures clean
 .DELETE_ON_ERROR:
 
 all: $(BUILD)/libfisher.a $(BUILD)/libfisher.so $(BUILD)/fisherd
@@ -97,17 +97,18 @@ run: deps
 # BENCH_ARGS=--quick for a one-round look at the two small cases). The C half
 # is compiled here, with the library's own CFLAGS and LDLIBS, so it links
 # whatever the library needs; it is one file, so it is simply rebuilt.
-bench: all bench-deps
+bench: deps torch-deps
+	$(MAKE) all
 	mkdir -p $(BUILD)/bench
 	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
 
-# PyTorch is only the benchmark's yardstick: it stays out of `deps`, so
-# `make test` and CI never pull it in. Same install-if-missing as deps.
-bench-deps:
+# PyTorch is only the yardstick of the benchmark and the maker of the golden
+# files: it stays out of `deps`, so `make test` and CI never pull it in.
+torch-deps:
 	@$(MAKE) --no-print-directory deps DEB_PKGS="python3-torch python3-numpy"
 
-fixtures:
+fixtures: torch-deps
 	/usr/bin/python3 tests/parity/make_fixtures.py tests/parity/fixtures
 
 clean:
