@@ -651,6 +651,7 @@ int fisher_segformer_prepare(fisher_segformer *m, int B, int H, int W, fisher_er
         memset(blocks, 0, (size_t)c->depths[s] * sizeof *blocks);
     }
     m->B = B, m->H = H, m->W = W;
+    m->last_training = 0; /* fresh activations hold no forward yet */
     arena measure = {NULL, 0};
     layout(m, &measure);
     m->act_memory = calloc(measure.used, sizeof(float));
@@ -702,6 +703,7 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
 }
 
 const float *fisher_segformer_forward(fisher_segformer *m, const float *images, int training) {
+    if (!m->act_memory) return NULL;
     const fisher_segformer_config *c = &m->cfg;
     int B = m->B, D = c->decoder_hidden_size, L = c->num_labels;
     float eps = c->layer_norm_eps;
@@ -812,7 +814,10 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
                               a->ln1_mean, a->ln1_rstd, B * N, C);
 }
 
-void fisher_segformer_backward(fisher_segformer *m, const float *dlogits) {
+int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_error *err) {
+    if (!m->act_memory || !m->last_training)
+        return fisher_errorf(err, "backward needs a training forward first (BatchNorm's batch "
+                                  "statistics are what it differentiates)");
     const fisher_segformer_config *c = &m->cfg;
     grad_scratch *g = &m->g;
     int B = m->B, D = c->decoder_hidden_size, L = c->num_labels;
@@ -871,4 +876,5 @@ void fisher_segformer_backward(fisher_segformer *m, const float *dlogits) {
         fisher_conv2d_backward(s ? g->stage_out[s - 1] : NULL, G(m, sp->patch_w), G(m, sp->patch_b),
                                g->conv, g->patch, inp, P(m, sp->patch_w), &sa->patch);
     }
+    return 0;
 }

@@ -92,9 +92,10 @@ int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_er
  * A no-op for the shape already prepared. */
 int fisher_segformer_prepare(fisher_segformer *m, int B, int H, int W, fisher_error *err);
 
-/* images (B, H, W, num_channels), channels-last. Training mode uses batch
- * statistics in BatchNorm and updates its running statistics. Returns the
- * full-resolution logits (B, H, W, num_labels), valid until the next call. */
+/* images (B, H, W, num_channels), channels-last, for the prepared shape.
+ * Training mode uses batch statistics in BatchNorm and updates its running
+ * statistics. Returns the full-resolution logits (B, H, W, num_labels),
+ * valid until the next call, or NULL when prepare has not been called. */
 const float *fisher_segformer_forward(fisher_segformer *m, const float *images, int training);
 /* Logits at 1/4 resolution (B, H/4, W/4, num_labels) of the last forward. */
 const float *fisher_segformer_logits_quarter(const fisher_segformer *m, int *h4, int *w4);
@@ -102,10 +103,11 @@ const float *fisher_segformer_logits_quarter(const fisher_segformer *m, int *h4,
 /* Clears every parameter gradient. */
 void fisher_segformer_zero_grad(fisher_segformer *m);
 /* Back-propagates dlogits (B, H, W, num_labels) — the gradient of the loss
- * w.r.t. the full-resolution logits of the last training forward — and
- * accumulates every parameter gradient. The images given to that forward
- * must still be valid. */
-void fisher_segformer_backward(fisher_segformer *m, const float *dlogits);
+ * w.r.t. the full-resolution logits of the last forward, which must have
+ * been a training forward whose images are still valid — and accumulates
+ * every parameter gradient. Returns 0, or -1 (err set) when there is no
+ * training forward to differentiate. */
+int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_error *err);
 
 /* Bytes of activation memory held after prepare (for reports). */
 size_t fisher_segformer_activation_bytes(const fisher_segformer *m);

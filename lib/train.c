@@ -51,7 +51,10 @@ int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher
         fisher_segformer_zero_grad(m);
         const float *logits = fisher_segformer_forward(m, images, 1);
         float loss = fisher_seg_loss(dlogits, logits, masks, nlab, cfg->dice_weight);
-        fisher_segformer_backward(m, dlogits);
+        if (fisher_segformer_backward(m, dlogits, err)) {
+            step = -1;
+            goto out;
+        }
         fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
         if (on_progress) {
             fisher_progress p = {step + 1, cfg->steps, loss, now_seconds() - t0};

@@ -229,7 +229,7 @@ int main(int argc, char **argv) {
         fisher_segformer_zero_grad(m);
         const float *logits = fisher_segformer_forward(m, images, 1);
         float loss = fisher_seg_loss(dlogits, logits, masks, nlab, FISHER_DICE_WEIGHT_DEFAULT);
-        fisher_segformer_backward(m, dlogits);
+        fisher_segformer_backward(m, dlogits, NULL);
         fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
         double dt = now_seconds() - t0;
         /* A non-finite loss means the engine is broken, and its time means nothing. */

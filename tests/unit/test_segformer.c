@@ -102,7 +102,7 @@ static void test_tiny_training(void **state) {
             assert_close("logits (1/4 resolution)", q, want, (size_t)B * h4 * w4, 1e-4, 1e-5);
             free(want);
         }
-        fisher_segformer_backward(m, dlogits);
+        assert_int_equal(fisher_segformer_backward(m, dlogits, NULL), 0);
         if (step == 1) {
             const float *grads = fisher_segformer_grad_data(m);
             double model_max = max_abs(grads, params->total);
@@ -201,7 +201,7 @@ static float *step_with_threads(int n, size_t *len) {
     fisher_segformer_zero_grad(m);
     const float *logits = fisher_segformer_forward(m, images, 1);
     fisher_seg_loss(dlogits, logits, masks, npix, 0.65f);
-    fisher_segformer_backward(m, dlogits);
+    assert_int_equal(fisher_segformer_backward(m, dlogits, NULL), 0);
     float *out = malloc((npix + np) * sizeof(float));
     memcpy(out, logits, npix * sizeof(float));
     memcpy(out + npix, fisher_segformer_grad_data(m), np * sizeof(float));
@@ -351,7 +351,7 @@ static void test_num_labels(void **state) {
     assert_int_equal(h4, 8);
     assert_int_equal(w4, 12);
     fisher_segformer_zero_grad(m);
-    fisher_segformer_backward(m, dlogits);
+    assert_int_equal(fisher_segformer_backward(m, dlogits, NULL), 0);
     const float *g = fisher_segformer_grad_data(m) + fisher_segformer_params(m)->tensors[cls].offset;
     assert_true(g[0] != 0.0f && g[64] != 0.0f && g[128] != 0.0f); /* every label's row learns */
     free(images), free(dlogits);
@@ -362,9 +362,18 @@ static void test_bad_shapes_and_configs(void **state) {
     (void)state;
     fisher_error err = {{0}};
     fisher_segformer *m = new_model("tiny", 1, 0);
+    float images[32 * 32 * 3] = {0}, dlogits[32 * 32] = {0};
+    assert_null(fisher_segformer_forward(m, images, 1)); /* not prepared */
     assert_int_equal(fisher_segformer_prepare(m, 2, 16, 16, &err), -1);
     printf("  16x16: %s\n", err.msg);
     assert_non_null(strstr(err.msg, "too small"));
+    assert_int_equal(fisher_segformer_prepare(m, 1, 32, 32, &err), 0);
+    assert_int_equal(fisher_segformer_backward(m, dlogits, &err), -1); /* no forward yet */
+    fisher_segformer_forward(m, images, 0);
+    assert_int_equal(fisher_segformer_backward(m, dlogits, &err), -1); /* eval forward */
+    assert_non_null(strstr(err.msg, "training forward"));
+    fisher_segformer_forward(m, images, 1);
+    assert_int_equal(fisher_segformer_backward(m, dlogits, &err), 0);
     fisher_segformer_free(m);
     fisher_segformer_config cfg;
     assert_int_equal(fisher_segformer_config_named(&cfg, "mit-b7", &err), -1);
