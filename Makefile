@@ -11,7 +11,7 @@
 CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
-PKGS    := jansson
+PKGS    := jansson libpng libjpeg
 # OpenBLAS built on OpenMP, so its GEMMs and the library's own OpenMP loops
 # share one thread team: two pools (OpenBLAS's pthreads and OpenMP's) fought
 # over the 2 cores and made a 2-thread mit-b0 step 2x slower than 1 thread
@@ -29,7 +29,7 @@ SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 
 # Every package building and testing needs. The daemon's (libmicrohttpd,
 # SQLite, libuv) are listed now so a machine set up once stays set up.
-DEB_PKGS := gcc make pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev zlib1g-dev \
+DEB_PKGS := gcc make pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev \
             libsqlite3-dev libuv1-dev libmicrohttpd-dev
 
 LIB_SRC   := $(sort $(wildcard lib/*.c))
