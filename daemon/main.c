@@ -93,7 +93,7 @@ static int synth_batch(void *ctx, int64_t step, float *images, float *masks, int
         fisher_synth_crack(images + (size_t)b * H * W * 3, masks + (size_t)b * H * W, H, W, d->seed,
                            index);
     }
-    return 0;
+    return B;
 }
 
 static void print_progress(void *ctx, const fisher_progress *p) {

@@ -494,10 +494,19 @@ int fisher_segformer_load(fisher_segformer *m, const fisher_safetensors *st, uns
     return 0;
 }
 
-int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_error *err) {
-    size_t n = (size_t)(m->params.count + m->buffers.count + 1);
+int fisher_segformer_save_with(const fisher_segformer *m, const char *path,
+                               const fisher_st_tensor *extra, size_t n_extra,
+                               const fisher_st_meta *extra_meta, size_t n_extra_meta,
+                               fisher_error *err) {
+    size_t n = (size_t)(m->params.count + m->buffers.count + 1) + n_extra;
     fisher_st_tensor *ts = calloc(n, sizeof *ts);
-    if (!ts) return fisher_errorf(err, "out of memory saving %s", path);
+    fisher_st_meta *meta = calloc(2 + n_extra_meta, sizeof *meta);
+    char *config = fisher_segformer_config_to_json(&m->cfg);
+    int rc = -1;
+    if (!ts || !meta || !config) {
+        fisher_errorf(err, "out of memory saving %s", path);
+        goto out;
+    }
     size_t k = 0;
     const fisher_tensor_table *tables[2] = {&m->params, &m->buffers};
     const float *datas[2] = {m->param_data, m->buffer_data};
@@ -510,15 +519,19 @@ int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_er
             o->data = datas[w] + e->offset;
         }
     ts[k].name = bn_tracked_name, ts[k].dtype = FISHER_DTYPE_I64, ts[k].ndim = 0;
-    ts[k].data = &m->num_batches_tracked;
-    k++;
-    char *config = fisher_segformer_config_to_json(&m->cfg);
-    fisher_st_meta meta[2] = {{"config", config}, {"format", "pt"}};
-    int rc = config ? fisher_safetensors_write(path, ts, k, meta, 2, err)
-                    : fisher_errorf(err, "out of memory saving %s", path);
-    free(config);
-    free(ts);
+    ts[k++].data = &m->num_batches_tracked;
+    for (size_t i = 0; i < n_extra; i++) ts[k++] = extra[i];
+    meta[0] = (fisher_st_meta){"config", config};
+    meta[1] = (fisher_st_meta){"format", "pt"};
+    for (size_t i = 0; i < n_extra_meta; i++) meta[2 + i] = extra_meta[i];
+    rc = fisher_safetensors_write(path, ts, k, meta, 2 + n_extra_meta, err);
+out:
+    free(config), free(meta), free(ts);
     return rc;
+}
+
+int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_error *err) {
+    return fisher_segformer_save_with(m, path, NULL, 0, NULL, 0, err);
 }
 
 /* ------------------------------------------------------------ activations */

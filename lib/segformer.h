@@ -86,6 +86,12 @@ int fisher_segformer_load(fisher_segformer *m, const fisher_safetensors *st, uns
 /* Writes parameters and buffers (num_batches_tracked as I64) with the config
  * in __metadata__["config"]. */
 int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_error *err);
+/* The same, plus more tensors (a checkpoint's optimiser state) and
+ * metadata (image size, normalisation, training step) in the same file. */
+int fisher_segformer_save_with(const fisher_segformer *m, const char *path,
+                               const fisher_st_tensor *extra, size_t n_extra,
+                               const fisher_st_meta *extra_meta, size_t n_extra_meta,
+                               fisher_error *err);
 
 /* Allocates activations for batches of (B, H, W); an image too small for
  * the four stages (and their spatial reduction) is an error saying so.

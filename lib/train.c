@@ -4,10 +4,10 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
-
-static double now_seconds(void) {
+double fisher_now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -19,80 +19,109 @@ void fisher_set_threads(int n) {
     omp_set_num_threads(n);
 }
 
-int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher_batch_fn next_batch,
-                     void *batch_ctx, fisher_progress_fn on_progress, void *progress_ctx,
-                     const volatile int *cancel, fisher_error *err) {
-    int B = cfg->batch_size, H = cfg->image_height, W = cfg->image_width;
-    if (B < 1 || cfg->steps < 0)
-        return fisher_errorf(err, "batch_size must be ≥ 1 and steps ≥ 0 (got %d, %lld)", B,
-                             (long long)cfg->steps);
+int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
+                        fisher_adamw_config optim, float dice_weight, fisher_error *err) {
+    memset(t, 0, sizeof *t);
+    if (B < 1) return fisher_errorf(err, "batch_size must be ≥ 1, got %d", B);
     if (fisher_segformer_prepare(m, B, H, W, err)) return -1;
-    fisher_set_threads(cfg->threads);
-    const fisher_segformer_config *mc = fisher_segformer_get_config(m);
-    size_t npix = (size_t)B * H * W;
-    size_t nlab = npix * (size_t)mc->num_labels;
-    float *images = malloc(npix * (size_t)mc->num_channels * sizeof(float));
-    float *masks = malloc(nlab * sizeof(float));
-    float *dlogits = malloc(nlab * sizeof(float));
-    fisher_adamw opt = {0};
-    int64_t step = -1;
-    if (!images || !masks || !dlogits) {
-        fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
-        goto out;
+    t->model = m;
+    t->dice_weight = dice_weight;
+    t->n_logits = (size_t)B * H * W * (size_t)fisher_segformer_get_config(m)->num_labels;
+    t->dlogits = malloc(t->n_logits * sizeof(float));
+    if (!t->dlogits) return fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
+    if (fisher_adamw_init(&t->opt, fisher_segformer_params(m)->total, optim, err)) {
+        fisher_trainer_free(t);
+        return -1;
     }
-    if (fisher_adamw_init(&opt, fisher_segformer_params(m)->total, cfg->optim, err)) goto out;
-    for (step = 0; step < cfg->steps; step++) {
-        if (cancel && *cancel) break;
-        double t0 = now_seconds();
-        if (next_batch(batch_ctx, step, images, masks, B, H, W, err)) {
-            step = -1;
-            goto out;
-        }
-        fisher_segformer_zero_grad(m);
-        const float *logits = fisher_segformer_forward(m, images, 1);
-        float loss = fisher_seg_loss(dlogits, logits, masks, nlab, cfg->dice_weight);
-        if (fisher_segformer_backward(m, dlogits, err)) {
-            step = -1;
-            goto out;
-        }
-        fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
-        if (on_progress) {
-            fisher_progress p = {step + 1, cfg->steps, loss, now_seconds() - t0};
-            on_progress(progress_ctx, &p);
-        }
-    }
-out:
-    fisher_adamw_free(&opt);
-    free(images), free(masks), free(dlogits);
-    return step;
+    return 0;
 }
 
-int fisher_evaluate(fisher_segformer *m, int batches, int B, int H, int W, float dice_weight,
+void fisher_trainer_free(fisher_trainer *t) {
+    fisher_adamw_free(&t->opt);
+    free(t->dlogits);
+    t->dlogits = NULL;
+}
+
+int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,
+                        fisher_error *err) {
+    fisher_segformer *m = t->model;
+    fisher_segformer_zero_grad(m);
+    const float *logits = fisher_segformer_forward(m, images, 1);
+    *loss = fisher_seg_loss(t->dlogits, logits, masks, t->n_logits, t->dice_weight);
+    if (fisher_segformer_backward(m, t->dlogits, err)) return -1;
+    fisher_adamw_step(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
+    return 0;
+}
+
+int fisher_evaluate(fisher_segformer *m, int64_t batches, int B, int H, int W, float dice_weight,
                     fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
                     double *mean_loss, fisher_error *err) {
     if (batches < 1) return fisher_errorf(err, "evaluation needs at least one batch");
     if (fisher_segformer_prepare(m, B, H, W, err)) return -1;
     const fisher_segformer_config *mc = fisher_segformer_get_config(m);
-    size_t npix = (size_t)B * H * W, nlab = npix * (size_t)mc->num_labels;
-    float *images = malloc(npix * (size_t)mc->num_channels * sizeof(float));
-    float *masks = malloc(nlab * sizeof(float));
+    size_t per_sample = (size_t)H * W * (size_t)mc->num_labels;
+    float *images = malloc((size_t)B * H * W * (size_t)mc->num_channels * sizeof(float));
+    float *masks = malloc((size_t)B * per_sample * sizeof(float));
     int rc = -1;
     fisher_confusion confusion = {0};
     double loss_sum = 0;
+    int64_t samples = 0;
     if (!images || !masks) {
         fisher_errorf(err, "out of memory for an evaluation batch of %d at %dx%d", B, H, W);
         goto out;
     }
-    for (int i = 0; i < batches; i++) {
-        if (next_batch(batch_ctx, i, images, masks, B, H, W, err)) goto out;
+    for (int64_t i = 0; i < batches; i++) {
+        int real = next_batch(batch_ctx, i, images, masks, B, H, W, err);
+        if (real < 0) goto out;
         const float *logits = fisher_segformer_forward(m, images, 0);
-        loss_sum += fisher_seg_loss(NULL, logits, masks, nlab, dice_weight);
-        fisher_confusion_add(&confusion, logits, masks, nlab);
+        /* per sample, so that a short last batch weighs what it holds */
+        for (int b = 0; b < real && b < B; b++) {
+            size_t at = (size_t)b * per_sample;
+            loss_sum += fisher_seg_loss(NULL, logits + at, masks + at, per_sample, dice_weight);
+            fisher_confusion_add(&confusion, logits + at, masks + at, per_sample);
+            samples++;
+        }
     }
     *metrics = fisher_confusion_metrics(&confusion);
-    if (mean_loss) *mean_loss = loss_sum / batches;
+    if (mean_loss) *mean_loss = samples ? loss_sum / (double)samples : 0.0;
     rc = 0;
 out:
     free(images), free(masks);
     return rc;
+}
+
+int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher_batch_fn next_batch,
+                     void *batch_ctx, fisher_progress_fn on_progress, void *progress_ctx,
+                     const volatile int *cancel, fisher_error *err) {
+    int B = cfg->batch_size, H = cfg->image_height, W = cfg->image_width;
+    if (cfg->steps < 0) return fisher_errorf(err, "steps must be ≥ 0, got %lld", (long long)cfg->steps);
+    fisher_trainer t;
+    if (fisher_trainer_init(&t, m, B, H, W, cfg->optim, cfg->dice_weight, err)) return -1;
+    fisher_set_threads(cfg->threads);
+    const fisher_segformer_config *mc = fisher_segformer_get_config(m);
+    float *images = malloc((size_t)B * H * W * (size_t)mc->num_channels * sizeof(float));
+    float *masks = malloc(t.n_logits * sizeof(float));
+    int64_t step = -1;
+    if (!images || !masks) {
+        fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
+        goto out;
+    }
+    for (step = 0; step < cfg->steps; step++) {
+        if (cancel && *cancel) break;
+        double t0 = fisher_now_seconds();
+        float loss;
+        if (next_batch(batch_ctx, step, images, masks, B, H, W, err) < 0 ||
+            fisher_trainer_step(&t, images, masks, &loss, err)) {
+            step = -1;
+            goto out;
+        }
+        if (on_progress) {
+            fisher_progress p = {step + 1, cfg->steps, loss, fisher_now_seconds() - t0};
+            on_progress(progress_ctx, &p);
+        }
+    }
+out:
+    fisher_trainer_free(&t);
+    free(images), free(masks);
+    return step;
 }

@@ -1,10 +1,14 @@
 /*
- * train.h — the training loop: the one entry point the CLI and the daemon's
- * workers both call. It owns nothing global; data comes in through a batch
- * callback, and everything it has to say goes out through a progress
- * callback. It stops early, cleanly, when *cancel becomes non-zero.
+ * train.h — training and evaluation steps, and the simplest loop over them.
  *
- * Order of one step: zero_grad → forward → loss → backward → AdamW.
+ * fisher_trainer is one training step and the state it carries between
+ * steps (the optimiser's moments, the loss gradient buffer):
+ *     zero_grad → forward → loss → backward → AdamW.
+ * fisher_evaluate measures a model in inference mode over a batch source.
+ * fisher_train is a plain loop of trainer steps; a whole job (datasets,
+ * evaluation schedule, early stopping, checkpoints) is fisher_job_run in
+ * job.h, built on the same two pieces. Nothing here prints or holds global
+ * state; data arrives through a batch callback.
  */
 #ifndef FISHER_TRAIN_H
 #define FISHER_TRAIN_H
@@ -17,9 +21,38 @@
 #include "segformer.h"
 
 /* Threads for everything numeric the calling thread does from now on:
- * OpenBLAS's GEMMs (a process-wide setting of OpenBLAS) and the library's
- * own OpenMP loops (a setting of the calling thread only). */
+ * OpenBLAS's GEMMs and the library's own OpenMP loops. */
 void fisher_set_threads(int n);
+
+/* Fills images (B, H, W, C) and masks (B, H, W, labels) for `step` and
+ * returns how many of the B samples are real (B, or fewer for the last
+ * batch of an evaluation pass — the rest are filler to be ignored), or -1
+ * with err set (the run then fails with that message). */
+typedef int (*fisher_batch_fn)(void *ctx, int64_t step, float *images, float *masks, int B, int H,
+                               int W, fisher_error *err);
+
+typedef struct {
+    fisher_segformer *model;   /* not owned */
+    fisher_adamw opt;
+    float *dlogits;            /* (B, H, W, labels) */
+    size_t n_logits;
+    float dice_weight;
+} fisher_trainer;
+
+/* Prepares m for batches of (B, H, W) and an AdamW over all its parameters. */
+int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
+                        fisher_adamw_config optim, float dice_weight, fisher_error *err);
+void fisher_trainer_free(fisher_trainer *t);
+/* One step on images (B, H, W, C) and masks; the batch's loss in *loss. */
+int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,
+                        fisher_error *err);
+
+/* Evaluates m in inference mode (BatchNorm on running statistics) over
+ * `batches` batches of (B, H, W) from next_batch: the metrics of all their
+ * real pixels together, and the mean per-sample loss. Returns 0, or -1. */
+int fisher_evaluate(fisher_segformer *m, int64_t batches, int B, int H, int W, float dice_weight,
+                    fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
+                    double *mean_loss, fisher_error *err);
 
 typedef struct {
     int threads;               /* see fisher_set_threads; 0 keeps the current setting */
@@ -30,11 +63,6 @@ typedef struct {
     fisher_adamw_config optim;
 } fisher_train_config;
 
-/* Fills images (B, H, W, C) and masks (B, H, W, 1) for `step`. Returns 0,
- * or -1 with err set (the run then fails with that message). */
-typedef int (*fisher_batch_fn)(void *ctx, int64_t step, float *images, float *masks, int B, int H,
-                               int W, fisher_error *err);
-
 typedef struct {
     int64_t step, steps;       /* step just finished (1-based) and the total */
     float loss;
@@ -43,17 +71,14 @@ typedef struct {
 
 typedef void (*fisher_progress_fn)(void *ctx, const fisher_progress *p);
 
-/* Trains m for cfg->steps steps. Returns the number of steps done, or -1
+/* Trains m for cfg->steps steps, stopping early (cleanly, between steps)
+ * when *cancel becomes non-zero. Returns the number of steps done, or -1
  * with err set on a bad config or a failed batch. */
 int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher_batch_fn next_batch,
                      void *batch_ctx, fisher_progress_fn on_progress, void *progress_ctx,
                      const volatile int *cancel, fisher_error *err);
 
-/* Evaluates m in inference mode (BatchNorm on running statistics) over
- * `batches` batches of (B, H, W) from next_batch and returns the metrics of
- * all their pixels together, and the mean loss. Returns 0, or -1 with err. */
-int fisher_evaluate(fisher_segformer *m, int batches, int B, int H, int W, float dice_weight,
-                    fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
-                    double *mean_loss, fisher_error *err);
+/* Monotonic seconds, for step timings. */
+double fisher_now_seconds(void);
 
 #endif

@@ -50,11 +50,6 @@ typedef struct {
     long size, batch, threads, warmup, reps;
 } bench_args;
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void usage(FILE *out) {
     fprintf(out, "usage: bench_step --config NAME --size N --batch B --threads T --warmup W "
@@ -118,13 +113,13 @@ static double sgemm_gflops_at(int n) {
         fisher_rng_seed(&rng, 7);
         for (size_t i = 0; i < nn; i++)
             a[i] = fisher_rng_uniform(&rng) - 0.5f, b[i] = fisher_rng_uniform(&rng) - 0.5f;
-        double flops = 2.0 * n * n * n, start = now_seconds();
-        for (int run = 0; run < SGEMM_MIN_RUNS || now_seconds() - start < SGEMM_MIN_SECONDS;
+        double flops = 2.0 * n * n * n, start = fisher_now_seconds();
+        for (int run = 0; run < SGEMM_MIN_RUNS || fisher_now_seconds() - start < SGEMM_MIN_SECONDS;
              run++) {
-            double t0 = now_seconds();
+            double t0 = fisher_now_seconds();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
                         c, n);
-            double gflops = flops / (now_seconds() - t0) / 1e9;
+            double gflops = flops / (fisher_now_seconds() - t0) / 1e9;
             if (gflops > best) best = gflops;
         }
     }
@@ -225,13 +220,13 @@ int main(int argc, char **argv) {
     /* Warm-up steps fault in the activation pages and let OpenBLAS start its
      * threads; only the steps after them are reported. */
     for (long step = 0; step < a.warmup + a.reps; step++) {
-        double t0 = now_seconds();
+        double t0 = fisher_now_seconds();
         fisher_segformer_zero_grad(m);
         const float *logits = fisher_segformer_forward(m, images, 1);
         float loss = fisher_seg_loss(dlogits, logits, masks, nlab, FISHER_DICE_WEIGHT_DEFAULT);
         fisher_segformer_backward(m, dlogits, NULL);
         fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
-        double dt = now_seconds() - t0;
+        double dt = fisher_now_seconds() - t0;
         /* A non-finite loss means the engine is broken, and its time means nothing. */
         if (!isfinite(loss)) {
             fprintf(stderr, "bench_step: loss is %g at step %ld\n", (double)loss, step);

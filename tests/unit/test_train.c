@@ -22,7 +22,7 @@ static int synth_batch(void *ctx, int64_t step, float *images, float *masks, int
     for (int b = 0; b < B; b++)
         fisher_synth_crack(images + (size_t)b * H * W * 3, masks + (size_t)b * H * W, H, W,
                            src->seed, (uint64_t)(step * B + b));
-    return 0;
+    return B;
 }
 
 typedef struct {
