@@ -41,9 +41,10 @@ void fisher_image_free(fisher_image *img);
 
 /* img resized bilinearly (align_corners=False, like the model's own
  * resize) to (H, W), as floats normalised per channel: (x/255 − mean)/std.
- * out (H, W, img->channels). */
-void fisher_image_to_input(float *out, const fisher_image *img, int H, int W, const float *mean,
-                           const float *std);
+ * out (H, W, img->channels). Returns 0, or -1 with err set when the float
+ * copy the resize works on cannot be allocated. */
+int fisher_image_to_input(float *out, const fisher_image *img, int H, int W, const float *mean,
+                          const float *std, fisher_error *err);
 /* A mask resized by nearest neighbour to (H, W) and binarised: out (H, W)
  * is 1 where the (grey) mask is > 127, else 0. */
 void fisher_mask_to_target(float *out, const fisher_image *mask, int H, int W);
