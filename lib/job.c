@@ -1,0 +1,320 @@
+/*
+ * job.c — running a job (job.h).
+ *
+ *   build model (random init or a weights file) → open datasets → for each
+ *   step: batch, trainer step, progress; every eval_interval steps (or
+ *   epoch): validate, early-stopping bookkeeping, optional checkpoint →
+ *   at the end: checkpoint, restore the best weights when early stopping
+ *   is on, final validation, model.safetensors, zero-shot evaluations.
+ *
+ * Contract with the callers: every failure is an error message (nothing is
+ * printed here); when cancelled, the job stops between steps and still
+ * writes its checkpoint, so no finished step is lost.
+ */
+#include "job.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "segformer.h"
+#include "train.h"
+
+/* Folder datasets are decoded once and kept in memory up to this size. */
+#define DATASET_CACHE_BYTES ((size_t)2 << 30)
+
+static void say(const fisher_job_callbacks *cb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(const fisher_job_callbacks *cb, const char *fmt, ...) {
+    if (!cb || !cb->on_log) return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    cb->on_log(cb->ctx, line);
+}
+
+fisher_segformer *fisher_model_load(const char *path, int *image_size, fisher_normalization *norm,
+                                    unsigned *loaded_flags, fisher_error *err) {
+    fisher_safetensors *st = fisher_safetensors_open(path, err);
+    if (!st) return NULL;
+    fisher_segformer *m = NULL;
+    fisher_segformer_config cfg;
+    const char *json = fisher_safetensors_metadata(st, "config");
+    if (!json) {
+        fisher_errorf(err, "%s: no \"config\" in its metadata; fisherd needs the architecture "
+                      "written with the weights", path);
+        goto out;
+    }
+    if (fisher_segformer_config_named(&cfg, "tiny", err)) goto out;
+    if (fisher_segformer_config_from_json(&cfg, json, err)) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        fisher_errorf(err, "%s: %s", path, why);
+        goto out;
+    }
+    if (!(m = fisher_segformer_create(&cfg, err))) goto out;
+    int64_t shape[FISHER_ST_MAX_DIMS];
+    fisher_dtype dtype;
+    int ndim;
+    int has_head = fisher_safetensors_info(st, "decode_head.classifier.weight", &dtype, &ndim, shape, NULL) == 0;
+    unsigned flags = has_head ? 0 : FISHER_LOAD_ENCODER_ONLY;
+    if (fisher_segformer_load(m, st, flags, err)) {
+        fisher_segformer_free(m);
+        m = NULL;
+        goto out;
+    }
+    if (loaded_flags) *loaded_flags = flags;
+    if (image_size) {
+        const char *size = fisher_safetensors_metadata(st, "image_size");
+        *image_size = size ? atoi(size) : 0;
+    }
+    if (norm) {
+        *norm = fisher_normalization_imagenet();
+        const char *text = fisher_safetensors_metadata(st, "normalization");
+        json_t *o = text ? json_loads(text, 0, NULL) : NULL;
+        for (int c = 0; o && c < 3; c++) {
+            json_t *mv = json_array_get(json_object_get(o, "mean"), (size_t)c);
+            json_t *sv = json_array_get(json_object_get(o, "std"), (size_t)c);
+            if (json_is_number(mv) && json_is_number(sv) && json_number_value(sv) > 0)
+                norm->mean[c] = (float)json_number_value(mv), norm->std[c] = (float)json_number_value(sv);
+        }
+        json_decref(o);
+    }
+out:
+    fisher_safetensors_close(st);
+    return m;
+}
+
+static fisher_segformer *build_model(const fisher_job_spec *s, const fisher_job_callbacks *cb,
+                                     fisher_error *err) {
+    fisher_segformer_config cfg;
+    if (!s->base_path[0]) {
+        if (fisher_segformer_config_named(&cfg, s->base_config, err)) return NULL;
+        cfg.num_labels = s->num_labels;
+        fisher_segformer *m = fisher_segformer_create(&cfg, err);
+        if (m) fisher_segformer_init_random(m, s->seed);
+        return m;
+    }
+    unsigned flags = 0;
+    fisher_segformer *m = fisher_model_load(s->base_path, NULL, NULL, &flags, err);
+    if (m)
+        say(cb, "loaded %s%s", s->base_path,
+            flags & FISHER_LOAD_ENCODER_ONLY ? " (encoder only: the decode head starts random)" : "");
+    return m;
+}
+
+static fisher_dataset *open_data(const fisher_data_spec *d, const fisher_job_spec *s,
+                                 fisher_error *err) {
+    if (d->synthetic)
+        return fisher_dataset_synthetic(d->domain, d->seed, d->count, s->image_size, s->image_size,
+                                        &s->norm, err);
+    return fisher_dataset_open_folder(d->path, s->image_size, s->image_size, &s->norm,
+                                      DATASET_CACHE_BYTES, err);
+}
+
+static int loader_batch(void *ctx, int64_t step, float *images, float *masks, int B, int H, int W,
+                        fisher_error *err) {
+    (void)B, (void)H, (void)W;
+    return fisher_loader_batch(ctx, step, images, masks, err);
+}
+
+/* One pass over ds, in order. */
+static int evaluate_on(fisher_segformer *m, fisher_dataset *ds, const fisher_job_spec *s,
+                       int64_t step, const char *label, const fisher_job_callbacks *cb,
+                       fisher_job_eval *out, fisher_error *err) {
+    fisher_loader *l = fisher_loader_create(ds, s->batch_size, 0, NULL, 0, err);
+    if (!l) return -1;
+    int rc = fisher_evaluate(m, fisher_loader_batches_per_epoch(l), s->batch_size, s->image_size,
+                             s->image_size, s->dice_weight, loader_batch, l, &out->metrics,
+                             &out->loss, err);
+    fisher_loader_free(l);
+    if (rc) return -1;
+    out->step = step;
+    snprintf(out->dataset, sizeof out->dataset, "%s", label);
+    if (cb && cb->on_eval) cb->on_eval(cb->ctx, out);
+    return 0;
+}
+
+/* The checkpoint: weights, buffers, the optimiser's moments per tensor, and
+ * the step, so a run can continue exactly where it stopped. */
+static int write_checkpoint(const fisher_trainer *t, const fisher_job_spec *s, int64_t step,
+                            const char *path, fisher_error *err) {
+    const fisher_tensor_table *tab = fisher_segformer_params(t->model);
+    size_t n = 2 * (size_t)tab->count;
+    fisher_st_tensor *extra = calloc(n, sizeof *extra);
+    char (*names)[FISHER_NAME_MAX + 32] = calloc(n, sizeof *names);
+    char *spec_json = fisher_job_spec_to_json(s);
+    int rc = -1;
+    if (!extra || !names || !spec_json) {
+        fisher_errorf(err, "out of memory writing checkpoint %s", path);
+        goto out;
+    }
+    for (int i = 0; i < tab->count; i++) {
+        const fisher_tensor *e = &tab->tensors[i];
+        for (int k = 0; k < 2; k++) {
+            size_t j = 2 * (size_t)i + (size_t)k;
+            snprintf(names[j], sizeof names[j], "optimizer.%s.%s", k ? "exp_avg_sq" : "exp_avg", e->name);
+            extra[j] = (fisher_st_tensor){.name = names[j], .dtype = FISHER_DTYPE_F32, .ndim = e->ndim,
+                                          .data = (k ? t->opt.v : t->opt.m) + e->offset};
+            for (int d = 0; d < e->ndim; d++) extra[j].shape[d] = e->shape[d];
+        }
+    }
+    char step_s[32], opt_step_s[32], size_s[16];
+    snprintf(step_s, sizeof step_s, "%lld", (long long)step);
+    snprintf(opt_step_s, sizeof opt_step_s, "%lld", (long long)t->opt.step);
+    snprintf(size_s, sizeof size_s, "%d", s->image_size);
+    fisher_st_meta meta[] = {{"step", step_s}, {"optimizer_step", opt_step_s},
+                             {"image_size", size_s}, {"job", spec_json}};
+    rc = fisher_segformer_save_with(t->model, path, extra, n, meta, sizeof meta / sizeof *meta, err);
+out:
+    free(spec_json), free(names), free(extra);
+    return rc;
+}
+
+/* The deliverable: weights plus what predict needs to feed it (image size
+ * and normalisation) in the metadata. */
+static int write_model(const fisher_segformer *m, const fisher_job_spec *s, const char *path,
+                       fisher_error *err) {
+    char size_s[16], norm_s[256];
+    snprintf(size_s, sizeof size_s, "%d", s->image_size);
+    snprintf(norm_s, sizeof norm_s, "{\"mean\":[%.9g,%.9g,%.9g],\"std\":[%.9g,%.9g,%.9g]}",
+             (double)s->norm.mean[0], (double)s->norm.mean[1], (double)s->norm.mean[2],
+             (double)s->norm.std[0], (double)s->norm.std[1], (double)s->norm.std[2]);
+    fisher_st_meta meta[] = {{"image_size", size_s}, {"normalization", norm_s}};
+    return fisher_segformer_save_with(m, path, NULL, 0, meta, 2, err);
+}
+
+int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
+                   const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
+    memset(res, 0, sizeof *res);
+    double t_start = fisher_now_seconds();
+    int rc = -1, B = s->batch_size, H = s->image_size, W = s->image_size;
+    fisher_segformer *m = NULL;
+    fisher_dataset *train = NULL, *val = NULL;
+    fisher_loader *loader = NULL;
+    fisher_trainer t = {0};
+    float *images = NULL, *masks = NULL, *best = NULL, *best_buf = NULL;
+    char ckpt_path[PATH_MAX + 32], model_path[PATH_MAX + 32];
+    snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
+    snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
+
+    fisher_set_threads(s->threads);
+    if (!(m = build_model(s, cb, err))) goto out;
+    res->parameters = fisher_segformer_params(m)->total;
+    if (!(train = open_data(&s->train, s, err)) || !(val = open_data(&s->val, s, err))) goto out;
+    say(cb, "train: %s", fisher_dataset_describe(train));
+    say(cb, "val: %s", fisher_dataset_describe(val));
+    if (!(loader = fisher_loader_create(train, B, 1, &s->augment, s->seed, err))) goto out;
+    int64_t per_epoch = fisher_loader_batches_per_epoch(loader);
+    if (per_epoch < 1) {
+        fisher_errorf(err, "data.train has %zu samples, fewer than one batch of %d",
+                      fisher_dataset_count(train), B);
+        goto out;
+    }
+    int64_t total = s->steps ? s->steps : s->epochs * per_epoch;
+    int64_t eval_every = s->eval_interval ? s->eval_interval : per_epoch;
+    if (fisher_trainer_init(&t, m, B, H, W, s->optim, s->dice_weight, err)) goto out;
+    size_t n_params = fisher_segformer_params(m)->total, n_bufs = fisher_segformer_buffers(m)->total;
+    images = malloc((size_t)B * H * W * 3 * sizeof(float));
+    masks = malloc(t.n_logits * sizeof(float));
+    if (s->patience) {
+        best = malloc(n_params * sizeof(float));
+        best_buf = malloc(n_bufs * sizeof(float));
+    }
+    if (!images || !masks || (s->patience && (!best || !best_buf))) {
+        fisher_errorf(err, "out of memory for the training batch");
+        goto out;
+    }
+    say(cb, "%s: %zu parameters, %lld steps (%lld per epoch), batch %d at %dx%d", s->name,
+        res->parameters, (long long)total, (long long)per_epoch, B, H, W);
+
+    double best_loss = INFINITY;
+    int evals_without_gain = 0;
+    int64_t step = 0, last_eval = -1;
+    fisher_job_eval ev;
+    for (; step < total; step++) {
+        if (cancel && *cancel) {
+            res->cancelled = 1;
+            break;
+        }
+        double t0 = fisher_now_seconds();
+        float loss;
+        if (fisher_loader_batch(loader, step, images, masks, err) < 0 ||
+            fisher_trainer_step(&t, images, masks, &loss, err))
+            goto out;
+        if (!isfinite(loss)) {
+            fisher_errorf(err, "the loss became %g at step %lld: lower optim.lr", (double)loss,
+                          (long long)step + 1);
+            goto out;
+        }
+        if (cb && cb->on_progress) {
+            fisher_job_progress p = {step + 1, total, step / per_epoch, loss, fisher_now_seconds() - t0};
+            cb->on_progress(cb->ctx, &p);
+        }
+        if ((step + 1) % eval_every == 0 || step + 1 == total) {
+            if (evaluate_on(m, val, s, step + 1, "val", cb, &ev, err)) goto out;
+            last_eval = step + 1;
+            if (ev.loss < best_loss) {
+                best_loss = ev.loss, res->best_step = step + 1, evals_without_gain = 0;
+                if (best) {
+                    memcpy(best, fisher_segformer_param_data(m), n_params * sizeof(float));
+                    memcpy(best_buf, fisher_segformer_buffer_data(m), n_bufs * sizeof(float));
+                }
+            } else if (s->patience && ++evals_without_gain >= s->patience) {
+                say(cb, "early stop after step %lld: val loss has not improved for %d evaluations "
+                    "(best %.4f at step %lld)", (long long)step + 1, s->patience, best_loss,
+                    (long long)res->best_step);
+                res->stopped_early = 1;
+                step++;
+                break;
+            }
+            /* evaluation prepared the model for its own batches: back to training's */
+            if (fisher_segformer_prepare(m, B, H, W, err)) goto out;
+        }
+        if (s->checkpoint_interval && (step + 1) % s->checkpoint_interval == 0) {
+            if (write_checkpoint(&t, s, step + 1, ckpt_path, err)) goto out;
+            if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step + 1, ckpt_path);
+        }
+    }
+    res->steps_done = step;
+    if (write_checkpoint(&t, s, step, ckpt_path, err)) goto out;
+    if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step, ckpt_path);
+    if (res->cancelled) {
+        say(cb, "cancelled after step %lld; checkpoint %s", (long long)step, ckpt_path);
+        rc = 0;
+        goto out;
+    }
+    if (best && res->best_step && res->best_step != step) {
+        memcpy(fisher_segformer_param_data(m), best, n_params * sizeof(float));
+        memcpy(fisher_segformer_buffer_data(m), best_buf, n_bufs * sizeof(float));
+        say(cb, "restored the best weights (step %lld)", (long long)res->best_step);
+        last_eval = -1; /* the final numbers must be the restored model's */
+    }
+    if (last_eval == step) res->final_val = ev;
+    else if (evaluate_on(m, val, s, step, "val", cb, &res->final_val, err)) goto out;
+    if (write_model(m, s, model_path, err)) goto out;
+    say(cb, "weights: %s", model_path);
+    for (int i = 0; i < s->n_zero_shot; i++) {
+        fisher_dataset *zs = open_data(&s->zero_shot[i], s, err);
+        if (!zs) goto out;
+        int bad = evaluate_on(m, zs, s, step, fisher_dataset_describe(zs), cb, &res->zero_shot[i], err);
+        fisher_dataset_close(zs);
+        if (bad) goto out;
+        res->n_zero_shot = i + 1;
+    }
+    rc = 0;
+out:
+    res->wall_seconds = fisher_now_seconds() - t_start;
+    fisher_trainer_free(&t);
+    fisher_loader_free(loader);
+    fisher_dataset_close(train);
+    fisher_dataset_close(val);
+    fisher_segformer_free(m);
+    free(images), free(masks), free(best), free(best_buf);
+    return rc;
+}

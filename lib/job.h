@@ -1,0 +1,137 @@
+/*
+ * job.h — a fine-tuning job: its spec (JSON, ../shared/DESIGN.md "Job
+ * spec"), and the one entry point that runs it. `fisherd train` and the
+ * daemon's workers call exactly fisher_job_run; everything they show comes
+ * through its callbacks.
+ *
+ * Spec v1 (every field optional; defaults in brackets):
+ *   name               string ["job"]
+ *   base_model         {"arch": "segformer", "config": "tiny"|"mit-b0"|...,
+ *                       "num_labels": 1} random init [tiny], or
+ *                      {"path": "model.safetensors"} (config from its metadata)
+ *   image_size         32..2048 [128]
+ *   data.train         dataset [synthetic concrete, 800 samples, seed 1]
+ *   data.val           dataset [synthetic concrete, 100 samples, seed 2]
+ *   data.zero_shot     [dataset, ...] evaluated once at the end [none]
+ *       dataset = {"synthetic": {"domain", "count", "seed"}} or {"path": DIR}
+ *   normalization      {"mean": [3], "std": [3]} [ImageNet's]
+ *   augment            {"hflip": bool, "vflip": bool, "scale": [lo, hi]} [flips on, no scale]
+ *   strategy           "full" (every parameter trains) ["full"]
+ *   optim              {"lr", "weight_decay", "betas": [2], "eps"} [1e-4, 5e-5, (0.9, 0.999), 1e-8]
+ *   loss               {"dice_weight"} [0.65]
+ *   batch_size         1..1024 [4]
+ *   epochs | steps     one of them [epochs 5]
+ *   eval_interval      steps between validations; 0 = once per epoch [0]
+ *   early_stopping     {"patience": evaluations without a better val loss; 0 = off} [0]
+ *   checkpoint_interval steps between checkpoints; 0 = only at the end [0]
+ *   seed               init, shuffling and augmentation [0]
+ *   threads            compute threads [2]
+ */
+#ifndef FISHER_JOB_H
+#define FISHER_JOB_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dataset.h"
+#include "error.h"
+#include "loss.h"
+#include "optim.h"
+#include "segformer.h"
+
+#define FISHER_MAX_ZERO_SHOT 8
+
+typedef struct {
+    int synthetic;                 /* 1: synthetic domain; 0: folder */
+    fisher_synth_domain domain;
+    uint64_t seed;
+    size_t count;
+    char path[PATH_MAX];
+} fisher_data_spec;
+
+typedef struct {
+    char name[128];
+    char base_config[32];          /* random init from this named config ... */
+    int num_labels;
+    char base_path[PATH_MAX];      /* ... unless a weights file is given */
+    int image_size;
+    fisher_data_spec train, val, zero_shot[FISHER_MAX_ZERO_SHOT];
+    int n_zero_shot;
+    fisher_normalization norm;
+    fisher_augment augment;
+    fisher_adamw_config optim;
+    float dice_weight;
+    int batch_size;
+    int64_t epochs, steps;         /* exactly one is > 0 */
+    int64_t eval_interval;
+    int patience;
+    int64_t checkpoint_interval;
+    uint64_t seed;
+    int threads;
+} fisher_job_spec;
+
+/* The defaults above. */
+void fisher_job_spec_defaults(fisher_job_spec *spec);
+/* Parses and validates a spec over the defaults. On the first problem
+ * returns -1 with err->msg saying what is wrong and, when field is
+ * non-NULL, the offending field's dotted path in it (e.g. "optim.lr",
+ * "data.zero_shot[1].path"). Nothing is opened here: paths are checked
+ * when the job runs (or by the daemon against its data roots). */
+int fisher_job_spec_parse(fisher_job_spec *spec, const char *json, char *field, size_t field_len,
+                          fisher_error *err);
+/* The spec back as JSON, every field explicit (malloc'd). */
+char *fisher_job_spec_to_json(const fisher_job_spec *spec);
+
+typedef struct {
+    int64_t step, steps;           /* step just finished (1-based), total */
+    int64_t epoch;                 /* 0-based */
+    float loss;
+    double step_seconds;
+} fisher_job_progress;
+
+typedef struct {
+    int64_t step;                  /* after this many steps */
+    char dataset[160];             /* "val", or a zero-shot dataset's description */
+    double loss;
+    fisher_seg_metrics metrics;
+} fisher_job_eval;
+
+typedef struct {
+    void *ctx;
+    void (*on_log)(void *ctx, const char *line);                 /* what a person should read */
+    void (*on_progress)(void *ctx, const fisher_job_progress *p);
+    void (*on_eval)(void *ctx, const fisher_job_eval *e);
+    void (*on_checkpoint)(void *ctx, int64_t step, const char *path);
+} fisher_job_callbacks;
+
+typedef struct {
+    int64_t steps_done;
+    int cancelled, stopped_early;
+    int64_t best_step;                 /* step of the best val loss */
+    fisher_job_eval final_val;         /* the final model on val */
+    fisher_job_eval zero_shot[FISHER_MAX_ZERO_SHOT];
+    int n_zero_shot;
+    double wall_seconds;
+    size_t parameters;
+} fisher_job_result;
+
+/* Opens a weights file fisherd wrote (or any SegFormer safetensors with
+ * the architecture under "config" in its metadata). A file without a
+ * decode head loads as an encoder (the head keeps a random init; *flags
+ * gets FISHER_LOAD_ENCODER_ONLY). The input size and normalisation it was
+ * trained with come back when the file records them (else 0 and ImageNet's).
+ * Any pointer but path may be NULL. */
+fisher_segformer *fisher_model_load(const char *path, int *image_size, fisher_normalization *norm,
+                                    unsigned *flags, fisher_error *err);
+
+/* Runs the job: builds the model and data, trains, evaluates every
+ * eval_interval steps (and at the end), stops early on patience, writes
+ * checkpoints to out_dir/checkpoint.safetensors and the final weights to
+ * out_dir/model.safetensors, then evaluates zero-shot sets. When *cancel
+ * becomes non-zero it stops after the current step and still writes a
+ * checkpoint (result->cancelled = 1). Returns 0, or -1 with err set. */
+int fisher_job_run(const fisher_job_spec *spec, const char *out_dir, const fisher_job_callbacks *cb,
+                   const volatile int *cancel, fisher_job_result *result, fisher_error *err);
+
+#endif

@@ -1,0 +1,211 @@
+/*
+ * test_job.c — job specs and fisher_job_run: every bad field is refused
+ * with its path, a spec survives a JSON round trip, and a run writes a
+ * model and a checkpoint that reload exactly, stops when cancelled (still
+ * checkpointing), and stops early when validation stops improving.
+ */
+#include "testutil.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "job.h"
+#include "segformer.h"
+
+static void expect_field_error(const char *json, const char *field, const char *words) {
+    fisher_job_spec s;
+    fisher_job_spec_defaults(&s);
+    fisher_job_spec before = s;
+    fisher_error err = {{0}};
+    char got[128];
+    assert_int_equal(fisher_job_spec_parse(&s, json, got, sizeof got, &err), -1);
+    printf("  %-60s -> %s\n", json, err.msg);
+    assert_string_equal(got, field);
+    assert_non_null(strstr(err.msg, words));
+    assert_memory_equal(&s, &before, sizeof s); /* all or nothing */
+}
+
+static void test_spec_errors_name_the_field(void **state) {
+    (void)state;
+    expect_field_error("{\"optim\": {\"lr\": -1}}", "optim.lr", "must be in");
+    expect_field_error("{\"optim\": {\"lr\": \"fast\"}}", "optim.lr", "number");
+    expect_field_error("{\"batch_size\": 0}", "batch_size", "[1, 1024]");
+    expect_field_error("{\"epochs\": 2, \"steps\": 5}", "steps", "not both");
+    expect_field_error("{\"lerning_rate\": 1}", "lerning_rate", "unknown field");
+    expect_field_error("{\"data\": {\"train\": {\"synthetic\": {\"domain\": \"gravel\"}}}}",
+                       "data.train.synthetic.domain", "unknown domain 'gravel'");
+    expect_field_error("{\"data\": {\"zero_shot\": [{\"path\": \"a\"}, {}]}}", "data.zero_shot[1]",
+                       "exactly one of");
+    expect_field_error("{\"base_model\": {\"config\": \"mit-b9\"}}", "base_model.config", "mit-b9");
+    expect_field_error("{\"strategy\": \"lora\"}", "strategy", "not available");
+    expect_field_error("{\"normalization\": {\"std\": [0.2, 0, 0.2]}}", "normalization.std[1]", "(0, 10]");
+    expect_field_error("{\"augment\": {\"scale\": [1.5, 0.5]}}", "augment.scale", "low ≤ high");
+    expect_field_error("[1, 2]", "", "JSON object");
+    fisher_job_spec s;
+    fisher_job_spec_defaults(&s);
+    fisher_error err = {{0}};
+    assert_int_equal(fisher_job_spec_parse(&s, "{\"name\": \"x\",}", NULL, 0, &err), -1);
+    assert_non_null(strstr(err.msg, "not valid JSON"));
+    assert_int_equal(fisher_job_spec_parse(&s, "{\"seed\": 1, \"seed\": 2}", NULL, 0, &err), -1);
+}
+
+static void test_spec_round_trip(void **state) {
+    (void)state;
+    const char *json = "{\"name\": \"ft\", \"base_model\": {\"config\": \"mit-b0\", \"num_labels\": 2},"
+                       " \"image_size\": 96, \"data\": {\"train\": {\"synthetic\": {\"domain\": \"tiles\","
+                       " \"count\": 40, \"seed\": 7}}, \"zero_shot\": [{\"path\": \"/data/asphalt\"}]},"
+                       " \"augment\": {\"vflip\": false, \"scale\": [0.8, 1.25]}, \"optim\": {\"lr\": 3e-4,"
+                       " \"betas\": [0.8, 0.99]}, \"steps\": 77, \"early_stopping\": {\"patience\": 3},"
+                       " \"seed\": 12345678901}";
+    fisher_job_spec a, b;
+    fisher_job_spec_defaults(&a);
+    fisher_error err = {{0}};
+    if (fisher_job_spec_parse(&a, json, NULL, 0, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(a.base_config, "mit-b0");
+    assert_int_equal(a.train.domain, FISHER_SYNTH_TILES);
+    assert_int_equal(a.steps, 77);
+    assert_int_equal(a.epochs, 0);
+    assert_int_equal(a.seed, 12345678901ULL);
+    char *text = fisher_job_spec_to_json(&a);
+    fisher_job_spec_defaults(&b);
+    if (fisher_job_spec_parse(&b, text, NULL, 0, &err)) fail_msg("%s in %s", err.msg, text);
+    free(text);
+    assert_memory_equal(&a, &b, sizeof a);
+}
+
+static char out_dir[64];
+static int volatile cancel_flag;
+
+static void cancel_at_3(void *ctx, const fisher_job_progress *p) {
+    (void)ctx;
+    if (p->step == 3) cancel_flag = 1;
+}
+
+static fisher_job_spec small_job(void) {
+    fisher_job_spec s;
+    fisher_job_spec_defaults(&s);
+    s.image_size = 32;
+    s.batch_size = 2;
+    s.train.count = 16;
+    s.val.count = 4;
+    s.steps = 6, s.epochs = 0;
+    s.optim.lr = 1e-3f;
+    return s;
+}
+
+static fisher_safetensors *open_out(const char *name) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+    fisher_error err = {{0}};
+    fisher_safetensors *st = fisher_safetensors_open(path, &err);
+    if (!st) fail_msg("%s", err.msg);
+    return st;
+}
+
+static void test_run_writes_model_and_checkpoint(void **state) {
+    (void)state;
+    fisher_job_spec s = small_job();
+    fisher_job_result r;
+    fisher_error err = {{0}};
+    if (fisher_job_run(&s, out_dir, NULL, NULL, &r, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(r.steps_done, 6);
+    assert_false(r.cancelled);
+    fisher_safetensors *model = open_out("model.safetensors"), *ckpt = open_out("checkpoint.safetensors");
+    assert_string_equal(fisher_safetensors_metadata(ckpt, "step"), "6");
+    assert_string_equal(fisher_safetensors_metadata(model, "image_size"), "32");
+    assert_non_null(fisher_safetensors_metadata(model, "normalization"));
+    /* the checkpoint's weights are the model's, bit for bit, plus the optimiser's moments */
+    fisher_segformer_config cfg;
+    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
+    fisher_segformer *a = fisher_segformer_create(&cfg, &err), *b = fisher_segformer_create(&cfg, &err);
+    assert_int_equal(fisher_segformer_load(a, model, 0, &err), 0);
+    assert_int_equal(fisher_segformer_load(b, ckpt, 0, &err), 0);
+    const fisher_tensor_table *t = fisher_segformer_params(a);
+    assert_memory_equal(fisher_segformer_param_data(a), fisher_segformer_param_data(b), t->total * sizeof(float));
+    char name[FISHER_NAME_MAX + 32];
+    snprintf(name, sizeof name, "optimizer.exp_avg_sq.%s", t->tensors[0].name);
+    float *v = fixture_f32(ckpt, name, t->tensors[0].numel);
+    double sum = 0;
+    for (size_t i = 0; i < t->tensors[0].numel; i++) sum += v[i];
+    assert_true(sum > 0); /* moments of a tensor that trained */
+    free(v);
+    fisher_safetensors_close(model), fisher_safetensors_close(ckpt);
+    fisher_segformer_free(a), fisher_segformer_free(b);
+}
+
+static void test_cancel_still_checkpoints(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
+    unlink(path);
+    fisher_job_spec s = small_job();
+    fisher_job_callbacks cb = {.on_progress = cancel_at_3};
+    fisher_job_result r;
+    fisher_error err = {{0}};
+    cancel_flag = 0;
+    assert_int_equal(fisher_job_run(&s, out_dir, &cb, &cancel_flag, &r, &err), 0);
+    assert_true(r.cancelled);
+    assert_int_equal(r.steps_done, 3);
+    fisher_safetensors *ckpt = open_out("checkpoint.safetensors");
+    assert_string_equal(fisher_safetensors_metadata(ckpt, "step"), "3");
+    fisher_safetensors_close(ckpt);
+    assert_int_equal(access(path, F_OK), -1); /* no final model for an unfinished job */
+}
+
+static void test_early_stopping(void **state) {
+    (void)state;
+    fisher_job_spec s = small_job();
+    s.optim.lr = 1e-12f; /* validation barely moves: it stops improving at once */
+    s.steps = 50;
+    s.eval_interval = 1;
+    s.patience = 2;
+    fisher_job_result r;
+    fisher_error err = {{0}};
+    if (fisher_job_run(&s, out_dir, NULL, NULL, &r, &err)) fail_msg("%s", err.msg);
+    assert_true(r.stopped_early);
+    assert_true(r.steps_done < 50);
+    /* it stopped exactly `patience` evaluations after the best one */
+    assert_int_equal(r.steps_done - r.best_step, 2);
+}
+
+static void test_missing_folder_fails_with_path(void **state) {
+    (void)state;
+    fisher_job_spec s = small_job();
+    s.val.synthetic = 0;
+    snprintf(s.val.path, sizeof s.val.path, "/nonexistent/cracks");
+    fisher_job_result r;
+    fisher_error err = {{0}};
+    assert_int_equal(fisher_job_run(&s, out_dir, NULL, NULL, &r, &err), -1);
+    printf("  %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "/nonexistent/cracks"));
+}
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(out_dir, sizeof out_dir, "/tmp/fisher_job_XXXXXX");
+    return mkdtemp(out_dir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    const char *files[] = {"model.safetensors", "checkpoint.safetensors"};
+    char path[128];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", out_dir, files[i]);
+        unlink(path);
+    }
+    rmdir(out_dir);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spec_errors_name_the_field),
+        cmocka_unit_test(test_spec_round_trip),
+        cmocka_unit_test(test_run_writes_model_and_checkpoint),
+        cmocka_unit_test(test_cancel_still_checkpoints),
+        cmocka_unit_test(test_early_stopping),
+        cmocka_unit_test(test_missing_folder_fails_with_path),
+    };
+    return cmocka_run_group_tests_name("job", tests, setup, teardown);
+}
