@@ -30,7 +30,7 @@ SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 # Every package building and testing needs. The daemon's (libmicrohttpd,
 # SQLite, libuv) are listed now so a machine set up once stays set up.
 DEB_PKGS := gcc make pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev \
-            libsqlite3-dev libuv1-dev libmicrohttpd-dev
+            python3 python3-pytest libsqlite3-dev libuv1-dev libmicrohttpd-dev
 
 LIB_SRC   := $(sort $(wildcard lib/*.c))
 LIB_OBJ   := $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
@@ -39,7 +39,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 DAEMON_OBJ := $(DAEMON_SRC:daemon/%.c=$(BUILD)/daemon/%.o)
 
-.PHONY: all deps torch-deps test unit unit-asan run bench fixtures clean
+.PHONY: all deps torch-deps test unit unit-asan integration run bench fixtures clean
 .DELETE_ON_ERROR:
 
 all: $(BUILD)/libfisher.a $(BUILD)/libfisher.so $(BUILD)/fisherd
@@ -84,9 +84,14 @@ unit: $(UNIT_BIN)
 unit-asan:
 	$(MAKE) BUILD=build/asan OPT="-O1 $(SAN)" LDFLAGS="$(SAN)" unit
 
+# The command line, black-box (pytest): what a user types and gets.
+integration: all
+	FISHERD=$(abspath $(BUILD)/fisherd) /usr/bin/python3 -m pytest -q tests/integration
+
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
+	$(MAKE) integration
 	$(MAKE) unit-asan
 
 run: deps

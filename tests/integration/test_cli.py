@@ -1,0 +1,143 @@
+"""Black-box tests of the fisherd command line: what a user types, what they get.
+
+Runs build/fisherd (FISHERD overrides the path) in temporary folders:
+generate a synthetic folder dataset, train on it from a spec, predict a
+mask, evaluate, and the ways each can go wrong (bad spec fields, missing
+files, Ctrl-C).
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+FISHERD = os.path.abspath(os.environ.get("FISHERD", Path(__file__).resolve().parents[2] / "build" / "fisherd"))
+
+
+def run(*args, cwd=None, timeout=300):
+    return subprocess.run([FISHERD, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder with a small synthetic dataset and a briefly trained model."""
+    d = tmp_path_factory.mktemp("cli")
+    r = run("dataset", "synth", "--domain", "concrete", "--count", 12, "--seed", 4, "--size", 48,
+            "--out", d / "cracks")
+    assert r.returncode == 0, r.stderr
+    spec = {
+        "name": "cli-test",
+        "image_size": 32,
+        "data": {"train": {"path": str(d / "cracks")}, "val": {"path": str(d / "cracks")},
+                 "zero_shot": [{"synthetic": {"domain": "tiles", "count": 4, "seed": 1}}]},
+        "optim": {"lr": 1e-3},
+        "batch_size": 4,
+        "steps": 12,
+        "eval_interval": 6,
+    }
+    (d / "spec.json").write_text(json.dumps(spec))
+    r = run("train", d / "spec.json", "--out", d / "run", cwd=d)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return d
+
+
+def test_dataset_synth_writes_pairs(work):
+    images = sorted(p.name for p in (work / "cracks" / "images").iterdir())
+    masks = sorted(p.name for p in (work / "cracks" / "masks").iterdir())
+    assert images == masks and len(images) == 12
+    assert (work / "cracks" / "images" / "concrete-000000.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_writes_model_checkpoint_and_summary(work):
+    run_dir = work / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 12 and not summary["cancelled"]
+    assert [e["step"] for e in summary["evals"] if e["dataset"] == "val"] == [6, 12]
+    assert summary["final_val"]["step"] == 12
+    assert 0.0 <= summary["final_val"]["iou"] <= 1.0
+    assert len(summary["zero_shot"]) == 1 and "tiles" in summary["zero_shot"][0]["dataset"]
+    assert summary["spec"]["image_size"] == 32
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        assert (run_dir / name).stat().st_size > 100_000
+
+
+def test_predict_writes_mask_probs_and_overlay_at_image_size(work):
+    out = work / "pred"
+    out.mkdir(exist_ok=True)
+    image = work / "cracks" / "images" / "concrete-000003.png"
+    r = run("predict", "--model", work / "run" / "model.safetensors", "--image", image,
+            "--out", out / "mask.png", "--probs", out / "probs.png", "--overlay", out / "overlay.png")
+    assert r.returncode == 0, r.stderr
+    assert "48x48" in r.stdout and "model input 32x32" in r.stdout
+    for name in ("mask.png", "probs.png", "overlay.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == (48, 48)
+
+
+def test_eval_prints_metrics(work):
+    r = run("eval", "--model", work / "run" / "model.safetensors", "--data", work / "cracks")
+    assert r.returncode == 0, r.stderr
+    assert "12 pairs" in r.stdout and "IoU" in r.stdout
+    r = run("eval", "--model", work / "run" / "model.safetensors", "--data", "synthetic:asphalt:8:1")
+    assert r.returncode == 0, r.stderr
+    assert "asphalt" in r.stdout
+
+
+@pytest.mark.parametrize("spec,words", [
+    ({"optim": {"lr": -1}}, "optim.lr"),
+    ({"batch_size": "four"}, "batch_size: must be an integer"),
+    ({"data": {"train": {"synthetic": {"domain": "gravel"}}}}, "unknown domain 'gravel'"),
+    ({"epoch": 3}, "epoch: unknown field"),
+])
+def test_bad_spec_is_refused_with_the_field(tmp_path, spec, words):
+    (tmp_path / "bad.json").write_text(json.dumps(spec))
+    r = run("train", tmp_path / "bad.json", "--out", tmp_path / "out")
+    assert r.returncode == 2
+    assert words in r.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_missing_things_are_named(tmp_path):
+    r = run("predict", "--model", tmp_path / "none.safetensors", "--image", "x.png", "--out", "y.png")
+    assert r.returncode == 1 and "none.safetensors" in r.stderr
+    r = run("train", "--steps", 2, "--out", tmp_path / "o")
+    assert r.returncode == 0  # defaults: synthetic data, nothing to download
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    r = run("eval", "--model", tmp_path / "o" / "model.safetensors", "--data", tmp_path / "empty")
+    assert r.returncode == 1 and "masks" in r.stderr
+    r = run("frobnicate")
+    assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+def test_ctrl_c_stops_after_the_step_and_keeps_a_checkpoint(tmp_path):
+    p = subprocess.Popen([FISHERD, "train", "--steps", "100000", "--image-size", "32",
+                          "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until training is under way
+        line = p.stdout.readline()
+        if line.startswith("step "):
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "stopping after this step" in err
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["cancelled"] and summary["steps"] >= 1
+
+
+def test_dataset_preview_grid(work, tmp_path):
+    r = run("dataset", "preview", "--out", tmp_path / "grid.png", "--count", 2, "--size", 32,
+            "--model", work / "run" / "model.safetensors")
+    assert r.returncode == 0, r.stderr
+    data = (tmp_path / "grid.png").read_bytes()
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (2 * 3 * 32, 5 * 32)  # 2 samples × (image, mask, prediction), 5 domains
