@@ -1,6 +1,8 @@
 /* cli.c — see cli.h. */
 #include "cli.h"
 
+#include "fileio.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,22 +34,19 @@ int cli_parse_float(const char *opt, const char *s, double lo, double hi, float 
 }
 
 char *cli_read_file(const char *path, size_t max_bytes) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "fisherd: cannot open %s: %s\n", path, strerror(errno));
+    fisher_error err = {{0}};
+    size_t len;
+    unsigned char *buf = fisher_file_read(path, &len, &err);
+    if (!buf) {
+        fprintf(stderr, "fisherd: %s\n", err.msg);
         return NULL;
     }
-    char *buf = malloc(max_bytes + 1);
-    size_t n = buf ? fread(buf, 1, max_bytes + 1, f) : 0;
-    int failed = !buf || ferror(f);
-    fclose(f);
-    if (failed || n > max_bytes) {
-        fprintf(stderr, "fisherd: %s: %s\n", path, failed ? "cannot read it" : "too large");
+    if (len > max_bytes || memchr(buf, '\0', len)) {
+        fprintf(stderr, "fisherd: %s: %s\n", path, len > max_bytes ? "too large" : "not a text file");
         free(buf);
         return NULL;
     }
-    buf[n] = '\0';
-    return buf;
+    return (char *)buf;
 }
 
 int cli_make_dir(const char *path) {

@@ -30,20 +30,17 @@
  */
 #include "image.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <jpeglib.h>
 #include <png.h>
 
+#include "fileio.h"
 #include "layers.h"
 
 static const char *name_of(const char *what) { return what ? what : "image"; }
@@ -317,49 +314,12 @@ int fisher_image_decode(const void *data, size_t len, const char *what, int chan
 }
 
 int fisher_image_load(const char *path, int channels, fisher_image *img, fisher_error *err) {
-    if (!path) return fisher_errorf(err, "image: NULL path");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fisher_errorf(err, "%s: cannot open: %s", path, strerror(errno));
-    unsigned char *buf = NULL;
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        fisher_errorf(err, "%s: cannot stat: %s", path, strerror(errno));
-        goto fail;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        fisher_errorf(err, "%s: not a regular file", path);
-        goto fail;
-    }
-    if ((uintmax_t)sb.st_size > SIZE_MAX - 1) {
-        fisher_errorf(err, "%s: file too large (%jd bytes)", path, (intmax_t)sb.st_size);
-        goto fail;
-    }
-    size_t size = (size_t)sb.st_size, got = 0;
-    buf = malloc(size ? size : 1);
-    if (!buf) {
-        fisher_errorf(err, "%s: out of memory for %zu bytes", path, size);
-        goto fail;
-    }
-    /* Read to EOF or `size`; a file shrinking underneath us decodes (and
-     * fails as truncated) at the shorter length. */
-    while (got < size) {
-        ssize_t r = read(fd, buf + got, size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            fisher_errorf(err, "%s: read failed: %s", path, strerror(errno));
-            goto fail;
-        }
-        if (r == 0) break;
-        got += (size_t)r;
-    }
-    close(fd);
-    int rc = fisher_image_decode(buf, got, path, channels, img, err);
+    size_t len;
+    unsigned char *buf = fisher_file_read(path, &len, err);
+    if (!buf) return -1;
+    int rc = fisher_image_decode(buf, len, path, channels, img, err);
     free(buf);
     return rc;
-fail:
-    close(fd);
-    free(buf);
-    return -1;
 }
 
 void fisher_image_free(fisher_image *img) {
@@ -433,18 +393,6 @@ static int png_encode(png_out *o, const fisher_image *img) {
     return 0;
 }
 
-static int write_all(int fd, const void *buf, size_t n) {
-    const unsigned char *p = buf;
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 int fisher_image_save_png(const char *path, const fisher_image *img, fisher_error *err) {
     if (!path) return fisher_errorf(err, "image: NULL path");
     if (!img || !img->pixels) return fisher_errorf(err, "%s: no image to write", path);
@@ -462,39 +410,8 @@ int fisher_image_save_png(const char *path, const fisher_image *img, fisher_erro
         return fisher_errorf(err, "%s: encoding PNG failed: %s", path, o.msg);
     }
 
-    int rc = -1, fd = -1;
-    size_t tmpcap = strlen(path) + 32;
-    char *tmp = malloc(tmpcap);
-    if (!tmp) {
-        fisher_errorf(err, "%s: out of memory", path);
-        goto out;
-    }
-    snprintf(tmp, tmpcap, "%s.tmp.%ld", path, (long)getpid());
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        fisher_errorf(err, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    /* fsync before rename, so the new name never points at unwritten data */
-    if (write_all(fd, o.buf, o.len) != 0 || fsync(fd) != 0) {
-        fisher_errorf(err, "%s: writing %s failed: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    int cfd = fd;
-    fd = -1;
-    if (close(cfd) != 0) {
-        fisher_errorf(err, "%s: writing %s failed: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        fisher_errorf(err, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-out:
-    if (fd >= 0) close(fd);
-    if (rc != 0 && tmp) unlink(tmp);
-    free(tmp);
+    fisher_chunk chunk = {o.buf, o.len};
+    int rc = fisher_file_write_atomic(path, &chunk, 1, err);
     free(o.buf);
     return rc;
 }

@@ -35,16 +35,14 @@
  */
 #include "safetensors.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <jansson.h>
+
+#include "fileio.h"
 
 typedef struct {
     const char *name;  /* points into the header JSON (invariant 5) */
@@ -381,55 +379,9 @@ fisher_safetensors *fisher_safetensors_parse(const void *buf, size_t len, const 
 }
 
 fisher_safetensors *fisher_safetensors_open(const char *path, fisher_error *err) {
-    unsigned char *buf = NULL;
-    int fd = -1;
-    if (!path) {
-        fisher_errorf(err, "safetensors: NULL path");
-        return NULL;
-    }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fisher_errorf(err, "%s: cannot open: %s", path, strerror(errno));
-        goto err;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        fisher_errorf(err, "%s: cannot stat: %s", path, strerror(errno));
-        goto err;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        fisher_errorf(err, "%s: not a regular file", path);
-        goto err;
-    }
-    if ((uintmax_t)sb.st_size > SIZE_MAX - 1) {
-        fisher_errorf(err, "%s: file too large (%jd bytes)", path, (intmax_t)sb.st_size);
-        goto err;
-    }
-    size_t size = (size_t)sb.st_size, got = 0;
-    buf = malloc(size ? size : 1);
-    if (!buf) {
-        fisher_errorf(err, "%s: out of memory for %zu bytes", path, size);
-        goto err;
-    }
-    /* Read until EOF or `size`; a file shrinking underneath us just parses
-     * (and fails validation) at the shorter length. */
-    while (got < size) {
-        ssize_t r = read(fd, buf + got, size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            fisher_errorf(err, "%s: read failed: %s", path, strerror(errno));
-            goto err;
-        }
-        if (r == 0) break;
-        got += (size_t)r;
-    }
-    close(fd);
-    return parse_owned(buf, got, path, err);
-
-err:
-    if (fd >= 0) close(fd);
-    free(buf);
-    return NULL;
+    size_t len;
+    unsigned char *buf = fisher_file_read(path, &len, err);
+    return buf ? parse_owned(buf, len, path, err) : NULL;
 }
 
 void fisher_safetensors_close(fisher_safetensors *st) {
@@ -568,39 +520,6 @@ float *fisher_safetensors_get_f32(const fisher_safetensors *st, const char *name
 /* ----------------------------------------------------------------------------
  * Writing */
 
-/* write(2) until all of buf is out; 0 or -1 with errno set. */
-static int write_all(int fd, const void *buf, size_t n) {
-    const unsigned char *p = buf;
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* Best effort: fsync the directory holding path so the rename itself is
- * durable. The file is already complete and in place, and some filesystems
- * refuse fsync on a directory, so failure here is not an error. `scratch`
- * has room for path (the temp name is longer). */
-static void sync_parent_dir(char *scratch, const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) {
-        strcpy(scratch, ".");
-    } else {
-        size_t n = slash == path ? 1 : (size_t)(slash - path);
-        memcpy(scratch, path, n);
-        scratch[n] = '\0';
-    }
-    int dfd = open(scratch, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-}
-
 /* Builds the header JSON (tensors in order, contiguous offsets) after
  * checking every tensor; *sizes gets each tensor's byte size. Returns the
  * header or NULL with err set. */
@@ -720,8 +639,8 @@ err:
 
 int fisher_safetensors_write(const char *path, const fisher_st_tensor *tensors, size_t n_tensors,
                              const fisher_st_meta *meta, size_t n_meta, fisher_error *err) {
-    int rc = -1, fd = -1, created = 0;
-    char *tmp = NULL, *text = NULL, *head = NULL;
+    int rc = -1;
+    char *text = NULL, *head = NULL;
     uint64_t *sizes = NULL;
     json_t *root = NULL;
 
@@ -754,42 +673,16 @@ int fisher_safetensors_write(const char *path, const fisher_st_tensor *tensors, 
     memcpy(head + 8, text, tlen);
     memset(head + 8 + tlen, ' ', hlen - tlen);
 
-    size_t tmpcap = strlen(path) + 32;
-    tmp = malloc(tmpcap);
-    if (!tmp) {
+    fisher_chunk *chunks = calloc(n_tensors + 1, sizeof *chunks);
+    if (!chunks) {
         fisher_errorf(err, "%s: out of memory", path);
         goto out;
     }
-    snprintf(tmp, tmpcap, "%s.tmp.%ld", path, (long)getpid());
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        fisher_errorf(err, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    created = 1;
-    if (write_all(fd, head, 8 + hlen) != 0) goto io_err;
-    for (size_t i = 0; i < n_tensors; i++)
-        if (sizes[i] && write_all(fd, tensors[i].data, (size_t)sizes[i]) != 0) goto io_err;
-    /* fsync before rename: otherwise a crash can leave the new name pointing
-     * at a file whose data never reached the disk. */
-    if (fsync(fd) != 0) goto io_err;
-    int cfd = fd;
-    fd = -1;
-    if (close(cfd) != 0) goto io_err;
-    if (rename(tmp, path) != 0) {
-        fisher_errorf(err, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-    sync_parent_dir(tmp, path);
-    goto out;
-
-io_err:
-    fisher_errorf(err, "%s: writing %s failed: %s", path, tmp, strerror(errno));
+    chunks[0] = (fisher_chunk){head, 8 + hlen};
+    for (size_t i = 0; i < n_tensors; i++) chunks[i + 1] = (fisher_chunk){tensors[i].data, (size_t)sizes[i]};
+    rc = fisher_file_write_atomic(path, chunks, n_tensors + 1, err);
+    free(chunks);
 out:
-    if (fd >= 0) close(fd);
-    if (rc != 0 && created) unlink(tmp);
-    free(tmp);
     free(head);
     free(text);
     json_decref(root);
