@@ -75,6 +75,7 @@ static size_t dtype_size(fisher_dtype dt) {
     case FISHER_DTYPE_F16: return 2;
     case FISHER_DTYPE_BF16: return 2;
     case FISHER_DTYPE_I64: return 8;
+    case FISHER_DTYPE_F64: return 8;
     }
     return 0; /* not a dtype we know: callers treat 0 as "unsupported" */
 }
@@ -85,6 +86,7 @@ static const char *dtype_name(fisher_dtype dt) {
     case FISHER_DTYPE_F16: return "F16";
     case FISHER_DTYPE_BF16: return "BF16";
     case FISHER_DTYPE_I64: return "I64";
+    case FISHER_DTYPE_F64: return "F64";
     }
     return "?";
 }
@@ -92,7 +94,7 @@ static const char *dtype_name(fisher_dtype dt) {
 /* Returns 0 and sets *dt for a supported dtype name, -1 otherwise. */
 static int dtype_parse(const char *s, fisher_dtype *dt) {
     static const fisher_dtype all[] = {FISHER_DTYPE_F32, FISHER_DTYPE_F16, FISHER_DTYPE_BF16,
-                                       FISHER_DTYPE_I64};
+                                       FISHER_DTYPE_I64, FISHER_DTYPE_F64};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         if (strcmp(s, dtype_name(all[i])) == 0) {
             *dt = all[i];
@@ -192,7 +194,7 @@ static int parse_entry(const char *what, const char *name, json_t *v, size_t dat
         return fisher_errorf(err, "%s: tensor %s: \"dtype\" is not a string", what, name);
     if (dtype_parse(json_string_value(dt), &e->dtype) != 0)
         return fisher_errorf(err, "%s: tensor %s: unsupported dtype \"%s\" (supported: F32, F16, "
-                                  "BF16, I64)", what, name, json_string_value(dt));
+                                  "BF16, I64, F64)", what, name, json_string_value(dt));
 
     json_t *sh = json_object_get(v, "shape");
     if (!sh) return fisher_errorf(err, "%s: tensor %s: missing \"shape\"", what, name);
@@ -479,18 +481,29 @@ int fisher_safetensors_read_f32(const fisher_safetensors *st, const char *name, 
     return 0;
 }
 
-int fisher_safetensors_read_i64(const fisher_safetensors *st, const char *name, int64_t *dst,
-                                int ndim, const int64_t *shape, fisher_error *err) {
+/* An 8-byte tensor copied as is: I64 and F64 share everything but the name. */
+static int read_raw8(const fisher_safetensors *st, const char *name, fisher_dtype want, void *dst,
+                     int ndim, const int64_t *shape, fisher_error *err) {
     const st_entry *e = find(st, name, err);
     if (!e) return -1;
-    if (e->dtype != FISHER_DTYPE_I64)
-        return fisher_errorf(err, "%s: tensor %s is %s, expected I64", st->what, name,
-                             dtype_name(e->dtype));
+    if (e->dtype != want)
+        return fisher_errorf(err, "%s: tensor %s is %s, expected %s", st->what, name,
+                             dtype_name(e->dtype), dtype_name(want));
     if (check_shape(st, e, ndim, shape, err) != 0) return -1;
     if (!dst && e->numel)
         return fisher_errorf(err, "%s: tensor %s: NULL destination", st->what, name);
-    if (e->numel) memcpy(dst, st->data + e->begin, e->numel * sizeof *dst);
+    if (e->numel) memcpy(dst, st->data + e->begin, e->numel * 8);
     return 0;
+}
+
+int fisher_safetensors_read_i64(const fisher_safetensors *st, const char *name, int64_t *dst,
+                                int ndim, const int64_t *shape, fisher_error *err) {
+    return read_raw8(st, name, FISHER_DTYPE_I64, dst, ndim, shape, err);
+}
+
+int fisher_safetensors_read_f64(const fisher_safetensors *st, const char *name, double *dst,
+                                int ndim, const int64_t *shape, fisher_error *err) {
+    return read_raw8(st, name, FISHER_DTYPE_F64, dst, ndim, shape, err);
 }
 
 float *fisher_safetensors_get_f32(const fisher_safetensors *st, const char *name, int *ndim,

@@ -28,6 +28,7 @@ typedef enum {
     FISHER_DTYPE_F16,
     FISHER_DTYPE_BF16,
     FISHER_DTYPE_I64,
+    FISHER_DTYPE_F64, /* golden files of quantities checked to 1e-9 */
 } fisher_dtype;
 
 /* One tensor to write. `data` holds numel elements of `dtype`, row-major. */
@@ -77,6 +78,9 @@ int fisher_safetensors_info(const fisher_safetensors *st, const char *name, fish
  * checking it has exactly the expected shape. Errors name the tensor and
  * both shapes. */
 int fisher_safetensors_read_f32(const fisher_safetensors *st, const char *name, float *dst,
+                                int ndim, const int64_t *shape, fisher_error *err);
+/* Same for an F64 tensor (no conversion from other dtypes). */
+int fisher_safetensors_read_f64(const fisher_safetensors *st, const char *name, double *dst,
                                 int ndim, const int64_t *shape, fisher_error *err);
 /* Same for an I64 tensor. */
 int fisher_safetensors_read_i64(const fisher_safetensors *st, const char *name, int64_t *dst,
