@@ -1,0 +1,268 @@
+/*
+ * drift.c — see drift.h. Numbers follow FISHERADAPTUNE.md §3–§5 and the
+ * reference's NumPy, detail for detail:
+ *
+ *   percentiles  numpy's default 'linear' method, including how it computes
+ *                the virtual index (n·q + (1 − q) − 1, not q·(n − 1): the two
+ *                differ in the last bits, which moves bin edges);
+ *   edges        numpy.linspace: e_i = i·((high − low)/64) + low, e_64 = high;
+ *   histogram    numpy.histogram with an edges array: [e_i, e_i+1) except the
+ *                last bin, which also holds e_64; values outside dropped.
+ *
+ * Only four order statistics of the combined values are needed, so they are
+ * found by selection (O(n)), not by sorting.
+ */
+#include "drift.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define JS_BINS 64
+#define JS_EPS 1e-12
+
+fisher_drift_config fisher_drift_defaults(void) {
+    return (fisher_drift_config){.fisher_ema_decay = 0.9, .js_ema_decay = 0.9, .js_mode = FISHER_JS_LOG};
+}
+
+/* ------------------------------------------------------------ selection */
+
+static void swap_d(double *a, double *b) {
+    double t = *a;
+    *a = *b, *b = t;
+}
+
+/* Rearranges x (n, no NaN) so that x[k] is the k-th smallest, everything
+ * before it ≤ and everything after it ≥ (Hoare's quickselect with a
+ * median-of-three pivot; inputs here are not adversarial). */
+static void select_kth(double *x, size_t n, size_t k) {
+    size_t lo = 0, hi = n - 1;
+    while (hi > lo) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (x[mid] < x[lo]) swap_d(&x[mid], &x[lo]);
+        if (x[hi] < x[lo]) swap_d(&x[hi], &x[lo]);
+        if (x[hi] < x[mid]) swap_d(&x[hi], &x[mid]);
+        double pivot = x[mid];
+        size_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] < pivot) i++;
+            while (x[j] > pivot) j--;
+            if (i <= j) {
+                swap_d(&x[i], &x[j]);
+                i++;
+                if (j == 0) break;
+                j--;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return;
+    }
+}
+
+static double min_of(const double *x, size_t n) {
+    double m = x[0];
+    for (size_t i = 1; i < n; i++) m = x[i] < m ? x[i] : m;
+    return m;
+}
+
+static double max_of(const double *x, size_t n) {
+    double m = x[0];
+    for (size_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* numpy.percentile(x, 100·q) with method 'linear', x without NaN; x is
+ * reordered. */
+static double percentile(double *x, size_t n, double q) {
+    double v = (double)n * q + (1.0 - q) - 1.0;
+    size_t i, i1;
+    if (v < 0) {
+        i = i1 = 0;
+    } else if (v >= (double)n - 1.0) {
+        i = i1 = n - 1;
+    } else {
+        i = (size_t)floor(v);
+        i1 = i + 1 < n ? i + 1 : n - 1;
+    }
+    double t = v < 0 ? 0.0 : v - floor(v);
+    select_kth(x, n, i);
+    double a = x[i], b = i1 == i ? a : min_of(x + i + 1, n - i - 1);
+    double diff = b - a;
+    return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
+}
+
+/* ------------------------------------------------------------ histograms */
+
+typedef struct {
+    double low, high, edges[JS_BINS + 1];
+} bins;
+
+static void make_bins(bins *h, double low, double high) {
+    h->low = low, h->high = high;
+    double step = (high - low) / JS_BINS;
+    for (int i = 0; i < JS_BINS; i++) h->edges[i] = (double)i * step + low;
+    h->edges[JS_BINS] = high;
+}
+
+/* The bin of x, or -1 when x falls outside [e_0, e_64] (or is NaN). */
+static int bin_of(const bins *h, double x) {
+    if (!(x >= h->edges[0] && x <= h->edges[JS_BINS])) return -1;
+    double guess = floor((x - h->low) * JS_BINS / (h->high - h->low));
+    int i = guess < 0 ? 0 : guess > JS_BINS - 1 ? JS_BINS - 1 : (int)guess;
+    while (i < JS_BINS - 1 && x >= h->edges[i + 1]) i++;
+    while (i > 0 && x < h->edges[i]) i--;
+    return i;
+}
+
+/* counts + eps, normalised; then clipped at eps and renormalised (§3.4–5). */
+static void to_distribution(double *p, const double *counts) {
+    double sum = 0;
+    for (int i = 0; i < JS_BINS; i++) sum += (p[i] = counts[i] + JS_EPS);
+    for (int i = 0; i < JS_BINS; i++) p[i] /= sum;
+    sum = 0;
+    for (int i = 0; i < JS_BINS; i++) sum += (p[i] = p[i] < JS_EPS ? JS_EPS : p[i]);
+    for (int i = 0; i < JS_BINS; i++) p[i] /= sum;
+}
+
+static double js_of_counts(const double *count_ref, const double *count_cur) {
+    double p[JS_BINS], q[JS_BINS], kl_pm = 0, kl_qm = 0;
+    to_distribution(p, count_ref);
+    to_distribution(q, count_cur);
+    for (int i = 0; i < JS_BINS; i++) {
+        double m = (p[i] + q[i]) / 2;
+        kl_pm += p[i] * log(p[i] / m);
+        kl_qm += q[i] * log(q[i] / m);
+    }
+    double js = 0.5 * kl_pm + 0.5 * kl_qm;
+    return sqrt(js > 0 ? js : 0);
+}
+
+static double js_log(const float *ref, size_t n_ref, const float *cur, size_t n_cur) {
+    size_t n = n_ref + n_cur;
+    double *all = malloc(2 * n * sizeof *all);
+    if (!all) return NAN;
+    double *work = all + n;
+    int any_nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x = i < n_ref ? ref[i] : cur[i - n_ref];
+        all[i] = log10(fabs((double)x) + JS_EPS);
+        any_nan |= isnan(all[i]);
+    }
+    double low = NAN, high = NAN;
+    if (!any_nan) { /* numpy's percentile of data holding NaN is NaN */
+        memcpy(work, all, n * sizeof *work);
+        low = percentile(work, n, 0.01);
+        high = percentile(work, n, 0.99);
+    }
+    if (!isfinite(low)) low = any_nan ? NAN : min_of(all, n);
+    if (!isfinite(high)) high = any_nan ? NAN : max_of(all, n);
+    if (high <= low) high = low + 1e-3;
+    double result = NAN;
+    if (isfinite(low) && isfinite(high)) {
+        bins h;
+        make_bins(&h, low, high);
+        double cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
+        for (size_t i = 0; i < n; i++) {
+            int b = bin_of(&h, all[i]);
+            if (b >= 0) (i < n_ref ? cr : cc)[b] += 1;
+        }
+        result = js_of_counts(cr, cc);
+    }
+    free(all);
+    return result;
+}
+
+static double js_raw(const float *ref, size_t n_ref, const float *cur, size_t n_cur) {
+    size_t n = n_ref + n_cur;
+    double low = INFINITY, high = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double a = fabs((double)(i < n_ref ? ref[i] : cur[i - n_ref]));
+        if (!isfinite(a)) continue;
+        low = a < low ? a : low;
+        high = a > high ? a : high;
+    }
+    if (low > high) return NAN; /* no finite value at all */
+    if (high == low) high = low + 1e-12;
+    bins h;
+    make_bins(&h, low, high);
+    double cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
+    for (size_t i = 0; i < n; i++) {
+        int b = bin_of(&h, fabs((double)(i < n_ref ? ref[i] : cur[i - n_ref])));
+        if (b >= 0) (i < n_ref ? cr : cc)[b] += 1;
+    }
+    return js_of_counts(cr, cc);
+}
+
+double fisher_js_distance(const float *ref, size_t n_ref, const float *cur, size_t n_cur, int mode) {
+    if (!n_ref || !n_cur || !ref || !cur) return NAN;
+    return mode == FISHER_JS_RAW ? js_raw(ref, n_ref, cur, n_cur) : js_log(ref, n_ref, cur, n_cur);
+}
+
+/* ------------------------------------------------------------ the tracker */
+
+int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n, int64_t step,
+                              const fisher_drift_config *cfg, double *js_out, fisher_error *err) {
+    if (!d->measured) {
+        if (!n) return fisher_errorf(err, "drift: an empty chunk cannot be measured");
+        if (!(d->ema_F = malloc(n * sizeof *d->ema_F)))
+            return fisher_errorf(err, "drift: out of memory for a chunk of %zu", n);
+        memcpy(d->ema_F, cur, n * sizeof *cur);
+        d->n = n, d->measured = 1;
+        d->js_ema = 0, d->total_variation = 0, d->js_sum = 0, d->js_count = 1;
+        d->last_step = step, d->last_value = 0;
+        if (js_out) *js_out = 0;
+        return 0;
+    }
+    if (n != d->n)
+        return fisher_errorf(err, "drift: chunk had %zu elements, now %zu", d->n, n);
+    double js = fisher_js_distance(d->ema_F, n, cur, n, cfg->js_mode);
+    /* float32, both factors rounded from double, as the reference's tensors do */
+    float keep = (float)cfg->fisher_ema_decay, take = (float)(1.0 - cfg->fisher_ema_decay);
+    for (size_t i = 0; i < n; i++) {
+        float a = keep * d->ema_F[i], b = take * cur[i];
+        d->ema_F[i] = a + b;
+    }
+    double e = cfg->js_ema_decay;
+    d->js_ema = e * d->js_ema + (1.0 - e) * js;
+    d->total_variation += fabs(d->js_ema - d->last_value);
+    d->last_step = step, d->last_value = d->js_ema;
+    d->js_sum += d->js_ema;
+    d->js_count += 1;
+    if (js_out) *js_out = js;
+    return 0;
+}
+
+void fisher_chunk_drift_free(fisher_chunk_drift *d) {
+    free(d->ema_F);
+    memset(d, 0, sizeof *d);
+}
+
+double fisher_chunk_drift_score(const fisher_chunk_drift *d, int metric) {
+    if (metric == FISHER_METRIC_MEAN_JS) return d->js_count ? d->js_sum / (double)d->js_count : 0;
+    return d->total_variation;
+}
+
+/* ------------------------------------------------------------ freezing */
+
+void fisher_freeze_decide(const double *scores, size_t n, double lambda, uint8_t *keep,
+                          fisher_freeze_stats *stats) {
+    fisher_freeze_stats s = {.lambda = lambda};
+    if (n) {
+        double sum = 0, sq = 0;
+        for (size_t i = 0; i < n; i++) sum += scores[i];
+        s.mean = sum / (double)n;
+        for (size_t i = 0; i < n; i++) sq += (scores[i] - s.mean) * (scores[i] - s.mean);
+        s.std = sqrt(sq / (double)n);
+        s.threshold = s.mean + lambda * s.std;
+        size_t best = 0;
+        for (size_t i = 0; i < n; i++) {
+            keep[i] = scores[i] >= s.threshold;
+            s.kept += keep[i];
+            if (scores[i] > scores[best]) best = i;
+        }
+        if (!s.kept) keep[best] = 1, s.kept = 1;
+        s.frozen = n - s.kept;
+    }
+    if (stats) *stats = s;
+}
