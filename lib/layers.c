@@ -568,6 +568,103 @@ void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, 
         }
 }
 
+/* ------------------------------------------------------ Fisher statistics */
+/* Sums of squares run in double (the reference sums in float32; double is
+ * the exact value both approximate, and the parity tolerance covers it). */
+
+/* acc (C) += Σ_rows m[r,c]² over m (R, C). */
+static void add_column_squares(double *acc, const float *m, int R, int C) {
+#pragma omp parallel for schedule(static) reduction(+ : acc[:C]) if ((size_t)R * C > PAR_MIN)
+    for (int r = 0; r < R; r++) {
+        const float *m_r = m + (size_t)r * C;
+        for (int c = 0; c < C; c++) acc[c] += (double)m_r[c] * m_r[c];
+    }
+}
+
+void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout, int R, int IC,
+                         int OC, int has_bias) {
+    double h[IC], sq[OC];
+    memset(h, 0, sizeof h), memset(sq, 0, sizeof sq);
+    add_column_squares(h, inp, R, IC);
+    add_column_squares(sq, dout, R, OC);
+    for (int j = 0; j < IC; j++) H[j] = (float)(h[j] / R);
+    if (has_bias) H[IC] = 1.0f; /* the constant-1 column: Σ 1 / R */
+    for (int o = 0; o < OC; o++) S[o] = (float)(sq[o] / R);
+}
+
+void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
+                       const fisher_conv2d_dims *d, int has_bias) {
+    int G = d->groups, cg = d->C / G, K = cg * d->KH * d->KW, P = d->OH * d->OW;
+    double h[K], sq[d->OC];
+    memset(h, 0, sizeof h), memset(sq, 0, sizeof sq);
+    /* every (batch, group, position) patch is a row; groups share H */
+#pragma omp parallel for collapse(2) schedule(static) reduction(+ : h[:K]) \
+    if ((size_t)d->B * P * K * G > PAR_MIN)
+    for (int b = 0; b < d->B; b++)
+        for (int oh = 0; oh < d->OH; oh++)
+            for (int ow = 0; ow < d->OW; ow++)
+                for (int ki = 0; ki < d->KH; ki++) {
+                    int ih = oh * d->stride - d->pad + ki;
+                    if (ih < 0 || ih >= d->H) continue;
+                    for (int kj = 0; kj < d->KW; kj++) {
+                        int iw = ow * d->stride - d->pad + kj;
+                        if (iw < 0 || iw >= d->W) continue;
+                        const float *x = inp + (((size_t)b * d->H + ih) * d->W + iw) * d->C;
+                        for (int g = 0; g < G; g++)
+                            for (int ci = 0; ci < cg; ci++) {
+                                double v = x[g * cg + ci];
+                                h[(ci * d->KH + ki) * d->KW + kj] += v * v;
+                            }
+                    }
+                }
+    add_column_squares(sq, dout, d->B * P, d->OC);
+    double div = has_bias ? (double)d->B * P * K : (double)d->B;
+    for (int j = 0; j < K; j++) H[j] = (float)(h[j] / div);
+    if (has_bias) H[K] = (float)((double)G / K); /* Σ over B·G·P rows of 1, / (B·P·K) */
+    for (int o = 0; o < d->OC; o++) S[o] = (float)(sq[o] / ((double)d->B * P));
+}
+
+/* sum (C) = Σ over rows of m (R, C). */
+static void column_sums_d(double *sum, const float *m, int R, int C) {
+    memset(sum, 0, (size_t)C * sizeof *sum);
+#pragma omp parallel for schedule(static) reduction(+ : sum[:C]) if ((size_t)R * C > PAR_MIN)
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) sum[c] += m[(size_t)r * C + c];
+}
+
+void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *dout, int B, int P,
+                            int C) {
+    double u[C], sg[C], h0 = 0;
+    column_sums_d(u, inp, B * P, C);
+    column_sums_d(sg, dout, B * P, C);
+    for (int c = 0; c < C; c++) {
+        double uc = u[c] / ((double)P * P);
+        h0 += uc * uc;
+        S[c] = (float)(sg[c] * sg[c] / B);
+    }
+    H[0] = (float)(h0 / ((double)B * B));
+    H[1] = (float)((double)C / ((double)B * B));
+}
+
+void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *dout, int B, int N,
+                            int C) {
+    double sg[C], h0 = 0;
+    column_sums_d(sg, dout, B * N, C);
+    /* u[n] reduces every axis but the token axis: over batch and channels */
+    for (int n = 0; n < N; n++) {
+        double un = 0;
+        for (int b = 0; b < B; b++) {
+            const float *x = inp + ((size_t)b * N + n) * C;
+            for (int c = 0; c < C; c++) un += x[c];
+        }
+        un /= (double)C * C;
+        h0 += un * un;
+    }
+    for (int c = 0; c < C; c++) S[c] = (float)(sg[c] * sg[c] / B);
+    H[0] = (float)(h0 / ((double)B * B));
+    H[1] = (float)((double)N / ((double)B * B));
+}
+
 /* ------------------------------------------------ Efficient self-attention */
 
 int fisher_esa_dims_init(fisher_esa_dims *d, int B, int H, int W, int C, int NH, int sr, float eps) {
@@ -616,7 +713,8 @@ void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratc
 
 void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scratch,
                          const float *dout, const float *inp, const fisher_esa_cache *cache,
-                         const fisher_esa_params *w, const fisher_esa_dims *d) {
+                         const fisher_esa_params *w, const fisher_esa_dims *d,
+                         const fisher_esa_stats *stats) {
     int B = d->B, N = d->N, M = d->M, C = d->C;
     size_t nc = (size_t)B * N * C, mc = (size_t)B * M * C;
     const fisher_esa_cache *a = cache;
@@ -639,6 +737,15 @@ void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scra
                                w->sr_w, &d->sr_conv);
     }
     fisher_linear_backward(dinp, grad->q_w, grad->q_b, dq, inp, w->q_w, B * N, C, C);
+    if (!stats) return;
+    const fisher_esa_stats *st = stats;
+    if (st->o_H) fisher_stats_linear(st->o_H, st->o_S, a->ctx, dout, B * N, C, C, 1);
+    if (st->q_H) fisher_stats_linear(st->q_H, st->q_S, inp, dq, B * N, C, C, 1);
+    if (st->k_H) fisher_stats_linear(st->k_H, st->k_S, kv_src, dk, B * M, C, C, 1);
+    if (st->v_H) fisher_stats_linear(st->v_H, st->v_S, kv_src, dv, B * M, C, C, 1);
+    if (reduced && st->sr_H) fisher_stats_conv(st->sr_H, st->sr_S, inp, dsr, &d->sr_conv, 1);
+    if (reduced && st->sr_ln_H)
+        fisher_stats_layernorm(st->sr_ln_H, st->sr_ln_S, a->sr, dsr_ln, B, M, C);
 }
 
 /* ---------------------------------------------------------- Bilinear resize */

@@ -109,6 +109,35 @@ void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, 
                                const float *q, const float *k, const float *v, const float *att,
                                int B, int N, int M, int C, int NH);
 
+/* ---- Fisher statistics of a layer (FISHERADAPTUNE.md §1) ----
+ * Per-batch second moments of a layer's input (H) and of the loss gradient
+ * w.r.t. its output (S), from what forward and backward already hold. The
+ * divisors are the reference's. They OVERWRITE H and S.
+ *   linear     inp (R, IC), dout (R, OC); H (IC [+1 bias]), S (OC):
+ *              H[j] = Σ_r x[r,j]² / R,  S[o] = Σ_r s[r,o]² / R
+ *   conv       inp (B, H, W, C) and dout (B, OH, OW, OC) as in d; H has
+ *              K = C/G·KH·KW entries in weight order (cin, kh, kw) [+1 bias]
+ *              summed over every (batch, group, position) patch, divided by
+ *              B·P·K with a bias and by B without; S[o] = Σ s² / (B·P)
+ *   batchnorm  inp, dout (B, P, C); H (2), S (C)
+ *   layernorm  inp, dout (B, N, C), normalised over C; H (2), S (C) */
+void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout, int R, int IC,
+                         int OC, int has_bias);
+void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
+                       const fisher_conv2d_dims *d, int has_bias);
+void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *dout, int B, int P,
+                            int C);
+void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *dout, int B, int N,
+                            int C);
+
+/* Where fisher_esa_backward leaves the statistics of its six layers; any
+ * pointer may be NULL (that layer's statistics are not computed). */
+typedef struct {
+    float *q_H, *q_S, *k_H, *k_S, *v_H, *v_S;
+    float *sr_H, *sr_S, *sr_ln_H, *sr_ln_S;
+    float *o_H, *o_S;
+} fisher_esa_stats;
+
 /* ---- Efficient self-attention (SegFormer), the whole sub-layer ----
  * Hugging Face's SegformerAttention without its residual: queries from the
  * input tokens; keys and values from tokens spatially reduced by a strided
@@ -147,9 +176,12 @@ size_t fisher_esa_scratch_floats(const fisher_esa_dims *d);
 
 void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratch, const float *inp,
                         const fisher_esa_params *w, const fisher_esa_dims *d);
+/* stats may be NULL; otherwise each non-NULL pointer in it receives that
+ * sub-layer's Fisher statistics (fisher_stats_*). */
 void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scratch,
                          const float *dout, const float *inp, const fisher_esa_cache *cache,
-                         const fisher_esa_params *w, const fisher_esa_dims *d);
+                         const fisher_esa_params *w, const fisher_esa_dims *d,
+                         const fisher_esa_stats *stats);
 
 /* ---- Bilinear resize, align_corners=False (PyTorch's interpolate) ----
  * inp (B, H, W, C) -> out (B, OH, OW, C). */

@@ -258,6 +258,11 @@ typedef struct {
 struct fisher_segformer {
     fisher_segformer_config cfg;
     fisher_tensor_table params, buffers;
+    fisher_layer *layers;
+    int n_layers, cap_layers;
+    int *layer_of;                           /* parameter tensor index -> its layer */
+    float *stats_data;                       /* every layer's H and S */
+    int collect_stats;
     float *param_data, *grad_data, *buffer_data;
     int64_t num_batches_tracked;
     stage_params stages[FISHER_STAGES];
@@ -287,35 +292,57 @@ static float *G(fisher_segformer *m, int i) {
 }
 
 /* Registers `prefix.weight` (shape) and, when bias_len > 0, `prefix.bias`. */
-static int add_wb(fisher_segformer *m, const char *prefix, int ndim, const int64_t *shape,
-                  int64_t bias_len, int *w, int *b, fisher_error *err) {
+/* Registers layer `prefix` of class cls, with H and S of the given lengths,
+ * and its tensors `prefix.weight` (shape) and, when bias_len > 0,
+ * `prefix.bias`. */
+static int add_wb(fisher_segformer *m, const char *prefix, fisher_layer_class cls, size_t h_len,
+                  size_t s_len, int ndim, const int64_t *shape, int64_t bias_len, int *w, int *b,
+                  fisher_error *err) {
     char name[FISHER_NAME_MAX];
+    int bias = NONE;
     snprintf(name, sizeof name, "%s.weight", prefix);
     if ((*w = fisher_table_add(&m->params, name, ndim, shape, err)) < 0) return -1;
-    if (!b) return 0;
-    *b = NONE;
-    if (bias_len <= 0) return 0;
-    snprintf(name, sizeof name, "%s.bias", prefix);
-    return (*b = fisher_table_add(&m->params, name, 1, &bias_len, err)) < 0 ? -1 : 0;
+    if (bias_len > 0) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        if ((bias = fisher_table_add(&m->params, name, 1, &bias_len, err)) < 0) return -1;
+    }
+    if (b) *b = bias;
+    if (m->n_layers == m->cap_layers) {
+        int cap = m->cap_layers ? 2 * m->cap_layers : 64;
+        fisher_layer *grown = realloc(m->layers, (size_t)cap * sizeof *grown);
+        if (!grown) return fisher_errorf(err, "out of memory building the model");
+        m->layers = grown, m->cap_layers = cap;
+    }
+    fisher_layer *l = &m->layers[m->n_layers++];
+    memset(l, 0, sizeof *l);
+    snprintf(l->name, sizeof l->name, "%s", prefix);
+    l->cls = cls, l->weight = *w, l->bias = bias, l->depth = -1;
+    l->h_len = h_len, l->s_len = s_len;
+    return 0;
 }
 
 static int add_linear(fisher_segformer *m, const char *prefix, int in, int out, int *w, int *b,
                       fisher_error *err) {
     int64_t shape[2] = {out, in};
-    return add_wb(m, prefix, 2, shape, out, w, b, err);
+    return add_wb(m, prefix, FISHER_CLASS_LINEAR, (size_t)in + 1, (size_t)out, 2, shape, out, w, b,
+                  err);
 }
 
 static int add_conv(fisher_segformer *m, const char *prefix, int in, int out, int k, int groups,
                     int bias, int *w, int *b, fisher_error *err) {
     int64_t shape[4] = {out, in / groups, k, k};
-    return add_wb(m, prefix, 4, shape, bias ? out : 0, w, b, err);
+    size_t K = (size_t)(in / groups) * k * k;
+    return add_wb(m, prefix, FISHER_CLASS_CONV, K + (bias ? 1 : 0), (size_t)out, 4, shape,
+                  bias ? out : 0, w, b, err);
 }
 
-static int add_norm(fisher_segformer *m, const char *prefix, int c, int *w, int *b,
-                    fisher_error *err) {
+static int add_norm(fisher_segformer *m, const char *prefix, fisher_layer_class cls, int c, int *w,
+                    int *b, fisher_error *err) {
     int64_t shape[1] = {c};
-    return add_wb(m, prefix, 1, shape, c, w, b, err);
+    return add_wb(m, prefix, cls, 2, (size_t)c, 1, shape, c, w, b, err);
 }
+
+#define LN FISHER_CLASS_LAYERNORM
 
 static int build_params(fisher_segformer *m, fisher_error *err) {
     const fisher_segformer_config *c = &m->cfg;
@@ -326,7 +353,7 @@ static int build_params(fisher_segformer *m, fisher_error *err) {
         snprintf(p, sizeof p, "segformer.encoder.patch_embeddings.%d.proj", s);
         if (add_conv(m, p, in, C, c->patch_sizes[s], 1, 1, &sp->patch_w, &sp->patch_b, err)) return -1;
         snprintf(p, sizeof p, "segformer.encoder.patch_embeddings.%d.layer_norm", s);
-        if (add_norm(m, p, C, &sp->patch_ln_w, &sp->patch_ln_b, err)) return -1;
+        if (add_norm(m, p, LN, C, &sp->patch_ln_w, &sp->patch_ln_b, err)) return -1;
     }
     for (int s = 0; s < FISHER_STAGES; s++) {
         stage_params *sp = &m->stages[s];
@@ -338,7 +365,7 @@ static int build_params(fisher_segformer *m, fisher_error *err) {
             char b[96];
             snprintf(b, sizeof b, "segformer.encoder.block.%d.%d", s, j);
 #define NAME(suffix) (snprintf(p, sizeof p, "%s.%s", b, suffix), p)
-            if (add_norm(m, NAME("layer_norm_1"), C, &bp->ln1_w, &bp->ln1_b, err) ||
+            if (add_norm(m, NAME("layer_norm_1"), LN, C, &bp->ln1_w, &bp->ln1_b, err) ||
                 add_linear(m, NAME("attention.self.query"), C, C, &bp->q_w, &bp->q_b, err) ||
                 add_linear(m, NAME("attention.self.key"), C, C, &bp->k_w, &bp->k_b, err) ||
                 add_linear(m, NAME("attention.self.value"), C, C, &bp->v_w, &bp->v_b, err))
@@ -346,10 +373,10 @@ static int build_params(fisher_segformer *m, fisher_error *err) {
             bp->sr_w = bp->sr_b = bp->sr_ln_w = bp->sr_ln_b = NONE;
             if (sr > 1 &&
                 (add_conv(m, NAME("attention.self.sr"), C, C, sr, 1, 1, &bp->sr_w, &bp->sr_b, err) ||
-                 add_norm(m, NAME("attention.self.layer_norm"), C, &bp->sr_ln_w, &bp->sr_ln_b, err)))
+                 add_norm(m, NAME("attention.self.layer_norm"), LN, C, &bp->sr_ln_w, &bp->sr_ln_b, err)))
                 return -1;
             if (add_linear(m, NAME("attention.output.dense"), C, C, &bp->o_w, &bp->o_b, err) ||
-                add_norm(m, NAME("layer_norm_2"), C, &bp->ln2_w, &bp->ln2_b, err) ||
+                add_norm(m, NAME("layer_norm_2"), LN, C, &bp->ln2_w, &bp->ln2_b, err) ||
                 add_linear(m, NAME("mlp.dense1"), C, hidden, &bp->fc1_w, &bp->fc1_b, err) ||
                 add_conv(m, NAME("mlp.dwconv.dwconv"), hidden, hidden, 3, hidden, 1, &bp->dw_w,
                          &bp->dw_b, err) ||
@@ -360,7 +387,7 @@ static int build_params(fisher_segformer *m, fisher_error *err) {
     }
     for (int s = 0; s < FISHER_STAGES; s++) {
         snprintf(p, sizeof p, "segformer.encoder.layer_norm.%d", s);
-        if (add_norm(m, p, c->hidden_sizes[s], &m->stages[s].ln_w, &m->stages[s].ln_b, err)) return -1;
+        if (add_norm(m, p, LN, c->hidden_sizes[s], &m->stages[s].ln_w, &m->stages[s].ln_b, err)) return -1;
     }
     int D = c->decoder_hidden_size;
     for (int s = 0; s < FISHER_STAGES; s++) {
@@ -368,13 +395,49 @@ static int build_params(fisher_segformer *m, fisher_error *err) {
         if (add_linear(m, p, c->hidden_sizes[s], D, &m->lc_w[s], &m->lc_b[s], err)) return -1;
     }
     if (add_conv(m, "decode_head.linear_fuse", FISHER_STAGES * D, D, 1, 1, 0, &m->fuse_w, NULL, err) ||
-        add_norm(m, "decode_head.batch_norm", D, &m->bn_w, &m->bn_b, err) ||
+        add_norm(m, "decode_head.batch_norm", FISHER_CLASS_BATCHNORM, D, &m->bn_w, &m->bn_b, err) ||
         add_conv(m, "decode_head.classifier", D, c->num_labels, 1, 1, 1, &m->cls_w, &m->cls_b, err))
         return -1;
     int64_t d1[1] = {D};
     if ((m->bn_mean = fisher_table_add(&m->buffers, "decode_head.batch_norm.running_mean", 1, d1, err)) < 0 ||
         (m->bn_var = fisher_table_add(&m->buffers, "decode_head.batch_norm.running_var", 1, d1, err)) < 0)
         return -1;
+    return 0;
+}
+
+/* After every tensor exists: the tensor → layer map, storage for the
+ * statistics, and each layer's position in the forward pass. */
+static int finish_layers(fisher_segformer *m, fisher_error *err) {
+    size_t total = 0;
+    for (int i = 0; i < m->n_layers; i++) total += m->layers[i].h_len + m->layers[i].s_len;
+    m->layer_of = malloc((size_t)m->params.count * sizeof *m->layer_of);
+    m->stats_data = calloc(total, sizeof(float));
+    if (!m->layer_of || !m->stats_data) return fisher_errorf(err, "out of memory building the model");
+    float *at = m->stats_data;
+    for (int i = 0; i < m->n_layers; i++) {
+        fisher_layer *l = &m->layers[i];
+        m->layer_of[l->weight] = i;
+        if (l->bias != NONE) m->layer_of[l->bias] = i;
+        l->H = at, at += l->h_len;
+        l->S = at, at += l->s_len;
+    }
+    int depth = 0;
+#define FORWARD(w) (m->layers[m->layer_of[w]].depth = depth++)
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        const stage_params *sp = &m->stages[s];
+        FORWARD(sp->patch_w), FORWARD(sp->patch_ln_w);
+        for (int j = 0; j < m->cfg.depths[s]; j++) {
+            const block_params *bp = &sp->blocks[j];
+            FORWARD(bp->ln1_w), FORWARD(bp->q_w), FORWARD(bp->k_w), FORWARD(bp->v_w);
+            if (bp->sr_w != NONE) FORWARD(bp->sr_w), FORWARD(bp->sr_ln_w);
+            FORWARD(bp->o_w), FORWARD(bp->ln2_w), FORWARD(bp->fc1_w), FORWARD(bp->dw_w);
+            FORWARD(bp->fc2_w);
+        }
+        FORWARD(sp->ln_w);
+    }
+    for (int s = 0; s < FISHER_STAGES; s++) FORWARD(m->lc_w[s]);
+    FORWARD(m->fuse_w), FORWARD(m->bn_w), FORWARD(m->cls_w);
+#undef FORWARD
     return 0;
 }
 
@@ -386,7 +449,7 @@ fisher_segformer *fisher_segformer_create(const fisher_segformer_config *cfg, fi
         return NULL;
     }
     m->cfg = *cfg;
-    if (build_params(m, err)) goto fail;
+    if (build_params(m, err) || finish_layers(m, err)) goto fail;
     m->param_data = calloc(m->params.total, sizeof(float));
     m->grad_data = calloc(m->params.total, sizeof(float));
     m->buffer_data = calloc(m->buffers.total, sizeof(float));
@@ -409,6 +472,9 @@ void fisher_segformer_free(fisher_segformer *m) {
     }
     fisher_table_free(&m->params);
     fisher_table_free(&m->buffers);
+    free(m->layers);
+    free(m->layer_of);
+    free(m->stats_data);
     free(m->param_data);
     free(m->grad_data);
     free(m->buffer_data);
@@ -422,6 +488,13 @@ float *fisher_segformer_param_data(fisher_segformer *m) { return m->param_data; 
 float *fisher_segformer_grad_data(fisher_segformer *m) { return m->grad_data; }
 const fisher_tensor_table *fisher_segformer_buffers(const fisher_segformer *m) { return &m->buffers; }
 float *fisher_segformer_buffer_data(fisher_segformer *m) { return m->buffer_data; }
+size_t fisher_segformer_layers(const fisher_segformer *m, const fisher_layer **layers) {
+    *layers = m->layers;
+    return (size_t)m->n_layers;
+}
+
+void fisher_segformer_collect_stats(fisher_segformer *m, int on) { m->collect_stats = on; }
+
 size_t fisher_segformer_activation_bytes(const fisher_segformer *m) {
     return m->act_floats * sizeof(float);
 }
@@ -793,6 +866,11 @@ void fisher_segformer_zero_grad(fisher_segformer *m) {
 
 static void zero(float *p, size_t n) { memset(p, 0, n * sizeof *p); }
 
+/* The layer owning tensor `weight` when this backward collects statistics, else NULL. */
+static fisher_layer *stats_for(fisher_segformer *m, int weight) {
+    return m->collect_stats ? &m->layers[m->layer_of[weight]] : NULL;
+}
+
 /* dres holds d(block output) on entry and d(block input) on return. */
 static void block_backward(fisher_segformer *m, int s, int j, const float *x, float *dres) {
     const fisher_segformer_config *c = &m->cfg;
@@ -805,26 +883,65 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
 
     /* Mix-FFN: out = x1 + dense2(gelu(dwconv(dense1(ln2(x1))))) */
     float *dh3 = g->hidden_a, *dh2 = g->hidden_b, *dh1 = g->hidden_a;
+    fisher_layer *l;
+    if ((l = stats_for(m, p->fc2_w))) fisher_stats_linear(l->H, l->S, a->h3, dres, B * N, Hd, C, 1);
     zero(dh3, nh);
     fisher_linear_backward(dh3, G(m, p->fc2_w), G(m, p->fc2_b), dres, a->h3, P(m, p->fc2_w), B * N,
                            Hd, C);
     zero(dh2, nh);
     fisher_gelu_backward(dh2, dh3, a->h2, nh);
+    if ((l = stats_for(m, p->dw_w))) fisher_stats_conv(l->H, l->S, a->h1, dh2, &sa->dw, 1);
     zero(dh1, nh); /* dh3 is spent: its buffer now collects dh1 */
     fisher_conv2d_backward(dh1, G(m, p->dw_w), G(m, p->dw_b), g->conv, dh2, a->h1, P(m, p->dw_w),
                            &sa->dw);
+    if ((l = stats_for(m, p->fc1_w))) fisher_stats_linear(l->H, l->S, a->ln2, dh1, B * N, C, Hd, 1);
     zero(g->ln, nc);
     fisher_linear_backward(g->ln, G(m, p->fc1_w), G(m, p->fc1_b), dh1, a->ln2, P(m, p->fc1_w),
                            B * N, C, Hd);
+    if ((l = stats_for(m, p->ln2_w))) fisher_stats_layernorm(l->H, l->S, a->x1, g->ln, B, N, C);
     fisher_layernorm_backward(dres, G(m, p->ln2_w), G(m, p->ln2_b), g->ln, a->x1, P(m, p->ln2_w),
                               a->ln2_mean, a->ln2_rstd, B * N, C);
 
     /* attention: x1 = x + esa(ln1(x)) */
     fisher_esa_params w = esa_params(m, p, P), dw = esa_params(m, p, G);
+    fisher_esa_stats st = {0}, *stp = NULL;
+    if (m->collect_stats) {
+        fisher_layer *q = stats_for(m, p->q_w), *k = stats_for(m, p->k_w), *v = stats_for(m, p->v_w);
+        fisher_layer *o = stats_for(m, p->o_w);
+        st = (fisher_esa_stats){.q_H = q->H, .q_S = q->S, .k_H = k->H, .k_S = k->S, .v_H = v->H,
+                                .v_S = v->S, .o_H = o->H, .o_S = o->S};
+        if (p->sr_w != NONE) {
+            fisher_layer *sr = stats_for(m, p->sr_w), *srln = stats_for(m, p->sr_ln_w);
+            st.sr_H = sr->H, st.sr_S = sr->S, st.sr_ln_H = srln->H, st.sr_ln_S = srln->S;
+        }
+        stp = &st;
+    }
     zero(g->ln, nc);
-    fisher_esa_backward(g->ln, &dw, m->esa_scratch, dres, a->ln1, &a->esa, &w, &sa->esa);
+    fisher_esa_backward(g->ln, &dw, m->esa_scratch, dres, a->ln1, &a->esa, &w, &sa->esa, stp);
+    if ((l = stats_for(m, p->ln1_w))) fisher_stats_layernorm(l->H, l->S, x, g->ln, B, N, C);
     fisher_layernorm_backward(dres, G(m, p->ln1_w), G(m, p->ln1_b), g->ln, x, P(m, p->ln1_w),
                               a->ln1_mean, a->ln1_rstd, B * N, C);
+}
+
+/* linear_fuse's statistics as the reference sees it: a 1×1 Conv2d without
+ * bias over the concatenation [up(lc_3) | up(lc_2) | up(lc_1) | lc_0] of
+ * B·N_0 rows, which the forward never builds (see there). Each column block
+ * is a stage's upsampled projection; a bias-free conv divides Σ x² by B,
+ * i.e. the linear statistic (÷ rows) times N_0. */
+static void fuse_stats(fisher_segformer *m, fisher_layer *l) {
+    int B = m->B, D = m->cfg.decoder_hidden_size;
+    int h0 = m->acts[0].h, w0 = m->acts[0].w, N0 = m->acts[0].N;
+    for (int s = 0; s < FISHER_STAGES; s++) {
+        const stage_acts *sa = &m->acts[s];
+        const float *up = m->lc[0];
+        if (s > 0) {
+            fisher_resize_bilinear_forward(m->z_up, m->lc[s], B, sa->h, sa->w, D, h0, w0);
+            up = m->z_up; /* the forward's scratch, free during backward */
+        }
+        float *H = l->H + (size_t)(FISHER_STAGES - 1 - s) * D;
+        fisher_stats_linear(H, l->S, up, m->g.fuse, B * N0, D, D, 0);
+        for (int j = 0; j < D; j++) H[j] *= (float)N0;
+    }
 }
 
 int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_error *err) {
@@ -840,16 +957,24 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
     /* decode head, top down */
     zero(g->logits, (size_t)B * N0 * L);
     fisher_resize_bilinear_backward(g->logits, dlogits, B, h0, w0, L, m->H, m->W);
+    fisher_layer *l;
+    if ((l = stats_for(m, m->cls_w))) {
+        fisher_conv2d_dims d1; /* the classifier is a 1×1 Conv2d in the reference */
+        fisher_conv2d_dims_init(&d1, B, h0, w0, D, L, 1, 1, 1, 0, 1);
+        fisher_stats_conv(l->H, l->S, m->relu, g->logits, &d1, 1);
+    }
     zero(g->relu, nd);
     fisher_linear_backward(g->relu, G(m, m->cls_w), G(m, m->cls_b), g->logits, m->relu,
                            P(m, m->cls_w), B * N0, D, L);
     zero(g->bn, nd);
     fisher_relu_backward(g->bn, g->relu, m->relu, nd);
+    if ((l = stats_for(m, m->bn_w))) fisher_stats_batchnorm(l->H, l->S, m->fuse, g->bn, B, N0, D);
     zero(g->fuse, nd);
     fisher_batchnorm_backward(g->fuse, G(m, m->bn_w), G(m, m->bn_b), g->bn, m->fuse, P(m, m->bn_w),
                               m->bn_mean_b, m->bn_rstd_b, B * N0, D);
     /* the stage-wise fuse of the forward, in reverse: stage s's share of
      * d(fuse) is resized back to its resolution, then through W_s and lc_s */
+    if ((l = stats_for(m, m->fuse_w))) fuse_stats(m, l);
     float *dfuse_w = G(m, m->fuse_w);
     for (int s = 0; s < FISHER_STAGES; s++) {
         stage_acts *sa = &m->acts[s];
@@ -863,6 +988,8 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         zero(g->lc[s], (size_t)B * sa->N * D);
         fisher_linear_slice_backward(g->lc[s], dfuse_w ? dfuse_w + col : NULL, dz, m->lc[s],
                                      P(m, m->fuse_w) + col, FISHER_STAGES * D, B * sa->N, D, D);
+        if ((l = stats_for(m, m->lc_w[s])))
+            fisher_stats_linear(l->H, l->S, sa->out, g->lc[s], B * sa->N, c->hidden_sizes[s], D, 1);
         zero(g->stage_out[s], (size_t)B * sa->N * c->hidden_sizes[s]);
         fisher_linear_backward(g->stage_out[s], G(m, m->lc_w[s]), G(m, m->lc_b[s]), g->lc[s],
                                sa->out, P(m, m->lc_w[s]), B * sa->N, c->hidden_sizes[s], D);
@@ -876,16 +1003,21 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         int C = c->hidden_sizes[s], N = sa->N, depth = c->depths[s];
         size_t nc = (size_t)B * N * C;
         const float *last = sa->blocks[depth - 1].out;
+        if ((l = stats_for(m, sp->ln_w)))
+            fisher_stats_layernorm(l->H, l->S, last, g->stage_out[s], B, N, C);
         zero(g->res, nc);
         fisher_layernorm_backward(g->res, G(m, sp->ln_w), G(m, sp->ln_b), g->stage_out[s], last,
                                   P(m, sp->ln_w), sa->out_mean, sa->out_rstd, B * N, C);
         for (int j = depth - 1; j >= 0; j--)
             block_backward(m, s, j, j ? sa->blocks[j - 1].out : sa->x0, g->res);
+        if ((l = stats_for(m, sp->patch_ln_w)))
+            fisher_stats_layernorm(l->H, l->S, sa->patch_out, g->res, B, N, C);
         zero(g->patch, nc);
         fisher_layernorm_backward(g->patch, G(m, sp->patch_ln_w), G(m, sp->patch_ln_b), g->res,
                                   sa->patch_out, P(m, sp->patch_ln_w), sa->x0_mean, sa->x0_rstd,
                                   B * N, C);
         const float *inp = s ? m->acts[s - 1].out : m->images;
+        if ((l = stats_for(m, sp->patch_w))) fisher_stats_conv(l->H, l->S, inp, g->patch, &sa->patch, 1);
         fisher_conv2d_backward(s ? g->stage_out[s - 1] : NULL, G(m, sp->patch_w), G(m, sp->patch_b),
                                g->conv, g->patch, inp, P(m, sp->patch_w), &sa->patch);
     }

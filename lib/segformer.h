@@ -115,6 +115,33 @@ void fisher_segformer_zero_grad(fisher_segformer *m);
  * training forward to differentiate. */
 int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_error *err);
 
+/* ---- Layers and their Fisher statistics (FISHERADAPTUNE.md §1) ---- */
+
+typedef enum {
+    FISHER_CLASS_LINEAR,
+    FISHER_CLASS_CONV,       /* Conv2d, grouped and depthwise included */
+    FISHER_CLASS_BATCHNORM,
+    FISHER_CLASS_LAYERNORM,
+} fisher_layer_class;
+
+/* One module of the Hugging Face model that owns parameters. */
+typedef struct {
+    char name[FISHER_NAME_MAX];   /* e.g. "segformer.encoder.block.0.0.attention.self.query" */
+    fisher_layer_class cls;
+    int weight, bias;             /* parameter tensor indices; bias -1 when there is none */
+    int depth;                    /* position in the forward pass, 0 = first */
+    size_t h_len, s_len;          /* lengths of H and S */
+    float *H, *S;                 /* per-batch H_new and S_new of the last backward that
+                                   * collected statistics */
+} fisher_layer;
+
+/* Every layer, in registration (state-dict) order; *layers valid for the
+ * model's lifetime. */
+size_t fisher_segformer_layers(const fisher_segformer *m, const fisher_layer **layers);
+/* With on != 0, each backward also computes every layer's H_new and S_new
+ * from the activations and output gradients it already holds. */
+void fisher_segformer_collect_stats(fisher_segformer *m, int on);
+
 /* Bytes of activation memory held after prepare (for reports). */
 size_t fisher_segformer_activation_bytes(const fisher_segformer *m);
 
