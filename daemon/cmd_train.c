@@ -36,7 +36,10 @@ static void on_signal(int sig) {
 typedef struct {
     int tty;
     double started;
+    size_t params_trainable;
     json_t *evals;         /* every evaluation, for summary.json */
+    json_t *freezes;       /* every freeze decision */
+    json_t *trainable;     /* [step, trainable parameters, live chunks] at evaluations and decisions */
     double last_val_iou;   /* -1 until the first validation */
     int bar_shown;
 } display;
@@ -55,6 +58,7 @@ static void show_log(void *ctx, const char *line) {
 
 static void show_progress(void *ctx, const fisher_job_progress *p) {
     display *d = ctx;
+    d->params_trainable = p->params_trainable;
     double elapsed = fisher_now_seconds() - d->started;
     double rate = elapsed > 0 ? (double)p->step / elapsed : 0;
     double eta = rate > 0 ? (double)(p->steps - p->step) / rate : 0;
@@ -87,9 +91,36 @@ static json_t *metrics_json(const fisher_job_eval *e) {
                      e->metrics.recall);
 }
 
+static void record_method(void *ctx, int64_t step, const fisher_method_report *r,
+                          const fisher_chunk *chunks, size_t n_chunks) {
+    display *d = ctx;
+    (void)n_chunks;
+    if (!r->decided) return;
+    json_t *keys = json_array();
+    for (size_t i = 0; i < r->n_frozen; i++) json_array_append_new(keys, json_string(chunks[r->frozen[i]].key));
+    json_t *rec = json_pack("{s:I,s:s,s:o,s:I,s:I}", "step", (json_int_t)step, "rule",
+                            r->zero_freeze ? "zero_fisher" : "mean_plus_lambda_std", "frozen", keys,
+                            "chunks_live", (json_int_t)r->chunks_live, "params_live",
+                            (json_int_t)r->params_live);
+    if (!r->zero_freeze) {
+        json_object_set_new(rec, "mean", json_real(r->stats.mean));
+        json_object_set_new(rec, "std", json_real(r->stats.std));
+        json_object_set_new(rec, "lambda", json_real(r->stats.lambda));
+        json_object_set_new(rec, "threshold", json_real(r->stats.threshold));
+    }
+    json_array_append_new(d->freezes, rec);
+    json_array_append_new(d->trainable, json_pack("[I,I,I]", (json_int_t)step + 1,
+                                                  (json_int_t)r->params_live, (json_int_t)r->chunks_live));
+    d->params_trainable = r->params_live;
+}
+
 static void show_eval(void *ctx, const fisher_job_eval *e) {
     display *d = ctx;
-    if (strcmp(e->dataset, "val") == 0) d->last_val_iou = e->metrics.iou;
+    if (strcmp(e->dataset, "val") == 0) {
+        d->last_val_iou = e->metrics.iou;
+        json_array_append_new(d->trainable, json_pack("[I,I,n]", (json_int_t)e->step,
+                                                      (json_int_t)d->params_trainable));
+    }
     json_array_append_new(d->evals, metrics_json(e));
     end_bar(d);
     printf("eval @%lld on %s: loss %.4f  IoU %.3f  F1 %.3f  accuracy %.3f\n", (long long)e->step,
@@ -107,6 +138,7 @@ static void usage(FILE *out) {
             "  --out DIR          where model, checkpoint and summary go (default runs/NAME)\n"
             "  --config NAME      random init of tiny | mit-b0 | mit-b1 | mit-b2\n"
             "  --base FILE        start from these weights (safetensors)\n"
+            "  --strategy S       fisher | full | decoder | norm | bitfit\n"
             "  --steps N          train for N steps\n"
             "  --epochs N         train for N epochs\n"
             "  --batch N          batch size\n"
@@ -123,11 +155,12 @@ int fisherd_train(int argc, char **argv) {
         {"epochs", required_argument, 0, 'E'}, {"batch", required_argument, 0, 'b'},
         {"image-size", required_argument, 0, 'i'}, {"lr", required_argument, 0, 'l'},
         {"seed", required_argument, 0, 'e'},  {"threads", required_argument, 0, 't'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
+        {"strategy", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     /* Options are collected first and applied over the spec file, so they
      * override it whatever their order on the command line. */
-    const char *out_dir = NULL, *config = NULL, *base = NULL;
+    const char *out_dir = NULL, *config = NULL, *base = NULL, *strategy = NULL;
     long steps = 0, epochs = 0, batch = 0, size = 0, seed = -1, threads = 0;
     float lr = 0;
     int c;
@@ -138,6 +171,7 @@ int fisherd_train(int argc, char **argv) {
         case 'o': out_dir = optarg; break;
         case 'c': config = optarg; break;
         case 'm': base = optarg; break;
+        case 'S': strategy = optarg; break;
         case 's': bad = cli_parse_long("--steps", optarg, 1, 100000000, &steps); break;
         case 'E': bad = cli_parse_long("--epochs", optarg, 1, 100000, &epochs); break;
         case 'b': bad = cli_parse_long("--batch", optarg, 1, 1024, &batch); break;
@@ -184,6 +218,14 @@ int fisherd_train(int argc, char **argv) {
         spec.base_path[0] = '\0';
     }
     if (base) snprintf(spec.base_path, sizeof spec.base_path, "%s", base);
+    if (strategy) {
+        int st = fisher_strategy_parse(strategy);
+        if (st < 0) {
+            fprintf(stderr, "fisherd: --strategy must be fisher, full, decoder, norm or bitfit\n");
+            return 2;
+        }
+        spec.strategy = (fisher_strategy)st;
+    }
     if (steps) spec.steps = steps, spec.epochs = 0;
     if (epochs) spec.epochs = epochs, spec.steps = 0;
     if (batch) spec.batch_size = (int)batch;
@@ -201,9 +243,10 @@ int fisherd_train(int argc, char **argv) {
     if (cli_make_dir(out_dir)) return 2;
 
     display d = {.tty = isatty(STDOUT_FILENO), .started = fisher_now_seconds(),
-                 .evals = json_array(), .last_val_iou = -1};
+                 .evals = json_array(), .freezes = json_array(), .trainable = json_array(),
+                 .last_val_iou = -1};
     fisher_job_callbacks cb = {.ctx = &d, .on_log = show_log, .on_progress = show_progress,
-                               .on_eval = show_eval};
+                               .on_eval = show_eval, .on_method = record_method};
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     fisher_job_result res;
@@ -213,7 +256,7 @@ int fisherd_train(int argc, char **argv) {
     signal(SIGTERM, SIG_DFL);
     if (failed) {
         fprintf(stderr, "fisherd: %s failed: %s\n", spec.name, err.msg);
-        json_decref(d.evals);
+        json_decref(d.evals), json_decref(d.freezes), json_decref(d.trainable);
         return 1;
     }
 
@@ -221,12 +264,14 @@ int fisherd_train(int argc, char **argv) {
     json_t *zero_shot = json_array();
     for (int i = 0; i < res.n_zero_shot; i++) json_array_append_new(zero_shot, metrics_json(&res.zero_shot[i]));
     json_t *summary = json_pack(
-        "{s:s,s:o,s:I,s:b,s:b,s:I,s:o,s:o,s:o,s:f,s:I}", "name", spec.name, "spec",
+        "{s:s,s:o,s:I,s:b,s:b,s:I,s:o,s:o,s:o,s:f,s:I,s:I,s:f,s:o,s:o}", "name", spec.name, "spec",
         json_loads(spec_json, 0, NULL), "steps", (json_int_t)res.steps_done, "cancelled",
         res.cancelled, "stopped_early", res.stopped_early, "best_step", (json_int_t)res.best_step,
         "final_val", res.cancelled ? json_null() : metrics_json(&res.final_val), "zero_shot",
         zero_shot, "evals", d.evals, "wall_seconds", res.wall_seconds, "parameters",
-        (json_int_t)res.parameters);
+        (json_int_t)res.parameters, "params_trainable", (json_int_t)res.params_trainable,
+        "params_trainable_mean", res.params_trainable_mean, "trainable", d.trainable, "freezes",
+        d.freezes);
     free(spec_json);
     char path[4200];
     snprintf(path, sizeof path, "%s/summary.json", out_dir);

@@ -189,6 +189,19 @@ static int write_model(const fisher_segformer *m, const fisher_job_spec *s, cons
     return fisher_segformer_save_with(m, path, NULL, 0, meta, 2, err);
 }
 
+static void say_decision(const fisher_job_callbacks *cb, const fisher_trainer *t, int64_t step) {
+    const fisher_method_report *r = &t->report;
+    size_t total = fisher_segformer_params(t->model)->total;
+    if (r->zero_freeze)
+        say(cb, "step %lld: froze %zu chunks with zero Fisher; %zu chunks, %.1f%% of parameters live",
+            (long long)step, r->n_frozen, r->chunks_live, 100.0 * (double)r->params_live / (double)total);
+    else
+        say(cb, "step %lld: froze %zu chunks (threshold %.4g = mean %.4g + %.2g x std %.4g); "
+            "%zu chunks, %.1f%% of parameters live", (long long)step, r->n_frozen, r->stats.threshold,
+            r->stats.mean, r->stats.lambda, r->stats.std, r->chunks_live,
+            100.0 * (double)r->params_live / (double)total);
+}
+
 int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
                    const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
     memset(res, 0, sizeof *res);
@@ -218,7 +231,8 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
     }
     int64_t total = s->steps ? s->steps : s->epochs * per_epoch;
     int64_t eval_every = s->eval_interval ? s->eval_interval : per_epoch;
-    if (fisher_trainer_init(&t, m, B, H, W, s->optim, s->dice_weight, err)) goto out;
+    if (fisher_trainer_init(&t, m, B, H, W, s->optim, s->dice_weight, s->strategy, &s->fisher, err))
+        goto out;
     size_t n_params = fisher_segformer_params(m)->total, n_bufs = fisher_segformer_buffers(m)->total;
     images = malloc((size_t)B * H * W * 3 * sizeof(float));
     masks = malloc(t.n_logits * sizeof(float));
@@ -230,10 +244,17 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
         fisher_errorf(err, "out of memory for the training batch");
         goto out;
     }
-    say(cb, "%s: %zu parameters, %lld steps (%lld per epoch), batch %d at %dx%d", s->name,
-        res->parameters, (long long)total, (long long)per_epoch, B, H, W);
+    say(cb, "%s: strategy %s, %zu of %zu parameters train, %lld steps (%lld per epoch), batch %d at %dx%d",
+        s->name, fisher_strategy_name(s->strategy), t.params_trainable, res->parameters,
+        (long long)total, (long long)per_epoch, B, H, W);
+    if (t.method) {
+        const fisher_chunk *chunks;
+        say(cb, "fisher: %zu chunks; drift every %lld steps, freeze decisions every %lld",
+            fisher_method_chunks(t.method, &chunks), (long long)s->fisher.ema_interval,
+            (long long)s->fisher.freeze_interval);
+    }
 
-    double best_loss = INFINITY;
+    double best_loss = INFINITY, trainable_sum = 0;
     int evals_without_gain = 0;
     int64_t step = 0, last_eval = -1;
     fisher_job_eval ev;
@@ -247,13 +268,21 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
         if (fisher_loader_batch(loader, step, images, masks, err) < 0 ||
             fisher_trainer_step(&t, images, masks, &loss, err))
             goto out;
+        trainable_sum += (double)t.params_trainable;
+        if (t.method && cb && cb->on_method && (t.report.measured || t.report.decided)) {
+            const fisher_chunk *chunks;
+            size_t n_chunks = fisher_method_chunks(t.method, &chunks);
+            cb->on_method(cb->ctx, step, &t.report, chunks, n_chunks);
+        }
+        if (t.report.decided) say_decision(cb, &t, step);
         if (!isfinite(loss)) {
             fisher_errorf(err, "the loss became %g at step %lld: lower optim.lr", (double)loss,
                           (long long)step + 1);
             goto out;
         }
         if (cb && cb->on_progress) {
-            fisher_job_progress p = {step + 1, total, step / per_epoch, loss, fisher_now_seconds() - t0};
+            fisher_job_progress p = {step + 1, total, step / per_epoch, loss,
+                                     fisher_now_seconds() - t0, t.params_trainable};
             cb->on_progress(cb->ctx, &p);
         }
         if ((step + 1) % eval_every == 0 || step + 1 == total) {
@@ -282,6 +311,8 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
         }
     }
     res->steps_done = step;
+    res->params_trainable = t.params_trainable;
+    res->params_trainable_mean = step ? trainable_sum / (double)step : (double)t.params_trainable;
     if (write_checkpoint(&t, s, step, ckpt_path, err)) goto out;
     if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step, ckpt_path);
     if (res->cancelled) {

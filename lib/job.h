@@ -16,7 +16,13 @@
  *       dataset = {"synthetic": {"domain", "count", "seed"}} or {"path": DIR}
  *   normalization      {"mean": [3], "std": [3]} [ImageNet's]
  *   augment            {"hflip": bool, "vflip": bool, "scale": [lo, hi]} [flips on, no scale]
- *   strategy           "full" (every parameter trains) ["full"]
+ *   strategy           "fisher" | "full" | "decoder" | "norm" | "bitfit" ["full"]
+ *   fisher             the method's knobs (FISHERADAPTUNE.md §7), strategy "fisher" only:
+ *                      {"estimator": "reference"|"ema"|"empirical", "ema_interval" [1],
+ *                       "freeze_interval" [300], "slice_mode": "row"|"column",
+ *                       "slice_blocks" [4], "js_mode": "log"|"raw",
+ *                       "metric": "total_variation"|"mean_js", "lambda" [1.0],
+ *                       "fisher_ema_decay" [0.9], "js_ema_decay" [0.9], "gammas" [0.8, 0.8]}
  *   optim              {"lr", "weight_decay", "betas": [2], "eps"} [1e-4, 5e-5, (0.9, 0.999), 1e-8]
  *   loss               {"dice_weight"} [0.65]
  *   batch_size         1..1024 [4]
@@ -36,6 +42,8 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "fisher.h"
+#include "train.h"
 #include "loss.h"
 #include "optim.h"
 #include "segformer.h"
@@ -60,6 +68,8 @@ typedef struct {
     int n_zero_shot;
     fisher_normalization norm;
     fisher_augment augment;
+    fisher_strategy strategy;
+    fisher_method_config fisher;
     fisher_adamw_config optim;
     float dice_weight;
     int batch_size;
@@ -88,6 +98,7 @@ typedef struct {
     int64_t epoch;                 /* 0-based */
     float loss;
     double step_seconds;
+    size_t params_trainable;       /* elements that train now */
 } fisher_job_progress;
 
 typedef struct {
@@ -103,6 +114,9 @@ typedef struct {
     void (*on_progress)(void *ctx, const fisher_job_progress *p);
     void (*on_eval)(void *ctx, const fisher_job_eval *e);
     void (*on_checkpoint)(void *ctx, int64_t step, const char *path);
+    /* strategy "fisher": after every step that measured drift or froze chunks */
+    void (*on_method)(void *ctx, int64_t step, const fisher_method_report *r,
+                      const fisher_chunk *chunks, size_t n_chunks);
 } fisher_job_callbacks;
 
 typedef struct {
@@ -114,6 +128,8 @@ typedef struct {
     int n_zero_shot;
     double wall_seconds;
     size_t parameters;
+    size_t params_trainable;           /* at the end */
+    double params_trainable_mean;      /* averaged over the steps */
 } fisher_job_result;
 
 /* Opens a weights file fisherd wrote (or any SegFormer safetensors with

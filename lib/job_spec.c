@@ -23,6 +23,8 @@ void fisher_job_spec_defaults(fisher_job_spec *s) {
     s->val = (fisher_data_spec){.synthetic = 1, .domain = FISHER_SYNTH_CONCRETE, .seed = 2, .count = 100};
     s->norm = fisher_normalization_imagenet();
     s->augment = (fisher_augment){.hflip = 1, .vflip = 1, .scale_min = 1, .scale_max = 1};
+    s->strategy = FISHER_STRATEGY_FULL;
+    s->fisher = fisher_method_defaults();
     s->optim = fisher_adamw_defaults();
     s->dice_weight = 0.65f;
     s->batch_size = 4;
@@ -88,8 +90,8 @@ static int get_int(parser *p, json_t *obj, const char *path, const char *key, in
     return 0;
 }
 
-static int get_float(parser *p, json_t *obj, const char *path, const char *key, double lo, double hi,
-                     int lo_open, float *out) {
+static int get_double(parser *p, json_t *obj, const char *path, const char *key, double lo,
+                      double hi, int lo_open, double *out) {
     json_t *v = json_object_get(obj, key);
     if (!v) return 0;
     char at[256];
@@ -98,6 +100,14 @@ static int get_float(parser *p, json_t *obj, const char *path, const char *key, 
     double x = json_number_value(v);
     if (!isfinite(x) || x < lo || x > hi || (lo_open && x == lo))
         return fail(p, at, "must be in %s%g, %g], got %g", lo_open ? "(" : "[", lo, hi, x);
+    *out = x;
+    return 0;
+}
+
+static int get_float(parser *p, json_t *obj, const char *path, const char *key, double lo, double hi,
+                     int lo_open, float *out) {
+    double x = *out;
+    if (get_double(p, obj, path, key, lo, hi, lo_open, &x)) return -1;
     *out = (float)x;
     return 0;
 }
@@ -181,10 +191,61 @@ static int parse_dataset(parser *p, json_t *v, const char *path, fisher_data_spe
     return 0;
 }
 
+/* One of `names` (NULL-terminated) as its index. */
+static int get_choice(parser *p, json_t *obj, const char *path, const char *key,
+                      const char *const *names, int *out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return 0;
+    char at[256];
+    join(at, sizeof at, path, key);
+    if (!json_is_string(v)) return fail(p, at, "must be a string");
+    char list[160] = "";
+    for (int i = 0; names[i]; i++) {
+        if (strcmp(json_string_value(v), names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", names[i]);
+    }
+    return fail(p, at, "unknown value '%s' (known: %s)", json_string_value(v), list);
+}
+
+static const char *const estimator_names[] = {"reference", "ema", "empirical", NULL};
+static const char *const slice_names[] = {"row", "column", NULL};
+static const char *const js_names[] = {"log", "raw", NULL};
+static const char *const metric_names[] = {"total_variation", "mean_js", NULL};
+
+static int parse_fisher(parser *p, json_t *o, fisher_method_config *f) {
+    static const char *const keys[] = {"estimator", "ema_interval", "freeze_interval", "slice_mode",
+                                       "slice_blocks", "js_mode", "metric", "lambda",
+                                       "fisher_ema_decay", "js_ema_decay", "gammas", NULL};
+    const char *at = "fisher";
+    int est = (int)f->estimator, slice = f->slice_columns, js = f->drift.js_mode, metric = f->metric;
+    int64_t blocks = f->slice_blocks;
+    float gammas[2] = {(float)f->gamma0, (float)f->gamma1};
+    if (only_keys(p, o, at, keys) || get_choice(p, o, at, "estimator", estimator_names, &est) ||
+        get_int(p, o, at, "ema_interval", 1, 100000000, &f->ema_interval) ||
+        get_int(p, o, at, "freeze_interval", 1, 100000000, &f->freeze_interval) ||
+        get_choice(p, o, at, "slice_mode", slice_names, &slice) ||
+        get_int(p, o, at, "slice_blocks", 1, 4096, &blocks) ||
+        get_choice(p, o, at, "js_mode", js_names, &js) ||
+        get_choice(p, o, at, "metric", metric_names, &metric) ||
+        get_double(p, o, at, "lambda", -10, 10, 0, &f->lambda) ||
+        get_double(p, o, at, "fisher_ema_decay", 0, 0.999999, 0, &f->drift.fisher_ema_decay) ||
+        get_double(p, o, at, "js_ema_decay", 0, 0.999999, 0, &f->drift.js_ema_decay) ||
+        get_float_array(p, o, at, "gammas", 2, 0, 1, 0, gammas))
+        return -1;
+    f->estimator = (fisher_estimator)est, f->slice_columns = slice, f->drift.js_mode = js;
+    f->metric = metric, f->slice_blocks = (int)blocks;
+    json_t *g = json_object_get(o, "gammas"); /* as doubles, exactly as written */
+    if (g) f->gamma0 = json_number_value(json_array_get(g, 0)), f->gamma1 = json_number_value(json_array_get(g, 1));
+    return 0;
+}
+
 static int parse(parser *p, json_t *root, fisher_job_spec *s) {
     static const char *const keys[] = {
         "name", "base_model", "image_size", "data", "normalization", "augment", "strategy",
-        "optim", "loss", "batch_size", "epochs", "steps", "eval_interval", "early_stopping",
+        "fisher", "optim", "loss", "batch_size", "epochs", "steps", "eval_interval", "early_stopping",
         "checkpoint_interval", "seed", "threads", NULL};
     if (!json_is_object(root)) return fail(p, "", "a job spec is a JSON object");
     if (only_keys(p, root, "", keys)) return -1;
@@ -272,9 +333,18 @@ static int parse(parser *p, json_t *root, fisher_job_spec *s) {
     json_t *strategy = json_object_get(root, "strategy");
     if (strategy) {
         if (!json_is_string(strategy)) return fail(p, "strategy", "must be a string");
-        const char *st = json_string_value(strategy);
-        if (strcmp(st, "full") != 0)
-            return fail(p, "strategy", "'%s' is not available in this version (available: full)", st);
+        int st = fisher_strategy_parse(json_string_value(strategy));
+        if (st < 0)
+            return fail(p, "strategy", "unknown strategy '%s' (known: fisher, full, decoder, norm, bitfit)",
+                        json_string_value(strategy));
+        s->strategy = (fisher_strategy)st;
+    }
+    json_t *fisher;
+    if (get_object(p, root, "", "fisher", &fisher)) return -1;
+    if (fisher) {
+        if (s->strategy != FISHER_STRATEGY_FISHER)
+            return fail(p, "fisher", "only used with \"strategy\": \"fisher\"");
+        if (parse_fisher(p, fisher, &s->fisher)) return -1;
     }
 
     json_t *optim;
@@ -375,7 +445,7 @@ char *fisher_job_spec_to_json(const fisher_job_spec *s) {
         "data", "train", dataset_json(&s->train), "val", dataset_json(&s->val), "zero_shot", zs,
         "normalization", "mean", floats(s->norm.mean, 3), "std", floats(s->norm.std, 3),
         "augment", "hflip", s->augment.hflip, "vflip", s->augment.vflip, "scale", floats(scale, 2),
-        "strategy", "full",
+        "strategy", fisher_strategy_name(s->strategy),
         "optim", "lr", (double)s->optim.lr, "weight_decay", (double)s->optim.weight_decay, "betas",
         floats(betas, 2), "eps", (double)s->optim.eps,
         "loss", "dice_weight", (double)s->dice_weight,
@@ -386,6 +456,21 @@ char *fisher_job_spec_to_json(const fisher_job_spec *s) {
         (json_int_t)s->checkpoint_interval, "threads", s->threads);
     if (!o) return NULL;
     json_object_set_new(o, "seed", json_integer((json_int_t)s->seed));
+    if (s->strategy == FISHER_STRATEGY_FISHER) {
+        const fisher_method_config *f = &s->fisher;
+        json_t *g = json_array();
+        json_array_append_new(g, json_real(f->gamma0));
+        json_array_append_new(g, json_real(f->gamma1));
+        json_object_set_new(
+            o, "fisher",
+            json_pack("{s:s,s:I,s:I,s:s,s:i,s:s,s:s,s:f,s:f,s:f,s:o}", "estimator",
+                      estimator_names[f->estimator], "ema_interval", (json_int_t)f->ema_interval,
+                      "freeze_interval", (json_int_t)f->freeze_interval, "slice_mode",
+                      slice_names[f->slice_columns], "slice_blocks", f->slice_blocks, "js_mode",
+                      js_names[f->drift.js_mode], "metric", metric_names[f->metric], "lambda",
+                      f->lambda, "fisher_ema_decay", f->drift.fisher_ema_decay, "js_ema_decay",
+                      f->drift.js_ema_decay, "gammas", g));
+    }
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
     json_decref(o);
     return text;

@@ -36,6 +36,11 @@ void fisher_adamw_free(fisher_adamw *opt) {
 }
 
 void fisher_adamw_step(fisher_adamw *opt, float *params, const float *grads) {
+    fisher_adamw_step_masked(opt, params, grads, NULL);
+}
+
+void fisher_adamw_step_masked(fisher_adamw *opt, float *params, const float *grads,
+                              const uint8_t *mask) {
     const fisher_adamw_config *c = &opt->cfg;
     opt->step++;
     double bc1 = 1.0 - pow((double)c->beta1, (double)opt->step);
@@ -47,10 +52,16 @@ void fisher_adamw_step(fisher_adamw *opt, float *params, const float *grads) {
     float *m = opt->m, *v = opt->v;
 #pragma omp parallel for simd schedule(static) if (opt->n > 65536)
     for (size_t i = 0; i < opt->n; i++) {
+        if (mask && !mask[i]) continue;
         float g = grads[i];
         params[i] *= decay;
         m[i] = m[i] * b1 + g * (1.0f - b1);
         v[i] = v[i] * b2 + g * g * (1.0f - b2);
         params[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
     }
+}
+
+void fisher_adamw_zero_frozen(fisher_adamw *opt, const uint8_t *mask) {
+    for (size_t i = 0; i < opt->n; i++)
+        if (!mask[i]) opt->m[i] = opt->v[i] = 0.0f;
 }

@@ -34,5 +34,12 @@ int fisher_adamw_init(fisher_adamw *opt, size_t n, fisher_adamw_config cfg, fish
 void fisher_adamw_free(fisher_adamw *opt);
 /* One step over all n parameters. */
 void fisher_adamw_step(fisher_adamw *opt, float *params, const float *grads);
+/* One step over the parameters whose mask byte is non-zero (NULL: all);
+ * the others — frozen — are not touched at all: no decay, no moments. */
+void fisher_adamw_step_masked(fisher_adamw *opt, float *params, const float *grads,
+                              const uint8_t *mask);
+/* Zeroes the moments of every parameter whose mask byte is 0, so that
+ * elements that freeze carry nothing over (FISHERADAPTUNE.md §6). */
+void fisher_adamw_zero_frozen(fisher_adamw *opt, const uint8_t *mask);
 
 #endif

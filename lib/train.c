@@ -19,27 +19,80 @@ void fisher_set_threads(int n) {
     omp_set_num_threads(n);
 }
 
-int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
-                        fisher_adamw_config optim, float dice_weight, fisher_error *err) {
-    memset(t, 0, sizeof *t);
-    if (B < 1) return fisher_errorf(err, "batch_size must be ≥ 1, got %d", B);
-    if (fisher_segformer_prepare(m, B, H, W, err)) return -1;
-    t->model = m;
-    t->dice_weight = dice_weight;
-    t->n_logits = (size_t)B * H * W * (size_t)fisher_segformer_get_config(m)->num_labels;
-    t->dlogits = malloc(t->n_logits * sizeof(float));
-    if (!t->dlogits) return fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
-    if (fisher_adamw_init(&t->opt, fisher_segformer_params(m)->total, optim, err)) {
-        fisher_trainer_free(t);
-        return -1;
-    }
+static const char *const strategy_names[] = {"full", "fisher", "decoder", "norm", "bitfit"};
+
+int fisher_strategy_parse(const char *name) {
+    for (int i = 0; i < (int)(sizeof strategy_names / sizeof *strategy_names); i++)
+        if (strcmp(name, strategy_names[i]) == 0) return i;
+    return -1;
+}
+
+const char *fisher_strategy_name(fisher_strategy s) { return strategy_names[s]; }
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Whether tensor ti trains under a fixed recipe. */
+static int recipe_trains(const fisher_segformer *m, fisher_strategy s, int ti) {
+    const fisher_tensor *t = &fisher_segformer_params(m)->tensors[ti];
+    if (s == FISHER_STRATEGY_DECODER) return strncmp(t->name, "decode_head.", 12) == 0;
+    if (s == FISHER_STRATEGY_BITFIT) return ends_with(t->name, ".bias");
+    /* norm: the affine parameters of LayerNorm and BatchNorm layers */
+    const fisher_layer *layers;
+    size_t n = fisher_segformer_layers(m, &layers);
+    for (size_t l = 0; l < n; l++)
+        if ((layers[l].weight == ti || layers[l].bias == ti) &&
+            (layers[l].cls == FISHER_CLASS_LAYERNORM || layers[l].cls == FISHER_CLASS_BATCHNORM))
+            return 1;
     return 0;
 }
 
+int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
+                        fisher_adamw_config optim, float dice_weight, fisher_strategy strategy,
+                        const fisher_method_config *method, fisher_error *err) {
+    memset(t, 0, sizeof *t);
+    if (B < 1) return fisher_errorf(err, "batch_size must be ≥ 1, got %d", B);
+    if (fisher_segformer_prepare(m, B, H, W, err)) return -1;
+    const fisher_tensor_table *tab = fisher_segformer_params(m);
+    t->model = m;
+    t->strategy = strategy;
+    t->dice_weight = dice_weight;
+    t->params_trainable = tab->total;
+    t->n_logits = (size_t)B * H * W * (size_t)fisher_segformer_get_config(m)->num_labels;
+    t->dlogits = malloc(t->n_logits * sizeof(float));
+    if (!t->dlogits) return fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
+    if (fisher_adamw_init(&t->opt, tab->total, optim, err)) goto fail;
+    if (strategy == FISHER_STRATEGY_FISHER) {
+        fisher_method_config defaults = fisher_method_defaults();
+        if (!(t->method = fisher_method_create(m, method ? method : &defaults, err))) goto fail;
+    } else if (strategy != FISHER_STRATEGY_FULL) {
+        if (!(t->trainable = calloc(tab->total, 1))) {
+            fisher_errorf(err, "out of memory");
+            goto fail;
+        }
+        t->params_trainable = 0;
+        for (int i = 0; i < tab->count; i++)
+            if (recipe_trains(m, strategy, i)) {
+                memset(t->trainable + tab->tensors[i].offset, 1, tab->tensors[i].numel);
+                t->params_trainable += tab->tensors[i].numel;
+            }
+    }
+    fisher_segformer_collect_stats(m, strategy == FISHER_STRATEGY_FISHER);
+    return 0;
+fail:
+    fisher_trainer_free(t);
+    return -1;
+}
+
 void fisher_trainer_free(fisher_trainer *t) {
+    if (t->model) fisher_segformer_collect_stats(t->model, 0);
     fisher_adamw_free(&t->opt);
+    fisher_method_free(t->method);
+    free(t->trainable);
     free(t->dlogits);
-    t->dlogits = NULL;
+    t->method = NULL, t->trainable = NULL, t->dlogits = NULL;
 }
 
 int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,
@@ -49,7 +102,16 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     const float *logits = fisher_segformer_forward(m, images, 1);
     *loss = fisher_seg_loss(t->dlogits, logits, masks, t->n_logits, t->dice_weight);
     if (fisher_segformer_backward(m, t->dlogits, err)) return -1;
-    fisher_adamw_step(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
+    const uint8_t *live = t->trainable;
+    if (t->method) {
+        if (fisher_method_step(t->method, t->step, &t->report, err)) return -1;
+        live = fisher_method_live_mask(t->method);
+        if (t->report.n_frozen) fisher_adamw_zero_frozen(&t->opt, live);
+        t->params_trainable = t->report.params_live;
+    }
+    fisher_adamw_step_masked(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m),
+                             live);
+    t->step++;
     return 0;
 }
 
@@ -96,7 +158,8 @@ int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher
     int B = cfg->batch_size, H = cfg->image_height, W = cfg->image_width;
     if (cfg->steps < 0) return fisher_errorf(err, "steps must be ≥ 0, got %lld", (long long)cfg->steps);
     fisher_trainer t;
-    if (fisher_trainer_init(&t, m, B, H, W, cfg->optim, cfg->dice_weight, err)) return -1;
+    if (fisher_trainer_init(&t, m, B, H, W, cfg->optim, cfg->dice_weight, cfg->strategy, NULL, err))
+        return -1;
     fisher_set_threads(cfg->threads);
     const fisher_segformer_config *mc = fisher_segformer_get_config(m);
     float *images = malloc((size_t)B * H * W * (size_t)mc->num_channels * sizeof(float));

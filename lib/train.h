@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "fisher.h"
 #include "loss.h"
 #include "optim.h"
 #include "segformer.h"
@@ -31,19 +32,44 @@ void fisher_set_threads(int n);
 typedef int (*fisher_batch_fn)(void *ctx, int64_t step, float *images, float *masks, int B, int H,
                                int W, fisher_error *err);
 
+/* Which parameters train: the method, and the fixed recipes it is compared with. */
+typedef enum {
+    FISHER_STRATEGY_FULL,      /* every parameter */
+    FISHER_STRATEGY_FISHER,    /* FisherAdapTune: all at first, then progressively fewer */
+    FISHER_STRATEGY_DECODER,   /* only decode_head */
+    FISHER_STRATEGY_NORM,      /* only LayerNorm/BatchNorm weights and biases */
+    FISHER_STRATEGY_BITFIT,    /* only biases */
+} fisher_strategy;
+
+/* "full", "fisher", ...; -1 for an unknown name. */
+int fisher_strategy_parse(const char *name);
+const char *fisher_strategy_name(fisher_strategy s);
+
 typedef struct {
     fisher_segformer *model;   /* not owned */
+    fisher_strategy strategy;
     fisher_adamw opt;
+    fisher_method *method;     /* FISHER_STRATEGY_FISHER only */
+    fisher_method_report report; /* what the method decided at the last step */
+    uint8_t *trainable;        /* fixed recipes: 1 per trainable element; NULL for full */
+    size_t params_trainable;   /* elements that train now */
+    int64_t step;              /* steps taken */
     float *dlogits;            /* (B, H, W, labels) */
     size_t n_logits;
     float dice_weight;
 } fisher_trainer;
 
-/* Prepares m for batches of (B, H, W) and an AdamW over all its parameters. */
+/* Prepares m for batches of (B, H, W), the strategy's trainable set and an
+ * AdamW over it. method may be NULL (defaults) and is used by
+ * FISHER_STRATEGY_FISHER only. */
 int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
-                        fisher_adamw_config optim, float dice_weight, fisher_error *err);
+                        fisher_adamw_config optim, float dice_weight, fisher_strategy strategy,
+                        const fisher_method_config *method, fisher_error *err);
 void fisher_trainer_free(fisher_trainer *t);
-/* One step on images (B, H, W, C) and masks; the batch's loss in *loss. */
+/* One step on images (B, H, W, C) and masks; the batch's loss in *loss.
+ * In the order of FISHERADAPTUNE.md §6: forward, loss, backward, Fisher
+ * statistics and the method's decisions, then AdamW on the live elements
+ * only (decoupled decay included), moments of frozen elements zeroed. */
 int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,
                         fisher_error *err);
 
@@ -61,6 +87,7 @@ typedef struct {
     int64_t steps;
     float dice_weight;
     fisher_adamw_config optim;
+    fisher_strategy strategy;  /* FULL when zero-initialised */
 } fisher_train_config;
 
 typedef struct {

@@ -228,7 +228,7 @@ static void test_efficient_self_attention(void **s) {
     };
     fisher_esa_forward(out, &cache, scratch, hidden, &w, &d);
     check("esa", "out", out, nc);
-    fisher_esa_backward(dhidden, &g, scratch, dout, hidden, &cache, &w, &d);
+    fisher_esa_backward(dhidden, &g, scratch, dout, hidden, &cache, &w, &d, NULL);
     check("esa", "dhidden", dhidden, nc);
     for (int i = 0; i < NT; i++) {
         char what[96];

@@ -1,0 +1,274 @@
+/*
+ * fisher.c — see fisher.h and FISHERADAPTUNE.md §1, §2, §4, §5.
+ *
+ * State per chunk is its drift tracker (drift.h); per layer, the
+ * estimator's H and S; per element, only the live mask (and, for the
+ * empirical estimator, the squared-gradient EMA). A chunk's Fisher is
+ * materialised one chunk at a time into a scratch buffer, never the whole
+ * model's at once.
+ */
+#include "fisher.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+fisher_method_config fisher_method_defaults(void) {
+    return (fisher_method_config){
+        .estimator = FISHER_ESTIMATOR_REFERENCE,
+        .gamma0 = 0.8, .gamma1 = 0.8,
+        .ema_interval = 1, .freeze_interval = 300,
+        .slice_columns = 0, .slice_blocks = 4,
+        .metric = FISHER_METRIC_TOTAL_VARIATION, .lambda = 1.0,
+        .drift = fisher_drift_defaults(),
+    };
+}
+
+struct fisher_method {
+    fisher_segformer *model;
+    fisher_method_config cfg;
+    fisher_chunk *chunks;
+    size_t n_chunks;
+    fisher_chunk_drift *drift;     /* per chunk */
+    float *est;                    /* estimator H and S of every layer, laid out like the model's */
+    float **est_H, **est_S;        /* per layer, into est */
+    float *empirical;              /* per element (empirical estimator only) */
+    uint8_t *live;                 /* per element */
+    size_t params_live, chunks_live;
+    float *scratch;                /* the largest chunk's Fisher */
+    double *js, *js_ema, *scores;  /* per chunk */
+    uint8_t *keep;
+    int *frozen;                   /* per chunk, for reports */
+    size_t *live_idx;
+};
+
+/* ------------------------------------------------------------ chunking */
+
+/* The row length of a tensor: elements per index of axis 0. */
+static size_t row_len(const fisher_tensor *t) { return t->ndim ? t->numel / (size_t)t->shape[0] : 1; }
+
+static int add_chunks(fisher_method *fm, int ti, int layer, fisher_error *err) {
+    const fisher_tensor *t = &fisher_segformer_params(fm->model)->tensors[ti];
+    int axis = fm->cfg.slice_columns && t->ndim >= 2 ? 1 : 0;
+    int64_t axis_size = t->ndim ? t->shape[axis] : 1;
+    int blocks = fm->cfg.slice_columns && t->ndim < 2 ? 1 : fm->cfg.slice_blocks;
+    int64_t n = blocks < axis_size ? blocks : axis_size;
+    /* edges = floor(linspace(0, axis_size, n + 1)), as numpy computes it */
+    double step = (double)axis_size / (double)n;
+    int64_t prev = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t end = i + 1 == n ? axis_size : (int64_t)floor((double)(i + 1) * step);
+        if (end <= prev) continue; /* empty blocks are dropped */
+        fisher_chunk *c = &fm->chunks[fm->n_chunks++];
+        memset(c, 0, sizeof *c);
+        snprintf(c->key, sizeof c->key, "%s.%sblock%lld", t->name, axis ? "col" : "row", (long long)i);
+        c->tensor = ti, c->layer = layer, c->axis = axis;
+        c->start = (int)prev, c->end = (int)end;
+        if (axis == 0) c->size = (size_t)(end - prev) * row_len(t);
+        else c->size = t->numel / (size_t)axis_size * (size_t)(end - prev);
+        c->live = 1, c->frozen_at = -1;
+        prev = end;
+    }
+    (void)err;
+    return 0;
+}
+
+fisher_method *fisher_method_create(fisher_segformer *m, const fisher_method_config *cfg,
+                                    fisher_error *err) {
+    if (cfg->slice_blocks < 1 || cfg->slice_blocks > 4096)
+        return fisher_errorf(err, "fisher.slice_blocks must be 1..4096, got %d", cfg->slice_blocks), NULL;
+    if (cfg->ema_interval < 1 || cfg->freeze_interval < 1)
+        return fisher_errorf(err, "fisher.ema_interval and freeze_interval must be ≥ 1"), NULL;
+    fisher_method *fm = calloc(1, sizeof *fm);
+    if (!fm) return fisher_errorf(err, "out of memory"), NULL;
+    fm->model = m, fm->cfg = *cfg;
+    const fisher_tensor_table *tab = fisher_segformer_params(m);
+    const fisher_layer *layers;
+    size_t n_layers = fisher_segformer_layers(m, &layers);
+    size_t max_chunks = (size_t)tab->count * (size_t)cfg->slice_blocks, est_len = 0, biggest = 1;
+    for (size_t l = 0; l < n_layers; l++) est_len += layers[l].h_len + layers[l].s_len;
+    fm->chunks = calloc(max_chunks, sizeof *fm->chunks);
+    fm->est = malloc(est_len * sizeof *fm->est);
+    fm->est_H = calloc(n_layers, sizeof *fm->est_H);
+    fm->est_S = calloc(n_layers, sizeof *fm->est_S);
+    fm->live = malloc(tab->total);
+    if (!fm->chunks || !fm->est || !fm->est_H || !fm->est_S || !fm->live) goto oom;
+    if (cfg->estimator == FISHER_ESTIMATOR_EMPIRICAL && !(fm->empirical = calloc(tab->total, sizeof(float))))
+        goto oom;
+    float *at = fm->est;
+    for (size_t l = 0; l < n_layers; l++) {
+        fm->est_H[l] = at, at += layers[l].h_len;
+        fm->est_S[l] = at, at += layers[l].s_len;
+    }
+    for (size_t i = 0; i < est_len; i++) fm->est[i] = 1.0f; /* the reference's running vectors start at one */
+    for (size_t l = 0; l < n_layers; l++) {
+        if (add_chunks(fm, layers[l].weight, (int)l, err)) goto fail;
+        if (layers[l].bias >= 0 && add_chunks(fm, layers[l].bias, (int)l, err)) goto fail;
+    }
+    for (size_t c = 0; c < fm->n_chunks; c++) biggest = fm->chunks[c].size > biggest ? fm->chunks[c].size : biggest;
+    fm->drift = calloc(fm->n_chunks, sizeof *fm->drift);
+    fm->scratch = malloc(biggest * sizeof *fm->scratch);
+    fm->js = malloc(fm->n_chunks * sizeof *fm->js);
+    fm->js_ema = malloc(fm->n_chunks * sizeof *fm->js_ema);
+    fm->scores = malloc(fm->n_chunks * sizeof *fm->scores);
+    fm->keep = malloc(fm->n_chunks);
+    fm->frozen = malloc(fm->n_chunks * sizeof *fm->frozen);
+    fm->live_idx = malloc(fm->n_chunks * sizeof *fm->live_idx);
+    if (!fm->drift || !fm->scratch || !fm->js || !fm->js_ema || !fm->scores || !fm->keep ||
+        !fm->frozen || !fm->live_idx)
+        goto oom;
+    memset(fm->live, 1, tab->total);
+    fm->params_live = tab->total, fm->chunks_live = fm->n_chunks;
+    return fm;
+oom:
+    fisher_errorf(err, "out of memory setting up Fisher tracking");
+fail:
+    fisher_method_free(fm);
+    return NULL;
+}
+
+void fisher_method_free(fisher_method *fm) {
+    if (!fm) return;
+    for (size_t c = 0; fm->drift && c < fm->n_chunks; c++) fisher_chunk_drift_free(&fm->drift[c]);
+    free(fm->drift), free(fm->chunks), free(fm->est), free(fm->est_H), free(fm->est_S);
+    free(fm->empirical), free(fm->live), free(fm->scratch), free(fm->js), free(fm->js_ema);
+    free(fm->scores), free(fm->keep), free(fm->frozen), free(fm->live_idx);
+    free(fm);
+}
+
+size_t fisher_method_chunks(const fisher_method *fm, const fisher_chunk **chunks) {
+    *chunks = fm->chunks;
+    return fm->n_chunks;
+}
+
+const uint8_t *fisher_method_live_mask(const fisher_method *fm) { return fm->live; }
+
+/* ------------------------------------------------------------ the Fisher */
+
+/* Runs the statement for every element of chunk ch, in a fixed order, with
+ * k its position in the chunk, at its index in the parameter array, o its
+ * row and j its column within the row. */
+#define FOR_CHUNK_ELEMENTS(fm, ch, ...)                                                           \
+    do {                                                                                           \
+        const fisher_tensor *t_ = &fisher_segformer_params((fm)->model)->tensors[(ch)->tensor];  \
+        size_t rl_ = row_len(t_), k = 0;                                                           \
+        if ((ch)->axis == 0) {                                                                     \
+            for (size_t o = (size_t)(ch)->start; o < (size_t)(ch)->end; o++)                       \
+                for (size_t j = 0; j < rl_; j++, k++) {                                            \
+                    size_t at = t_->offset + o * rl_ + j;                                          \
+                    __VA_ARGS__;                                                                   \
+                }                                                                                  \
+        } else {                                                                                   \
+            size_t inner_ = rl_ / (size_t)t_->shape[1];                                            \
+            for (size_t o = 0; o < (size_t)t_->shape[0]; o++)                                      \
+                for (size_t j = (size_t)(ch)->start * inner_; j < (size_t)(ch)->end * inner_;      \
+                     j++, k++) {                                                                   \
+                    size_t at = t_->offset + o * rl_ + j;                                          \
+                    __VA_ARGS__;                                                                   \
+                }                                                                                  \
+        }                                                                                          \
+    } while (0)
+
+void fisher_method_chunk_fisher(const fisher_method *fm, size_t c, float *out) {
+    const fisher_chunk *ch = &fm->chunks[c];
+    const fisher_layer *layers;
+    fisher_segformer_layers(fm->model, &layers);
+    const fisher_layer *l = &layers[ch->layer];
+    const float *H = fm->est_H[ch->layer], *S = fm->est_S[ch->layer];
+    int is_bias = ch->tensor == l->bias;
+    int norm = l->cls == FISHER_CLASS_BATCHNORM || l->cls == FISHER_CLASS_LAYERNORM;
+    FOR_CHUNK_ELEMENTS(fm, ch, {
+        float f;
+        if (fm->empirical) f = fm->empirical[at];
+        else if (norm) f = S[o] * H[is_bias ? 1 : 0];
+        else if (is_bias) f = S[o] * H[l->h_len - 1];
+        else f = S[o] * H[j];
+        out[k] = isnan(f) ? 0.0f : fabsf(f);
+    });
+}
+
+/* ------------------------------------------------------------ one step */
+
+static void update_estimator(fisher_method *fm) {
+    const fisher_layer *layers;
+    size_t n = fisher_segformer_layers(fm->model, &layers);
+    float keep = (float)(1.0 - fm->cfg.gamma0), take = (float)fm->cfg.gamma1;
+    if (fm->cfg.estimator == FISHER_ESTIMATOR_EMPIRICAL) {
+        const float *g = fisher_segformer_grad_data(fm->model);
+        float d = (float)fm->cfg.gamma0, one_minus = (float)(1.0 - fm->cfg.gamma0);
+        size_t total = fisher_segformer_params(fm->model)->total;
+        for (size_t i = 0; i < total; i++)
+            if (fm->live[i]) fm->empirical[i] = d * fm->empirical[i] + one_minus * (g[i] * g[i]);
+        return;
+    }
+    int fresh = fm->cfg.estimator == FISHER_ESTIMATOR_REFERENCE;
+    for (size_t l = 0; l < n; l++) {
+        float *H = fm->est_H[l], *S = fm->est_S[l];
+        for (size_t i = 0; i < layers[l].h_len; i++) {
+            float run = fresh ? 1.0f : H[i];
+            H[i] = run * keep + layers[l].H[i] * take;
+        }
+        for (size_t i = 0; i < layers[l].s_len; i++) {
+            float run = fresh ? 1.0f : S[i];
+            S[i] = run * keep + layers[l].S[i] * take;
+        }
+    }
+}
+
+static void freeze_chunk(fisher_method *fm, size_t c, int64_t step) {
+    fisher_chunk *ch = &fm->chunks[c];
+    ch->live = 0, ch->frozen_at = step;
+    fisher_chunk_drift_free(&fm->drift[c]);
+    FOR_CHUNK_ELEMENTS(fm, ch, { (void)j, (void)o, (void)k; fm->live[at] = 0; });
+    fm->params_live -= ch->size;
+    fm->chunks_live--;
+}
+
+int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r, fisher_error *err) {
+    memset(r, 0, sizeof *r);
+    update_estimator(fm);
+    r->js = fm->js, r->js_ema = fm->js_ema, r->frozen = fm->frozen;
+    if (step == 0) {
+        for (size_t c = 0; c < fm->n_chunks; c++) {
+            if (!fm->chunks[c].live) continue;
+            fisher_method_chunk_fisher(fm, c, fm->scratch);
+            int all_zero = 1;
+            for (size_t k = 0; k < fm->chunks[c].size && all_zero; k++) all_zero = fm->scratch[k] == 0.0f;
+            if (all_zero) {
+                freeze_chunk(fm, c, 0);
+                fm->frozen[r->n_frozen++] = (int)c;
+            }
+        }
+        r->decided = r->zero_freeze = r->n_frozen > 0;
+    }
+    if (step % fm->cfg.ema_interval == 0) {
+        r->measured = 1;
+        for (size_t c = 0; c < fm->n_chunks; c++) {
+            fm->js[c] = fm->js_ema[c] = NAN;
+            if (!fm->chunks[c].live) continue;
+            fisher_method_chunk_fisher(fm, c, fm->scratch);
+            if (fisher_chunk_drift_update(&fm->drift[c], fm->scratch, fm->chunks[c].size, step,
+                                          &fm->cfg.drift, &fm->js[c], err))
+                return -1;
+            fm->js_ema[c] = fm->drift[c].js_ema;
+        }
+    }
+    if (step > 0 && step % fm->cfg.freeze_interval == 0 && fm->chunks_live > 0) {
+        size_t n = 0;
+        for (size_t c = 0; c < fm->n_chunks; c++)
+            if (fm->chunks[c].live) {
+                fm->live_idx[n] = c;
+                fm->scores[n++] = fisher_chunk_drift_score(&fm->drift[c], fm->cfg.metric);
+            }
+        fisher_freeze_decide(fm->scores, n, fm->cfg.lambda, fm->keep, &r->stats);
+        r->decided = 1, r->zero_freeze = 0, r->n_frozen = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!fm->keep[i]) {
+                freeze_chunk(fm, fm->live_idx[i], step);
+                fm->frozen[r->n_frozen++] = (int)fm->live_idx[i];
+            }
+    }
+    r->chunks_live = fm->chunks_live, r->params_live = fm->params_live;
+    return 0;
+}

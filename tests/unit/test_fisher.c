@@ -1,0 +1,179 @@
+/*
+ * test_fisher.c — FisherAdapTune on the model (fisher.h, the trainer's
+ * strategies): chunking as FISHERADAPTUNE.md §2 says, and what freezing
+ * means for the parameters — a frozen element never moves again, its
+ * optimiser moments are zero, and the fixed recipes train exactly their
+ * tensors. The method's numbers are checked against the NumPy reference in
+ * test_drift.c; the layers' H and S against PyTorch hooks here.
+ */
+#include "testutil.h"
+
+#include "fisher.h"
+#include "segformer.h"
+#include "synth.h"
+#include "train.h"
+
+static fisher_segformer *tiny(void) {
+    fisher_error err = {{0}};
+    fisher_segformer_config cfg;
+    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
+    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
+    assert_non_null(m);
+    fisher_segformer_init_random(m, 1);
+    return m;
+}
+
+static void test_chunking(void **state) {
+    (void)state;
+    fisher_error err = {{0}};
+    fisher_segformer *m = tiny();
+    const fisher_tensor_table *tab = fisher_segformer_params(m);
+    fisher_method_config cfg = fisher_method_defaults();
+    for (int columns = 0; columns < 2; columns++) {
+        cfg.slice_columns = columns;
+        fisher_method *fm = fisher_method_create(m, &cfg, &err);
+        assert_non_null(fm);
+        const fisher_chunk *c;
+        size_t n = fisher_method_chunks(fm, &c), total = 0;
+        for (size_t i = 0; i < n; i++) total += c[i].size;
+        assert_int_equal(total, tab->total); /* every element in exactly one chunk */
+        /* the patch embedding's 16 output channels: 4 row blocks of 4 (16·3·7·7 / 4 each) */
+        int found = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(c[i].key, "segformer.encoder.patch_embeddings.0.proj.weight.rowblock1") == 0) {
+                assert_int_equal(c[i].start, 4);
+                assert_int_equal(c[i].end, 8);
+                assert_int_equal(c[i].size, 4 * 3 * 7 * 7);
+                found = 1;
+            }
+            /* column mode: 3 input channels → 3 blocks (min(4, 3)); a 1-D tensor is one chunk */
+            if (strcmp(c[i].key, "segformer.encoder.patch_embeddings.0.proj.weight.colblock2") == 0) {
+                assert_int_equal(c[i].size, 16 * 1 * 7 * 7);
+                found = 1;
+            }
+            if (strcmp(c[i].key, "decode_head.classifier.bias.rowblock0") == 0) {
+                assert_int_equal(c[i].size, 1); /* one label: min(4, 1) = 1 block */
+                found = 1;
+            }
+        }
+        assert_true(found);
+        printf("  %s mode: %zu chunks\n", columns ? "column" : "row", n);
+        fisher_method_free(fm);
+    }
+    cfg.slice_blocks = 0;
+    assert_null(fisher_method_create(m, &cfg, &err));
+    assert_non_null(strstr(err.msg, "slice_blocks"));
+    fisher_segformer_free(m);
+}
+
+/* Random batches of the synthetic world for B=2 at 64×64. */
+static void batch(float *images, float *masks, int step) {
+    for (int b = 0; b < 2; b++)
+        fisher_synth_crack(images + (size_t)b * 64 * 64 * 3, masks + (size_t)b * 64 * 64, 64, 64, 3,
+                           (uint64_t)(2 * step + b));
+}
+
+static void test_frozen_elements_never_move(void **state) {
+    (void)state;
+    fisher_error err = {{0}};
+    fisher_segformer *m = tiny();
+    fisher_method_config cfg = fisher_method_defaults();
+    cfg.ema_interval = 2, cfg.freeze_interval = 4;
+    fisher_adamw_config opt = fisher_adamw_defaults();
+    opt.lr = 1e-3f;
+    fisher_trainer t;
+    assert_int_equal(fisher_trainer_init(&t, m, 2, 64, 64, opt, 0.65f, FISHER_STRATEGY_FISHER, &cfg, &err), 0);
+    size_t n = fisher_segformer_params(m)->total;
+    float *images = malloc(2 * 64 * 64 * 3 * sizeof(float)), *masks = malloc(2 * 64 * 64 * sizeof(float));
+    float *before = malloc(n * sizeof(float)), loss;
+    uint8_t *was_live = malloc(n);
+    size_t frozen_seen = 0;
+    for (int step = 0; step < 13; step++) {
+        batch(images, masks, step);
+        memcpy(before, fisher_segformer_param_data(m), n * sizeof(float));
+        memcpy(was_live, fisher_method_live_mask(t.method), n);
+        assert_int_equal(fisher_trainer_step(&t, images, masks, &loss, &err), 0);
+        const float *p = fisher_segformer_param_data(m);
+        const uint8_t *live = fisher_method_live_mask(t.method);
+        size_t moved_frozen = 0, frozen = 0, moved_live = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!live[i]) {
+                frozen++;
+                moved_frozen += p[i] != before[i];
+                assert_true(t.opt.m[i] == 0.0f && t.opt.v[i] == 0.0f);
+            } else {
+                moved_live += p[i] != before[i];
+            }
+            assert_true(was_live[i] || !live[i]); /* freezing is for good */
+        }
+        assert_int_equal(moved_frozen, 0);
+        assert_int_equal(frozen, n - t.params_trainable);
+        if (t.params_trainable) assert_true(moved_live > 0);
+        if (step == 4 || step == 8 || step == 12) assert_true(t.report.decided);
+        frozen_seen = frozen;
+    }
+    printf("  after 13 steps: %zu of %zu elements frozen, %zu chunks live\n", frozen_seen, n,
+           t.report.chunks_live);
+    assert_true(frozen_seen > 0);
+    free(images), free(masks), free(before), free(was_live);
+    fisher_trainer_free(&t);
+    fisher_segformer_free(m);
+}
+
+/* The fixed recipes train exactly their tensors; everything else is bitwise unchanged. */
+static void test_recipes_train_their_tensors(void **state) {
+    (void)state;
+    const struct {
+        fisher_strategy s;
+        const char *trains, *example_frozen;
+    } cases[] = {
+        {FISHER_STRATEGY_DECODER, "decode_head.linear_fuse.weight", "segformer.encoder.layer_norm.3.bias"},
+        {FISHER_STRATEGY_BITFIT, "segformer.encoder.block.1.0.mlp.dense1.bias", "segformer.encoder.block.1.0.mlp.dense1.weight"},
+        {FISHER_STRATEGY_NORM, "segformer.encoder.block.0.0.attention.self.layer_norm.weight", "decode_head.classifier.bias"},
+        {FISHER_STRATEGY_NORM, "decode_head.batch_norm.bias", "decode_head.linear_c.2.proj.weight"},
+    };
+    float *images = malloc(2 * 64 * 64 * 3 * sizeof(float)), *masks = malloc(2 * 64 * 64 * sizeof(float));
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        fisher_error err = {{0}};
+        fisher_segformer *m = tiny();
+        const fisher_tensor_table *tab = fisher_segformer_params(m);
+        fisher_adamw_config opt = fisher_adamw_defaults();
+        opt.lr = 1e-3f;
+        fisher_trainer t;
+        assert_int_equal(fisher_trainer_init(&t, m, 2, 64, 64, opt, 0.65f, cases[k].s, NULL, &err), 0);
+        float *before = malloc(tab->total * sizeof(float)), loss;
+        memcpy(before, fisher_segformer_param_data(m), tab->total * sizeof(float));
+        for (int step = 0; step < 2; step++) {
+            batch(images, masks, step);
+            assert_int_equal(fisher_trainer_step(&t, images, masks, &loss, &err), 0);
+        }
+        const float *p = fisher_segformer_param_data(m);
+        size_t trainable = 0;
+        for (int i = 0; i < tab->count; i++) {
+            const fisher_tensor *e = &tab->tensors[i];
+            int moved = memcmp(p + e->offset, before + e->offset, e->numel * sizeof(float)) != 0;
+            int should = t.trainable[e->offset];
+            if (moved != should) fail_msg("%s: %s %s", fisher_strategy_name(cases[k].s), e->name, should ? "did not move" : "moved");
+            trainable += should ? e->numel : 0;
+            if (strcmp(e->name, cases[k].trains) == 0) assert_true(should);
+            if (strcmp(e->name, cases[k].example_frozen) == 0) assert_false(should);
+        }
+        assert_int_equal(trainable, t.params_trainable);
+        printf("  %-8s trains %zu of %zu parameters\n", fisher_strategy_name(cases[k].s), trainable, tab->total);
+        free(before);
+        fisher_trainer_free(&t);
+        fisher_segformer_free(m);
+    }
+    free(images), free(masks);
+    assert_int_equal(fisher_strategy_parse("bitfit"), FISHER_STRATEGY_BITFIT);
+    assert_int_equal(fisher_strategy_parse("lora"), -1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chunking),
+        cmocka_unit_test(test_frozen_elements_never_move),
+        cmocka_unit_test(test_recipes_train_their_tensors),
+    };
+    return cmocka_run_group_tests_name("fisher", tests, NULL, NULL);
+}
