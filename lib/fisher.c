@@ -10,6 +10,7 @@
 #include "fisher.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,9 @@ struct fisher_method {
     float *empirical;              /* per element (empirical estimator only) */
     uint8_t *live;                 /* per element */
     size_t params_live, chunks_live;
-    float *scratch;                /* the largest chunk's Fisher */
+    float *scratch;                /* the largest chunk's Fisher, once per thread */
+    size_t scratch_len;            /* floats per thread */
+    int threads;
     double *js, *js_ema, *scores;  /* per chunk */
     uint8_t *keep;
     int *frozen;                   /* per chunk, for reports */
@@ -108,7 +111,9 @@ fisher_method *fisher_method_create(fisher_segformer *m, const fisher_method_con
     }
     for (size_t c = 0; c < fm->n_chunks; c++) biggest = fm->chunks[c].size > biggest ? fm->chunks[c].size : biggest;
     fm->drift = calloc(fm->n_chunks, sizeof *fm->drift);
-    fm->scratch = malloc(biggest * sizeof *fm->scratch);
+    fm->threads = omp_get_max_threads();
+    fm->scratch_len = biggest;
+    fm->scratch = malloc((size_t)fm->threads * biggest * sizeof *fm->scratch);
     fm->js = malloc(fm->n_chunks * sizeof *fm->js);
     fm->js_ema = malloc(fm->n_chunks * sizeof *fm->js_ema);
     fm->scores = malloc(fm->n_chunks * sizeof *fm->scores);
@@ -244,15 +249,23 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r,
     }
     if (step % fm->cfg.ema_interval == 0) {
         r->measured = 1;
+        int failed = 0, team = fm->threads < omp_get_max_threads() ? fm->threads : omp_get_max_threads();
+        /* chunks are independent: measured in parallel, each thread with its own scratch */
+#pragma omp parallel for schedule(dynamic, 4) num_threads(team) reduction(| : failed)
         for (size_t c = 0; c < fm->n_chunks; c++) {
             fm->js[c] = fm->js_ema[c] = NAN;
             if (!fm->chunks[c].live) continue;
-            fisher_method_chunk_fisher(fm, c, fm->scratch);
-            if (fisher_chunk_drift_update(&fm->drift[c], fm->scratch, fm->chunks[c].size, step,
-                                          &fm->cfg.drift, &fm->js[c], err))
-                return -1;
+            float *scratch = fm->scratch + (size_t)omp_get_thread_num() * fm->scratch_len;
+            fisher_method_chunk_fisher(fm, c, scratch);
+            fisher_error e;
+            if (fisher_chunk_drift_update(&fm->drift[c], scratch, fm->chunks[c].size, step,
+                                          &fm->cfg.drift, &fm->js[c], &e)) {
+                failed = 1;
+                continue;
+            }
             fm->js_ema[c] = fm->drift[c].js_ema;
         }
+        if (failed) return fisher_errorf(err, "out of memory measuring Fisher drift");
     }
     if (step > 0 && step % fm->cfg.freeze_interval == 0 && fm->chunks_live > 0) {
         size_t n = 0;
