@@ -2,9 +2,7 @@
  * drift.c — see drift.h. Numbers follow FISHERADAPTUNE.md §3–§5 and the
  * reference's NumPy, detail for detail:
  *
- *   percentiles  numpy's default 'linear' method, including how it computes
- *                the virtual index (n·q + (1 − q) − 1, not q·(n − 1): the two
- *                differ in the last bits, which moves bin edges);
+ *   percentiles  numpy's default 'linear' method, virtual index (n − 1)·q;
  *   edges        numpy.linspace: e_i = i·((high − low)/64) + low, e_64 = high;
  *   histogram    numpy.histogram with an edges array: [e_i, e_i+1) except the
  *                last bin, which also holds e_64; values outside dropped.
@@ -66,16 +64,10 @@ static double min_of(const double *x, size_t n) {
     return m;
 }
 
-static double max_of(const double *x, size_t n) {
-    double m = x[0];
-    for (size_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
-}
-
 /* numpy.percentile(x, 100·q) with method 'linear', x without NaN; x is
  * reordered. */
 static double percentile(double *x, size_t n, double q) {
-    double v = (double)n * q + (1.0 - q) - 1.0;
+    double v = (double)(n - 1) * q;
     size_t i, i1;
     if (v < 0) {
         i = i1 = 0;
@@ -108,8 +100,10 @@ static void make_bins(bins *h, double low, double high) {
 /* The bin of x, or -1 when x falls outside [e_0, e_64] (or is NaN). */
 static int bin_of(const bins *h, double x) {
     if (!(x >= h->edges[0] && x <= h->edges[JS_BINS])) return -1;
+    /* NaN when the range collapsed (low + 1e-12 == low for large values):
+     * every edge then equals low and numpy puts x in the closed last bin */
     double guess = floor((x - h->low) * JS_BINS / (h->high - h->low));
-    int i = guess < 0 ? 0 : guess > JS_BINS - 1 ? JS_BINS - 1 : (int)guess;
+    int i = !(guess >= 0) ? 0 : guess > JS_BINS - 1 ? JS_BINS - 1 : (int)guess;
     while (i < JS_BINS - 1 && x >= h->edges[i + 1]) i++;
     while (i > 0 && x < h->edges[i]) i--;
     return i;
@@ -138,37 +132,37 @@ static double js_of_counts(const double *count_ref, const double *count_cur) {
     return sqrt(js > 0 ? js : 0);
 }
 
+/* Log mode. Non-finite Fisher values, which the method leaves open (it
+ * zeroes NaN before any distance, so only an overflow to inf gets here):
+ * a NaN means no distance; the min/max fallback for a non-finite
+ * percentile is over the finite values, so infinite ones fall outside the
+ * bins; no finite value at all means no distance. */
 static double js_log(const float *ref, size_t n_ref, const float *cur, size_t n_cur) {
     size_t n = n_ref + n_cur;
     double *all = malloc(2 * n * sizeof *all);
     if (!all) return NAN;
-    double *work = all + n;
-    int any_nan = 0;
+    double *work = all + n, lo_finite = INFINITY, hi_finite = -INFINITY, result = NAN;
     for (size_t i = 0; i < n; i++) {
         float x = i < n_ref ? ref[i] : cur[i - n_ref];
-        all[i] = log10(fabs((double)x) + JS_EPS);
-        any_nan |= isnan(all[i]);
+        double v = all[i] = log10(fabs((double)x) + JS_EPS);
+        if (isnan(v)) goto out;
+        if (isfinite(v)) lo_finite = v < lo_finite ? v : lo_finite, hi_finite = v > hi_finite ? v : hi_finite;
     }
-    double low = NAN, high = NAN;
-    if (!any_nan) { /* numpy's percentile of data holding NaN is NaN */
-        memcpy(work, all, n * sizeof *work);
-        low = percentile(work, n, 0.01);
-        high = percentile(work, n, 0.99);
-    }
-    if (!isfinite(low)) low = any_nan ? NAN : min_of(all, n);
-    if (!isfinite(high)) high = any_nan ? NAN : max_of(all, n);
+    if (lo_finite > hi_finite) goto out;
+    memcpy(work, all, n * sizeof *work);
+    double low = percentile(work, n, 0.01), high = percentile(work, n, 0.99);
+    if (!isfinite(low)) low = lo_finite;
+    if (!isfinite(high)) high = hi_finite;
     if (high <= low) high = low + 1e-3;
-    double result = NAN;
-    if (isfinite(low) && isfinite(high)) {
-        bins h;
-        make_bins(&h, low, high);
-        double cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
-        for (size_t i = 0; i < n; i++) {
-            int b = bin_of(&h, all[i]);
-            if (b >= 0) (i < n_ref ? cr : cc)[b] += 1;
-        }
-        result = js_of_counts(cr, cc);
+    bins h;
+    make_bins(&h, low, high);
+    double cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
+    for (size_t i = 0; i < n; i++) {
+        int b = bin_of(&h, all[i]);
+        if (b >= 0) (i < n_ref ? cr : cc)[b] += 1;
     }
+    result = js_of_counts(cr, cc);
+out:
     free(all);
     return result;
 }

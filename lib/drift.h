@@ -22,8 +22,9 @@ enum { FISHER_JS_LOG = 0, FISHER_JS_RAW = 1 };
 /* Jensen–Shannon distance (natural log, in [0, sqrt(ln 2)]) between the
  * 64-bin histograms of ref and cur: in log mode of log10(|x| + 1e-12) over
  * the 1st–99th percentile range of both together, in raw mode of |x| over
- * [min, max]. Returns NAN when there is no distance: an empty side, or
- * (raw) no finite value. Public and stable: part of libfisher's ABI. */
+ * [min, max]. Returns NAN when there is no distance: an empty side, no
+ * finite value, or (log mode) a NaN. Infinite values fall outside the bins.
+ * Public and stable: part of libfisher's ABI. */
 double fisher_js_distance(const float *ref, size_t n_ref, const float *cur, size_t n_cur, int mode);
 
 typedef struct {
