@@ -115,6 +115,7 @@ torch-deps:
 
 fixtures: torch-deps
 	/usr/bin/python3 tests/parity/make_fixtures.py tests/parity/fixtures
+	/usr/bin/python3 tests/parity/fisher_reference.py tests/parity/fixtures
 
 clean:
 	rm -rf build

@@ -9,6 +9,7 @@
 #include "testutil.h"
 
 #include "fisher.h"
+#include "loss.h"
 #include "segformer.h"
 #include "synth.h"
 #include "train.h"
@@ -169,9 +170,74 @@ static void test_recipes_train_their_tensors(void **state) {
     assert_int_equal(fisher_strategy_parse("lora"), -1);
 }
 
+static double max_abs_f(const float *x, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(x[i]));
+    return m;
+}
+
+/* Every layer's per-batch H and S (§1) against forward/backward hooks on the
+ * PyTorch model (fisher_hooks.safetensors.gz, tests/parity/fisher_reference.py),
+ * on the tiny fixture's weights and batch.
+ * Tolerances: H and the Linear/Conv S are sums of squares of activations and
+ * gradients already checked to 1e-4 / 1e-3 (test_segformer): rtol 1e-3, atol
+ * 1e-4 of the vector's largest entry. A LayerNorm/BatchNorm S[c] is the
+ * square of its bias gradient over B, so it is compared as that gradient,
+ * sqrt(S·B), with test_segformer's gradient tolerance — some of those
+ * gradients are exactly 0 and rounding noise in both frameworks. */
+static void test_layer_statistics_match_hooks(void **state) {
+    (void)state;
+    fisher_safetensors *fx = fixture_open("segformer_tiny.safetensors.gz");
+    fisher_safetensors *hooks = fixture_open("fisher_hooks.safetensors.gz");
+    fisher_error err = {{0}};
+    fisher_segformer_config cfg;
+    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
+    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
+    if (fisher_segformer_load(m, fx, 0, &err)) fail_msg("%s", err.msg);
+    int B = 2, H = 64, W = 64;
+    size_t npix = (size_t)B * H * W;
+    float *images = fixture_f32(fx, "input", npix * 3), *target = fixture_f32(fx, "target", npix);
+    float *dlogits = malloc(npix * sizeof(float));
+    assert_int_equal(fisher_segformer_prepare(m, B, H, W, &err), 0);
+    fisher_segformer_collect_stats(m, 1);
+    fisher_segformer_zero_grad(m);
+    const float *logits = fisher_segformer_forward(m, images, 1);
+    fisher_seg_loss(dlogits, logits, target, npix, 0.65f);
+    assert_int_equal(fisher_segformer_backward(m, dlogits, &err), 0);
+    double grad_max = max_abs_f(fisher_segformer_grad_data(m), fisher_segformer_params(m)->total);
+
+    const fisher_layer *layers;
+    size_t n = fisher_segformer_layers(m, &layers);
+    assert_int_equal(n, 61);
+    for (size_t i = 0; i < n; i++) {
+        const fisher_layer *l = &layers[i];
+        char name[FISHER_NAME_MAX + 8];
+        snprintf(name, sizeof name, "H.%s", l->name);
+        float *h = fixture_f32(hooks, name, l->h_len);
+        assert_close(name, l->H, h, l->h_len, 1e-3, 1e-4 * max_abs_f(h, l->h_len));
+        snprintf(name, sizeof name, "S.%s", l->name);
+        float *sv = fixture_f32(hooks, name, l->s_len);
+        if (l->cls == FISHER_CLASS_LINEAR || l->cls == FISHER_CLASS_CONV) {
+            assert_close(name, l->S, sv, l->s_len, 1e-3, 1e-4 * max_abs_f(sv, l->s_len));
+        } else { /* as the bias gradient it squares */
+            float *got = malloc(l->s_len * sizeof(float)), *want = malloc(l->s_len * sizeof(float));
+            for (size_t c = 0; c < l->s_len; c++)
+                got[c] = sqrtf(l->S[c] * (float)B), want[c] = sqrtf(sv[c] * (float)B);
+            assert_close(name, got, want, l->s_len, 1e-3,
+                         fmax(1e-3 * max_abs_f(want, l->s_len), 1e-6 * grad_max));
+            free(got), free(want);
+        }
+        free(h), free(sv);
+    }
+    free(images), free(target), free(dlogits);
+    fisher_segformer_free(m);
+    fisher_safetensors_close(fx), fisher_safetensors_close(hooks);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunking),
+        cmocka_unit_test(test_layer_statistics_match_hooks),
         cmocka_unit_test(test_frozen_elements_never_move),
         cmocka_unit_test(test_recipes_train_their_tensors),
     };

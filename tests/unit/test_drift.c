@@ -1,0 +1,576 @@
+/*
+ * test_drift.c — lib/drift.h (FISHERADAPTUNE.md §3–§5) against the
+ * independent NumPy reference tests/parity/fisher_reference.py, through two
+ * golden files it writes:
+ *
+ *   fisher_js.safetensors.gz       239 (ref, cur) pairs and their distance
+ *                                  in log and raw mode;
+ *   fisher_tracker.safetensors.gz  the Fisher of 20 real chunks over 60
+ *                                  training steps of `tiny`, and everything
+ *                                  the tracker did with them under two
+ *                                  configurations (a., b.).
+ *
+ * The tracker replay runs §6's order itself: step-0 zero-Fisher freeze,
+ * drift update of the live chunks every ema_interval steps (and step 0),
+ * freeze decision every freeze_interval steps (step > 0).
+ *
+ * Tolerances, and why:
+ * - A distance d passes when |Δd| <= 1e-9, or when |Δ(d²)| <= 1e-14. Both
+ *   sides compute the same float64 formula from the same float32 inputs,
+ *   so d agrees to ~1e-15 — except where d is rounding noise: identical
+ *   histograms of different sample sizes give p ≈ q to ~1e-16, the
+ *   divergence d² is then a cancellation resolved to ~1e-16, and sqrt turns
+ *   that into d anywhere in [0, ~1e-8] depending on summation order alone
+ *   (golden "all zeros 10/7" is 1.05e-8; a sequential sum gives 0). Over
+ *   every golden case, sequential, pairwise and exact sums give d² within
+ *   1.7e-15 of each other, hence 1e-14 on d².
+ * - NaN (no distance) must be NaN on both sides.
+ * - Tracker js, js_ema, total_variation and each decision's mean, std and
+ *   threshold: 1e-9 absolute; the frozen set and `live` exactly; the final
+ *   Fisher EMA bit for bit (memcmp): it is float32 arithmetic done the
+ *   same way, f32(d)·ema + f32(1 − d)·cur.
+ * Discrete outcomes (a bin count, a freeze) are exact, so one flipped
+ * decision is a failure, not a tolerance question.
+ */
+#include "testutil.h"
+
+#include <jansson.h>
+
+#include "drift.h"
+
+#define JS_ATOL 1e-9
+#define JS_ATOL_SQUARED 1e-14
+#define TRACK_ATOL 1e-9
+
+/* ------------------------------------------------------------------------ */
+/* Fixture helpers                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* A malloc'd copy of F64 tensor `name`; its shape goes to shape[ndim]. */
+static double *fixture_f64(const fisher_safetensors *st, const char *name, int ndim,
+                           int64_t *shape) {
+    fisher_error err = {{0}};
+    fisher_dtype dt;
+    int nd;
+    int64_t sh[FISHER_ST_MAX_DIMS];
+    if (fisher_safetensors_info(st, name, &dt, &nd, sh, &err) != 0)
+        fail_msg("fixture tensor: %s", err.msg);
+    if (nd != ndim) fail_msg("fixture tensor %s has %d dims, want %d", name, nd, ndim);
+    size_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (size_t)sh[i], shape[i] = sh[i];
+    double *p = malloc((n ? n : 1) * sizeof *p);
+    if (fisher_safetensors_read_f64(st, name, p, nd, sh, &err) != 0)
+        fail_msg("fixture tensor: %s", err.msg);
+    return p;
+}
+
+static int64_t *fixture_i64(const fisher_safetensors *st, const char *name, int ndim,
+                            int64_t *shape) {
+    fisher_error err = {{0}};
+    fisher_dtype dt;
+    int nd;
+    int64_t sh[FISHER_ST_MAX_DIMS];
+    if (fisher_safetensors_info(st, name, &dt, &nd, sh, &err) != 0)
+        fail_msg("fixture tensor: %s", err.msg);
+    if (nd != ndim) fail_msg("fixture tensor %s has %d dims, want %d", name, nd, ndim);
+    size_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (size_t)sh[i], shape[i] = sh[i];
+    int64_t *p = malloc((n ? n : 1) * sizeof *p);
+    if (fisher_safetensors_read_i64(st, name, p, nd, sh, &err) != 0)
+        fail_msg("fixture tensor: %s", err.msg);
+    return p;
+}
+
+static int has_tensor(const fisher_safetensors *st, const char *name) {
+    fisher_dtype dt;
+    int nd;
+    int64_t sh[FISHER_ST_MAX_DIMS];
+    return fisher_safetensors_info(st, name, &dt, &nd, sh, NULL) == 0;
+}
+
+/* Both NaN, or both numbers within atol. */
+static int same(double got, double want, double atol) {
+    if (isnan(want) || isnan(got)) return isnan(want) && isnan(got);
+    return fabs(got - want) <= atol;
+}
+
+/* The distance rule above; *by_square is set when only the d² rule held. */
+static int same_distance(double got, double want, int *by_square) {
+    *by_square = 0;
+    if (isnan(want) || isnan(got)) return isnan(want) && isnan(got);
+    if (fabs(got - want) <= JS_ATOL) return 1;
+    *by_square = fabs(got * got - want * want) <= JS_ATOL_SQUARED;
+    return *by_square;
+}
+
+/* ------------------------------------------------------------------------ */
+/* (i) Every golden pair                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void test_js_golden(void **state) {
+    (void)state;
+    fisher_safetensors *st = fixture_open("fisher_js.safetensors.gz");
+    int64_t shape[2];
+    double *want = fixture_f64(st, "js.distance", 2, shape);
+    size_t n_cases = (size_t)shape[0];
+    assert_int_equal(shape[1], 2);
+    const char *mode_name[2] = {"log", "raw"};
+    double max_abs[2] = {0, 0};
+    size_t compared[2] = {0, 0}, nans[2] = {0, 0}, squares[2] = {0, 0}, bad = 0;
+    for (size_t i = 0; i < n_cases; i++) {
+        char name[64], meta[64];
+        size_t nr, nc;
+        snprintf(name, sizeof name, "js.%zu.ref", i);
+        fisher_error err = {{0}};
+        float *ref = fisher_safetensors_get_f32(st, name, NULL, NULL, &nr, &err);
+        snprintf(name, sizeof name, "js.%zu.cur", i);
+        float *cur = fisher_safetensors_get_f32(st, name, NULL, NULL, &nc, &err);
+        if (!ref || !cur) fail_msg("fixture tensor: %s", err.msg);
+        snprintf(meta, sizeof meta, "js.%zu.what", i);
+        const char *what = fisher_safetensors_metadata(st, meta);
+        for (int mode = 0; mode < 2; mode++) {
+            double got = fisher_js_distance(nr ? ref : NULL, nr, nc ? cur : NULL, nc, mode);
+            double w = want[2 * i + (size_t)mode];
+            int by_square;
+            if (!same_distance(got, w, &by_square)) {
+                if (bad++ < 40)
+                    printf("  FAIL js.%zu %s (%s; n %zu/%zu): got %.17g want %.17g\n", i,
+                           mode_name[mode], what ? what : "?", nr, nc, got, w);
+                continue;
+            }
+            if (isnan(w)) {
+                nans[mode]++;
+                continue;
+            }
+            compared[mode]++;
+            squares[mode] += (size_t)by_square;
+            if (!by_square && fabs(got - w) > max_abs[mode]) max_abs[mode] = fabs(got - w);
+        }
+        free(ref), free(cur);
+    }
+    for (int mode = 0; mode < 2; mode++)
+        printf("  js %s: %zu pairs, max |Δd| %.2e (atol %.0e), %zu by |Δd²| <= %.0e, "
+               "%zu NaN both\n",
+               mode_name[mode], compared[mode], max_abs[mode], JS_ATOL, squares[mode],
+               JS_ATOL_SQUARED, nans[mode]);
+    free(want);
+    fisher_safetensors_close(st);
+    if (bad) fail_msg("%zu of %zu distances differ from the reference", bad, 2 * n_cases);
+}
+
+/* ------------------------------------------------------------------------ */
+/* (ii) Tracker trajectories                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    fisher_drift_config drift;
+    int metric;
+    int64_t ema_interval, freeze_interval;
+    double lambda;
+} replay_config;
+
+static replay_config parse_config(const char *text) {
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    if (!j) fail_msg("config metadata is not JSON: %s", jerr.text);
+    replay_config c;
+    c.drift = fisher_drift_defaults();
+    const char *mode = json_string_value(json_object_get(j, "js_mode"));
+    const char *metric = json_string_value(json_object_get(j, "metric"));
+    assert_non_null(mode);
+    assert_non_null(metric);
+    c.drift.js_mode = strcmp(mode, "raw") == 0 ? FISHER_JS_RAW : FISHER_JS_LOG;
+    c.drift.fisher_ema_decay = json_number_value(json_object_get(j, "fisher_ema_decay"));
+    c.drift.js_ema_decay = json_number_value(json_object_get(j, "prev_js_ema_decay"));
+    c.metric = strcmp(metric, "mean_js") == 0 ? FISHER_METRIC_MEAN_JS
+                                                : FISHER_METRIC_TOTAL_VARIATION;
+    c.ema_interval = (int64_t)json_number_value(json_object_get(j, "fisher_ema_interval"));
+    c.freeze_interval = (int64_t)json_number_value(json_object_get(j, "freeze_interval"));
+    c.lambda = json_number_value(json_object_get(j, "js_variance_lambda"));
+    assert_true(c.ema_interval > 0 && c.freeze_interval > 0);
+    json_decref(j);
+    return c;
+}
+
+/* Largest |Δ| of one quantity and how many comparisons failed. */
+typedef struct {
+    const char *name;
+    double max_abs;
+    size_t n, bad;
+} diff_stat;
+
+static void note(diff_stat *s, double got, double want, double atol, int64_t step,
+                 const char *key) {
+    s->n++;
+    if (!same(got, want, atol)) {
+        if (s->bad++ < 10)
+            printf("  FAIL %s at step %lld, %s: got %.17g want %.17g\n", s->name,
+                   (long long)step, key, got, want);
+        return;
+    }
+    if (!isnan(want) && fabs(got - want) > s->max_abs) s->max_abs = fabs(got - want);
+}
+
+static void replay(const char *prefix) {
+    fisher_safetensors *st = fixture_open("fisher_tracker.safetensors.gz");
+    char name[128];
+    snprintf(name, sizeof name, "%sconfig", prefix);
+    const char *cfg_text = fisher_safetensors_metadata(st, name);
+    const char *keys_text = fisher_safetensors_metadata(st, "chunk_keys");
+    assert_non_null(cfg_text);
+    assert_non_null(keys_text);
+    replay_config cfg = parse_config(cfg_text);
+    json_error_t jerr;
+    json_t *keys = json_loads(keys_text, 0, &jerr);
+    assert_non_null(keys);
+    size_t K = json_array_size(keys);
+    assert_true(K > 0);
+
+    int64_t shape[2];
+    snprintf(name, sizeof name, "%sjs", prefix);
+    double *g_js = fixture_f64(st, name, 2, shape);
+    size_t T = (size_t)shape[0];
+    assert_int_equal(shape[1], K);
+    snprintf(name, sizeof name, "%sjs_ema", prefix);
+    double *g_ema = fixture_f64(st, name, 2, shape);
+    snprintf(name, sizeof name, "%stotal_variation", prefix);
+    double *g_tv = fixture_f64(st, name, 2, shape);
+    snprintf(name, sizeof name, "%slive", prefix);
+    int64_t *g_live = fixture_i64(st, name, 2, shape);
+    assert_true((size_t)shape[0] == T && (size_t)shape[1] == K);
+    snprintf(name, sizeof name, "%sdecisions", prefix);
+    double *g_dec = fixture_f64(st, name, 2, shape);
+    size_t D = (size_t)shape[0];
+    assert_int_equal(shape[1], 6);
+    snprintf(name, sizeof name, "%sdecision_frozen", prefix);
+    int64_t *g_frozen = fixture_i64(st, name, 2, shape);
+    assert_true((size_t)shape[0] == D && (size_t)shape[1] == K);
+
+    float **fisher = calloc(K, sizeof *fisher);
+    size_t *n = calloc(K, sizeof *n);
+    for (size_t k = 0; k < K; k++) {
+        int nd;
+        int64_t sh[FISHER_ST_MAX_DIMS];
+        size_t numel;
+        fisher_error err = {{0}};
+        snprintf(name, sizeof name, "chunk.%zu.fisher", k);
+        fisher[k] = fisher_safetensors_get_f32(st, name, &nd, sh, &numel, &err);
+        if (!fisher[k]) fail_msg("fixture tensor: %s", err.msg);
+        assert_true(nd == 2 && (size_t)sh[0] == T);
+        n[k] = (size_t)sh[1];
+    }
+
+    fisher_chunk_drift *d = calloc(K, sizeof *d);
+    uint8_t *live = malloc(K), *keep = malloc(K);
+    double *scores = malloc(K * sizeof *scores);
+    size_t *idx = malloc(K * sizeof *idx);
+    memset(live, 1, K);
+    diff_stat s_js = {"js", 0, 0, 0}, s_ema = {"js_ema", 0, 0, 0};
+    diff_stat s_tv = {"total_variation", 0, 0, 0}, s_dec = {"decision mean/std/threshold", 0, 0, 0};
+    size_t dec = 0, bad_sets = 0, bad_live = 0, bad_pattern = 0, measured = 0;
+
+    for (size_t step = 0; step < T; step++) {
+        /* Step 0: chunks whose Fisher is entirely zero freeze. */
+        if (step == 0)
+            for (size_t k = 0; k < K; k++) {
+                int zero = 1;
+                for (size_t i = 0; i < n[k] && zero; i++) zero = fisher[k][i] == 0.0f;
+                if (zero) live[k] = 0;
+            }
+        /* Drift update of the live chunks, on ema_interval (and step 0). */
+        int measure = step % (size_t)cfg.ema_interval == 0;
+        for (size_t k = 0; k < K; k++) {
+            size_t at = step * K + k;
+            const char *key = json_string_value(json_array_get(keys, k));
+            if (!measure || !live[k]) {
+                if (!isnan(g_js[at]) || !isnan(g_ema[at]) || !isnan(g_tv[at])) {
+                    if (bad_pattern++ < 10)
+                        printf("  FAIL step %zu %s: not measured here, reference measured it\n",
+                               step, key);
+                }
+                continue;
+            }
+            double js = NAN;
+            fisher_error err = {{0}};
+            int rc = fisher_chunk_drift_update(&d[k], fisher[k] + step * n[k], n[k],
+                                               (int64_t)step, &cfg.drift, &js, &err);
+            if (rc != 0) fail_msg("update %s at step %zu: %s", key, step, err.msg);
+            measured++;
+            note(&s_js, js, g_js[at], TRACK_ATOL, (int64_t)step, key);
+            note(&s_ema, d[k].js_ema, g_ema[at], TRACK_ATOL, (int64_t)step, key);
+            note(&s_tv, d[k].total_variation, g_tv[at], TRACK_ATOL, (int64_t)step, key);
+        }
+        /* Freeze decision on freeze_interval, step > 0. */
+        if (step > 0 && step % (size_t)cfg.freeze_interval == 0) {
+            size_t m = 0;
+            for (size_t k = 0; k < K; k++)
+                if (live[k]) idx[m] = k, scores[m++] = fisher_chunk_drift_score(&d[k], cfg.metric);
+            if (m > 0) {
+                if (dec >= D) fail_msg("step %zu: a decision the reference did not make", step);
+                const double *row = g_dec + 6 * dec;
+                const int64_t *frozen_row = g_frozen + K * dec;
+                fisher_freeze_stats fs;
+                memset(&fs, 0, sizeof fs);
+                fisher_freeze_decide(scores, m, cfg.lambda, keep, &fs);
+                assert_int_equal((size_t)row[0], step);
+                note(&s_dec, fs.mean, row[1], TRACK_ATOL, (int64_t)step, "mean");
+                note(&s_dec, fs.std, row[2], TRACK_ATOL, (int64_t)step, "std");
+                note(&s_dec, fs.lambda, row[3], 0, (int64_t)step, "lambda");
+                note(&s_dec, fs.threshold, row[4], TRACK_ATOL, (int64_t)step, "threshold");
+                int set_ok = fs.frozen == (size_t)row[5] && fs.kept + fs.frozen == m;
+                for (size_t j = 0; j < m; j++)
+                    set_ok &= (keep[j] == 0) == (frozen_row[idx[j]] == 1);
+                if (!set_ok) {
+                    bad_sets++;
+                    printf("  FAIL decision at step %zu: frozen sets differ (C froze %zu, "
+                           "reference %lld); continuing with the reference's\n",
+                           step, fs.frozen, (long long)row[5]);
+                    for (size_t j = 0; j < m; j++)
+                        if ((keep[j] == 0) != (frozen_row[idx[j]] == 1))
+                            printf("    %s: score %.17g, C %s, reference %s\n",
+                                   json_string_value(json_array_get(keys, idx[j])), scores[j],
+                                   keep[j] ? "keeps" : "freezes",
+                                   frozen_row[idx[j]] ? "freezes" : "keeps");
+                }
+                /* Follow the reference, so one flipped decision does not hide the rest. */
+                for (size_t k = 0; k < K; k++)
+                    if (frozen_row[k]) live[k] = 0, fisher_chunk_drift_free(&d[k]);
+                dec++;
+            }
+        }
+        for (size_t k = 0; k < K; k++)
+            if ((int64_t)live[k] != g_live[step * K + k] && bad_live++ < 10)
+                printf("  FAIL live at step %zu, %s: C %d, reference %lld\n", step,
+                       json_string_value(json_array_get(keys, k)), live[k],
+                       (long long)g_live[step * K + k]);
+    }
+
+    /* Final Fisher EMAs: bit for bit. */
+    size_t n_final = 0, bad_final = 0;
+    for (size_t k = 0; k < K; k++) {
+        snprintf(name, sizeof name, "%sfinal_ema_F.%zu", prefix, k);
+        int in_file = has_tensor(st, name);
+        if (!live[k]) {
+            if (in_file) {
+                bad_final++;
+                printf("  FAIL %s: the reference has it, the chunk is frozen\n", name);
+            }
+            continue;
+        }
+        float *want = fixture_f32(st, name, n[k]);
+        n_final++;
+        if (!d[k].ema_F || d[k].n != n[k] || memcmp(d[k].ema_F, want, n[k] * sizeof(float)) != 0) {
+            bad_final++;
+            size_t first = 0;
+            while (d[k].ema_F && first < n[k] && d[k].ema_F[first] == want[first]) first++;
+            printf("  FAIL %s (%s): ema_F differs first at [%zu]\n", name,
+                   json_string_value(json_array_get(keys, k)), first);
+        }
+        free(want);
+    }
+
+    size_t n_live_end = 0;
+    for (size_t k = 0; k < K; k++) n_live_end += live[k];
+    printf("  tracker %s (%s, %s, ema every %lld, freeze every %lld, lambda %g): %zu chunks x "
+           "%zu steps, %zu measurements, %zu decisions, %zu live at the end\n",
+           prefix, cfg.drift.js_mode == FISHER_JS_RAW ? "raw" : "log",
+           cfg.metric == FISHER_METRIC_MEAN_JS ? "mean_js" : "total_variation",
+           (long long)cfg.ema_interval, (long long)cfg.freeze_interval, cfg.lambda, K, T,
+           measured, dec, n_live_end);
+    const diff_stat *all[] = {&s_js, &s_ema, &s_tv, &s_dec};
+    for (size_t i = 0; i < 4; i++)
+        printf("    %-28s n=%-5zu max |Δ| %.2e  (atol %.0e)%s\n", all[i]->name, all[i]->n,
+               all[i]->max_abs, TRACK_ATOL, all[i]->bad ? "  FAIL" : "");
+    printf("    frozen sets %zu/%zu equal, live %s, final ema_F %zu/%zu bit-identical\n",
+           dec - bad_sets, dec, bad_live ? "DIFFERS" : "identical at every step",
+           n_final - (bad_final > n_final ? n_final : bad_final), n_final);
+
+    size_t bad = s_js.bad + s_ema.bad + s_tv.bad + s_dec.bad + bad_sets + bad_live + bad_pattern +
+                 bad_final + (dec != D);
+    for (size_t k = 0; k < K; k++) fisher_chunk_drift_free(&d[k]), free(fisher[k]);
+    free(d), free(fisher), free(n), free(live), free(keep), free(scores), free(idx);
+    free(g_js), free(g_ema), free(g_tv), free(g_live), free(g_dec), free(g_frozen);
+    json_decref(keys);
+    fisher_safetensors_close(st);
+    if (dec != D) fail_msg("%zu decisions, reference %zu", dec, D);
+    if (bad) fail_msg("tracker %s: %zu mismatches", prefix, bad);
+}
+
+static void test_tracker_a(void **state) {
+    (void)state;
+    replay("a.");
+}
+
+static void test_tracker_b(void **state) {
+    (void)state;
+    replay("b.");
+}
+
+/* ------------------------------------------------------------------------ */
+/* (iii) The freezing rule at its edges                                     */
+/* ------------------------------------------------------------------------ */
+
+static void decide(const double *s, size_t n, double lambda, const uint8_t *want_keep,
+                   fisher_freeze_stats *fs) {
+    uint8_t keep[16];
+    memset(keep, 0xee, sizeof keep);
+    memset(fs, 0, sizeof *fs);
+    fisher_freeze_decide(s, n, lambda, keep, fs);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_true(keep[i] == 0 || keep[i] == 1);
+        if (want_keep) assert_int_equal(keep[i], want_keep[i]);
+        kept += keep[i];
+    }
+    assert_int_equal(fs->kept, kept);
+    assert_int_equal(fs->frozen, n - kept);
+    assert_true(fs->lambda == lambda);
+}
+
+static void test_freeze_edges(void **state) {
+    (void)state;
+    fisher_freeze_stats fs;
+
+    /* n = 1: mean = score, std = 0, threshold = score: kept. */
+    double one[] = {0.37};
+    decide(one, 1, 1.0, (uint8_t[]){1}, &fs);
+    assert_true(fs.mean == 0.37 && fs.std == 0 && fs.threshold == 0.37);
+
+    /* All equal and exactly representable: std 0, threshold = the score: all kept,
+     * for any lambda. */
+    double eq[] = {0.25, 0.25, 0.25, 0.25};
+    decide(eq, 4, 1.0, (uint8_t[]){1, 1, 1, 1}, &fs);
+    assert_true(fs.mean == 0.25 && fs.std == 0 && fs.threshold == 0.25);
+    decide(eq, 4, 1e6, (uint8_t[]){1, 1, 1, 1}, &fs);
+
+    /* All equal but not representable: numpy's mean of three 0.1 is
+     * 0.10000000000000002 > 0.1, so none reaches it and only the first
+     * stays; an exact mean would keep all three. Either is the rule applied
+     * to a rounded mean; the first chunk is kept in both. */
+    double tenth[] = {0.1, 0.1, 0.1};
+    decide(tenth, 3, 1.0, NULL, &fs);
+    assert_true(fs.kept == 1 || fs.kept == 3);
+    printf("  three equal scores 0.1: %zu kept (mean %.17g)\n", fs.kept, fs.mean);
+
+    /* Ties exactly at the threshold are kept (score >= threshold):
+     * {2, 2, 5, 5}: mean 3.5, std 1.5, threshold 5 with lambda 1. */
+    double ties[] = {2, 5, 2, 5};
+    decide(ties, 4, 1.0, (uint8_t[]){0, 1, 0, 1}, &fs);
+    assert_true(fs.mean == 3.5 && fs.std == 1.5 && fs.threshold == 5.0);
+    decide(ties, 4, 0.0, (uint8_t[]){0, 1, 0, 1}, &fs);
+    decide(ties, 4, -1.0, (uint8_t[]){1, 1, 1, 1}, &fs); /* threshold 2 */
+
+    /* lambda so large none reaches it: the single highest stays, the first
+     * among equals. */
+    double top[] = {0.3, 0.7, 0.1, 0.7};
+    decide(top, 4, 10.0, (uint8_t[]){0, 1, 0, 0}, &fs);
+    double first[] = {0.9, 0.2, 0.9};
+    decide(first, 3, 5.0, (uint8_t[]){1, 0, 0}, &fs);
+
+    /* Population std: {1, 2, 3, 4} has std sqrt(1.25). */
+    double four[] = {1, 2, 3, 4};
+    decide(four, 4, 1.0, (uint8_t[]){0, 0, 0, 1}, &fs);
+    assert_true(fabs(fs.std - sqrt(1.25)) <= 1e-15 && fs.mean == 2.5);
+    assert_true(fabs(fs.threshold - (2.5 + sqrt(1.25))) <= 1e-15);
+
+    /* n = 0 decides nothing. */
+    uint8_t keep0[1] = {0xee};
+    memset(&fs, 0, sizeof fs);
+    fisher_freeze_decide(one, 0, 1.0, keep0, &fs);
+    assert_int_equal(keep0[0], 0xee);
+    assert_int_equal(fs.kept, 0);
+    assert_int_equal(fs.frozen, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* (iv) The distance and the tracker at their edges                         */
+/* ------------------------------------------------------------------------ */
+
+static void test_js_basics(void **state) {
+    (void)state;
+    const float x[] = {0.5f, 0.25f, 3e-7f, 0.0f, 12.0f};
+    for (int mode = 0; mode < 2; mode++) {
+        /* No distance for an empty side. */
+        assert_true(isnan(fisher_js_distance(NULL, 0, NULL, 0, mode)));
+        assert_true(isnan(fisher_js_distance(NULL, 0, x, 5, mode)));
+        assert_true(isnan(fisher_js_distance(x, 5, NULL, 0, mode)));
+        /* Identical arrays: p = q = m exactly, so exactly 0. */
+        assert_true(fisher_js_distance(x, 5, x, 5, mode) == 0.0);
+        assert_true(fisher_js_distance(x, 1, x, 1, mode) == 0.0);
+        /* Symmetric, bit for bit: the range comes from both sides together. */
+        assert_true(fisher_js_distance(x, 5, x + 1, 3, mode) ==
+                    fisher_js_distance(x + 1, 3, x, 5, mode));
+    }
+    /* Raw mode, by hand: ref {1, 3}, cur {3, 3}, bins over [1, 3]; 3 is the
+     * closed last edge. p = (½, 0…0, ½), q = (0…0, 1), m = (¼, 0…0, ¾):
+     * JS² = ½(½ ln 2 + ½ ln ⅔) + ½ ln(4/3) = ¾ ln(4/3) (up to the 1e-12s). */
+    const float r1[] = {1, 3}, c1[] = {3, 3};
+    double want = sqrt(0.75 * log(4.0 / 3.0));
+    double got = fisher_js_distance(r1, 2, c1, 2, FISHER_JS_RAW);
+    printf("  raw {1,3} vs {3,3}: %.17g, by hand %.17g\n", got, want);
+    assert_true(fabs(got - want) <= 1e-10);
+    /* Raw mode with no finite value: no distance. */
+    const float inf1[] = {INFINITY}, nan1[] = {NAN};
+    assert_true(isnan(fisher_js_distance(inf1, 1, nan1, 1, FISHER_JS_RAW)));
+
+    /* Log mode, by hand: 100 zeros (log −12) against 100 × 1e4 (log 4): the
+     * 1st/99th percentiles are −12 and 4 exactly, all of p in bin 0 and all
+     * of q in the closed last bin: disjoint, JS = sqrt(ln 2). */
+    float *z = calloc(100, sizeof *z), *t = malloc(100 * sizeof *t);
+    for (int i = 0; i < 100; i++) t[i] = 1e4f;
+    got = fisher_js_distance(z, 100, t, 100, FISHER_JS_LOG);
+    printf("  log 100 zeros vs 100 x 1e4: %.17g, sqrt(ln 2) %.17g\n", got, sqrt(log(2.0)));
+    assert_true(fabs(got - sqrt(log(2.0))) <= 1e-10);
+    /* ... but one value each: the percentiles interpolate inside (−12, 4),
+     * so both values fall outside the bins and the histograms are equal. */
+    assert_true(fisher_js_distance(z, 1, t, 1, FISHER_JS_LOG) == 0.0);
+    free(z), free(t);
+}
+
+static void test_tracker_contract(void **state) {
+    (void)state;
+    fisher_drift_config cfg = fisher_drift_defaults();
+    assert_true(cfg.fisher_ema_decay == 0.9 && cfg.js_ema_decay == 0.9);
+    assert_int_equal(cfg.js_mode, FISHER_JS_LOG);
+
+    fisher_chunk_drift d;
+    memset(&d, 0, sizeof d);
+    fisher_error err = {{0}};
+    const float a[] = {1, 2, 3, 4}, b[] = {1, 2, 3, 8}, c[] = {1, 2, 3, 4, 5};
+    double js = -1;
+    /* First measurement: ema_F = cur, js 0, everything 0, count 1. */
+    assert_int_equal(fisher_chunk_drift_update(&d, a, 4, 0, &cfg, &js, &err), 0);
+    assert_true(js == 0 && d.js_ema == 0 && d.total_variation == 0 && d.js_sum == 0);
+    assert_int_equal(d.js_count, 1);
+    assert_memory_equal(d.ema_F, a, sizeof a);
+    /* Second: js against the EMA before the update; ema in float32. */
+    double want_js = fisher_js_distance(a, 4, b, 4, FISHER_JS_LOG);
+    assert_int_equal(fisher_chunk_drift_update(&d, b, 4, 5, &cfg, &js, &err), 0);
+    assert_true(js == want_js);
+    float d32 = (float)0.9, e32 = (float)(1 - 0.9);
+    for (int i = 0; i < 4; i++) {
+        float w = d32 * a[i] + e32 * b[i];
+        assert_memory_equal(&d.ema_F[i], &w, sizeof w);
+    }
+    double je = 0.9 * 0 + (1 - 0.9) * want_js;
+    assert_true(fabs(d.js_ema - je) <= 1e-15 && fabs(d.total_variation - je) <= 1e-15);
+    assert_true(fabs(d.js_sum - je) <= 1e-15);
+    assert_int_equal(d.js_count, 2);
+    assert_true(fabs(fisher_chunk_drift_score(&d, FISHER_METRIC_MEAN_JS) - je / 2) <= 1e-15);
+    assert_true(fisher_chunk_drift_score(&d, FISHER_METRIC_TOTAL_VARIATION) ==
+                d.total_variation);
+    /* A chunk does not change size. */
+    assert_int_equal(fisher_chunk_drift_update(&d, c, 5, 6, &cfg, NULL, &err), -1);
+    assert_true(err.msg[0] != 0);
+    printf("  size change refused: %s\n", err.msg);
+    fisher_chunk_drift_free(&d);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_js_golden),    cmocka_unit_test(test_tracker_a),
+        cmocka_unit_test(test_tracker_b),    cmocka_unit_test(test_freeze_edges),
+        cmocka_unit_test(test_js_basics),    cmocka_unit_test(test_tracker_contract),
+    };
+    return cmocka_run_group_tests_name("drift", tests, NULL, NULL);
+}
