@@ -90,6 +90,9 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *re
 /* 1 for every live element, 0 for frozen ones, in the parameter layout. */
 const uint8_t *fisher_method_live_mask(const fisher_method *fm);
 
+/* per_tensor[i] = 1 when tensor i still has a live chunk, else 0. */
+void fisher_method_tensor_live(const fisher_method *fm, uint8_t *per_tensor);
+
 /* The Fisher of chunk c under the current estimator state, into out (size). */
 void fisher_method_chunk_fisher(const fisher_method *fm, size_t c, float *out);
 

@@ -22,6 +22,7 @@
 #include "segformer.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,6 +264,8 @@ struct fisher_segformer {
     int *layer_of;                           /* parameter tensor index -> its layer */
     float *stats_data;                       /* every layer's H and S */
     int collect_stats;
+    uint8_t *trainable;                      /* per tensor: 0 = its gradient is never needed */
+    int earliest;                            /* depth of the first layer with a trainable tensor */
     float *param_data, *grad_data, *buffer_data;
     int64_t num_batches_tracked;
     stage_params stages[FISHER_STAGES];
@@ -287,8 +290,21 @@ struct fisher_segformer {
 static float *P(fisher_segformer *m, int i) {
     return i == NONE ? NULL : m->param_data + m->params.tensors[i].offset;
 }
+/* A tensor's gradient buffer, or NULL when it does not train: the layer's
+ * backward then skips its weight-gradient work (FISHERADAPTUNE.md §8). */
 static float *G(fisher_segformer *m, int i) {
-    return i == NONE ? NULL : m->grad_data + m->params.tensors[i].offset;
+    return i == NONE || !m->trainable[i] ? NULL : m->grad_data + m->params.tensors[i].offset;
+}
+
+/* Whether some layer before the one owning tensor w trains, so that the
+ * gradient must flow on below w's layer. */
+static int flows_below(const fisher_segformer *m, int w) {
+    return m->earliest < m->layers[m->layer_of[w]].depth;
+}
+
+/* Whether w's layer or one before it trains: the pass must reach it. */
+static int flows_below_or_at(const fisher_segformer *m, int w) {
+    return m->earliest <= m->layers[m->layer_of[w]].depth;
 }
 
 /* Registers `prefix.weight` (shape) and, when bias_len > 0, `prefix.bias`. */
@@ -411,8 +427,12 @@ static int finish_layers(fisher_segformer *m, fisher_error *err) {
     size_t total = 0;
     for (int i = 0; i < m->n_layers; i++) total += m->layers[i].h_len + m->layers[i].s_len;
     m->layer_of = malloc((size_t)m->params.count * sizeof *m->layer_of);
+    m->trainable = malloc((size_t)m->params.count);
+    if (m->trainable) memset(m->trainable, 1, (size_t)m->params.count);
+    m->earliest = 0;
     m->stats_data = calloc(total, sizeof(float));
-    if (!m->layer_of || !m->stats_data) return fisher_errorf(err, "out of memory building the model");
+    if (!m->layer_of || !m->stats_data || !m->trainable)
+        return fisher_errorf(err, "out of memory building the model");
     float *at = m->stats_data;
     for (int i = 0; i < m->n_layers; i++) {
         fisher_layer *l = &m->layers[i];
@@ -474,6 +494,7 @@ void fisher_segformer_free(fisher_segformer *m) {
     fisher_table_free(&m->buffers);
     free(m->layers);
     free(m->layer_of);
+    free(m->trainable);
     free(m->stats_data);
     free(m->param_data);
     free(m->grad_data);
@@ -494,6 +515,15 @@ size_t fisher_segformer_layers(const fisher_segformer *m, const fisher_layer **l
 }
 
 void fisher_segformer_collect_stats(fisher_segformer *m, int on) { m->collect_stats = on; }
+
+void fisher_segformer_set_trainable(fisher_segformer *m, const uint8_t *per_tensor) {
+    m->earliest = INT_MAX;
+    for (int i = 0; i < m->params.count; i++) {
+        m->trainable[i] = per_tensor ? per_tensor[i] != 0 : 1;
+        int depth = m->layers[m->layer_of[i]].depth;
+        if (m->trainable[i] && depth < m->earliest) m->earliest = depth;
+    }
+}
 
 size_t fisher_segformer_activation_bytes(const fisher_segformer *m) {
     return m->act_floats * sizeof(float);
@@ -868,7 +898,10 @@ static void zero(float *p, size_t n) { memset(p, 0, n * sizeof *p); }
 
 /* The layer owning tensor `weight` when this backward collects statistics, else NULL. */
 static fisher_layer *stats_for(fisher_segformer *m, int weight) {
-    return m->collect_stats ? &m->layers[m->layer_of[weight]] : NULL;
+    if (!m->collect_stats) return NULL;
+    fisher_layer *l = &m->layers[m->layer_of[weight]];
+    int trains = m->trainable[l->weight] || (l->bias != NONE && m->trainable[l->bias]);
+    return trains ? l : NULL; /* a layer with no live chunk needs no statistics */
 }
 
 /* dres holds d(block output) on entry and d(block input) on return. */
@@ -908,12 +941,11 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
     if (m->collect_stats) {
         fisher_layer *q = stats_for(m, p->q_w), *k = stats_for(m, p->k_w), *v = stats_for(m, p->v_w);
         fisher_layer *o = stats_for(m, p->o_w);
-        st = (fisher_esa_stats){.q_H = q->H, .q_S = q->S, .k_H = k->H, .k_S = k->S, .v_H = v->H,
-                                .v_S = v->S, .o_H = o->H, .o_S = o->S};
-        if (p->sr_w != NONE) {
-            fisher_layer *sr = stats_for(m, p->sr_w), *srln = stats_for(m, p->sr_ln_w);
-            st.sr_H = sr->H, st.sr_S = sr->S, st.sr_ln_H = srln->H, st.sr_ln_S = srln->S;
-        }
+        fisher_layer *sr = p->sr_w != NONE ? stats_for(m, p->sr_w) : NULL;
+        fisher_layer *srln = p->sr_w != NONE ? stats_for(m, p->sr_ln_w) : NULL;
+#define HS(l, f) st.f##_H = l ? l->H : NULL, st.f##_S = l ? l->S : NULL
+        HS(q, q), HS(k, k), HS(v, v), HS(o, o), HS(sr, sr), HS(srln, sr_ln);
+#undef HS
         stp = &st;
     }
     zero(g->ln, nc);
@@ -953,8 +985,10 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
     int B = m->B, D = c->decoder_hidden_size, L = c->num_labels;
     int h0 = m->acts[0].h, w0 = m->acts[0].w, N0 = m->acts[0].N;
     size_t nd = (size_t)B * N0 * D;
+    if (m->earliest == INT_MAX) return 0; /* nothing trains */
 
-    /* decode head, top down */
+    /* Decode head, top down. Below the earliest layer that trains nothing
+     * needs a gradient: each `flows_below` check ends the pass there. */
     zero(g->logits, (size_t)B * N0 * L);
     fisher_resize_bilinear_backward(g->logits, dlogits, B, h0, w0, L, m->H, m->W);
     fisher_layer *l;
@@ -963,19 +997,24 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         fisher_conv2d_dims_init(&d1, B, h0, w0, D, L, 1, 1, 1, 0, 1);
         fisher_stats_conv(l->H, l->S, m->relu, g->logits, &d1, 1);
     }
-    zero(g->relu, nd);
-    fisher_linear_backward(g->relu, G(m, m->cls_w), G(m, m->cls_b), g->logits, m->relu,
-                           P(m, m->cls_w), B * N0, D, L);
+    int flows = flows_below(m, m->cls_w);
+    if (flows) zero(g->relu, nd);
+    fisher_linear_backward(flows ? g->relu : NULL, G(m, m->cls_w), G(m, m->cls_b), g->logits,
+                           m->relu, P(m, m->cls_w), B * N0, D, L);
+    if (!flows) return 0;
     zero(g->bn, nd);
     fisher_relu_backward(g->bn, g->relu, m->relu, nd);
     if ((l = stats_for(m, m->bn_w))) fisher_stats_batchnorm(l->H, l->S, m->fuse, g->bn, B, N0, D);
-    zero(g->fuse, nd);
-    fisher_batchnorm_backward(g->fuse, G(m, m->bn_w), G(m, m->bn_b), g->bn, m->fuse, P(m, m->bn_w),
-                              m->bn_mean_b, m->bn_rstd_b, B * N0, D);
+    flows = flows_below(m, m->bn_w);
+    if (flows) zero(g->fuse, nd);
+    fisher_batchnorm_backward(flows ? g->fuse : NULL, G(m, m->bn_w), G(m, m->bn_b), g->bn, m->fuse,
+                              P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B * N0, D);
+    if (!flows) return 0;
     /* the stage-wise fuse of the forward, in reverse: stage s's share of
      * d(fuse) is resized back to its resolution, then through W_s and lc_s */
     if ((l = stats_for(m, m->fuse_w))) fuse_stats(m, l);
     float *dfuse_w = G(m, m->fuse_w);
+    int to_lc = flows_below(m, m->fuse_w), to_encoder = flows_below(m, m->lc_w[0]);
     for (int s = 0; s < FISHER_STAGES; s++) {
         stage_acts *sa = &m->acts[s];
         size_t col = (size_t)(FISHER_STAGES - 1 - s) * D;
@@ -985,15 +1024,19 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
             zero(dz, (size_t)B * sa->N * D);
             fisher_resize_bilinear_backward(dz, g->fuse, B, sa->h, sa->w, D, h0, w0);
         }
-        zero(g->lc[s], (size_t)B * sa->N * D);
-        fisher_linear_slice_backward(g->lc[s], dfuse_w ? dfuse_w + col : NULL, dz, m->lc[s],
-                                     P(m, m->fuse_w) + col, FISHER_STAGES * D, B * sa->N, D, D);
+        if (to_lc) zero(g->lc[s], (size_t)B * sa->N * D);
+        fisher_linear_slice_backward(to_lc ? g->lc[s] : NULL, dfuse_w ? dfuse_w + col : NULL, dz,
+                                     m->lc[s], P(m, m->fuse_w) + col, FISHER_STAGES * D,
+                                     B * sa->N, D, D);
+        if (!to_lc) continue;
         if ((l = stats_for(m, m->lc_w[s])))
             fisher_stats_linear(l->H, l->S, sa->out, g->lc[s], B * sa->N, c->hidden_sizes[s], D, 1);
-        zero(g->stage_out[s], (size_t)B * sa->N * c->hidden_sizes[s]);
-        fisher_linear_backward(g->stage_out[s], G(m, m->lc_w[s]), G(m, m->lc_b[s]), g->lc[s],
-                               sa->out, P(m, m->lc_w[s]), B * sa->N, c->hidden_sizes[s], D);
+        if (to_encoder) zero(g->stage_out[s], (size_t)B * sa->N * c->hidden_sizes[s]);
+        fisher_linear_backward(to_encoder ? g->stage_out[s] : NULL, G(m, m->lc_w[s]),
+                               G(m, m->lc_b[s]), g->lc[s], sa->out, P(m, m->lc_w[s]), B * sa->N,
+                               c->hidden_sizes[s], D);
     }
+    if (!to_encoder) return 0;
 
     /* encoder, deepest stage first; a stage's input gradient lands in the
      * previous stage's output gradient (already holding the decoder's part) */
@@ -1003,13 +1046,17 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         int C = c->hidden_sizes[s], N = sa->N, depth = c->depths[s];
         size_t nc = (size_t)B * N * C;
         const float *last = sa->blocks[depth - 1].out;
+        if (!flows_below_or_at(m, sp->ln_w)) return 0; /* this stage and all below are frozen */
         if ((l = stats_for(m, sp->ln_w)))
             fisher_stats_layernorm(l->H, l->S, last, g->stage_out[s], B, N, C);
         zero(g->res, nc);
         fisher_layernorm_backward(g->res, G(m, sp->ln_w), G(m, sp->ln_b), g->stage_out[s], last,
                                   P(m, sp->ln_w), sa->out_mean, sa->out_rstd, B * N, C);
-        for (int j = depth - 1; j >= 0; j--)
+        for (int j = depth - 1; j >= 0; j--) {
+            if (!flows_below_or_at(m, sp->blocks[j].fc2_w)) return 0;
             block_backward(m, s, j, j ? sa->blocks[j - 1].out : sa->x0, g->res);
+        }
+        if (!flows_below_or_at(m, sp->patch_ln_w)) return 0;
         if ((l = stats_for(m, sp->patch_ln_w)))
             fisher_stats_layernorm(l->H, l->S, sa->patch_out, g->res, B, N, C);
         zero(g->patch, nc);
@@ -1018,8 +1065,9 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
                                   B * N, C);
         const float *inp = s ? m->acts[s - 1].out : m->images;
         if ((l = stats_for(m, sp->patch_w))) fisher_stats_conv(l->H, l->S, inp, g->patch, &sa->patch, 1);
-        fisher_conv2d_backward(s ? g->stage_out[s - 1] : NULL, G(m, sp->patch_w), G(m, sp->patch_b),
-                               g->conv, g->patch, inp, P(m, sp->patch_w), &sa->patch);
+        fisher_conv2d_backward(s && flows_below(m, sp->patch_w) ? g->stage_out[s - 1] : NULL,
+                               G(m, sp->patch_w), G(m, sp->patch_b), g->conv, g->patch, inp,
+                               P(m, sp->patch_w), &sa->patch);
     }
     return 0;
 }

@@ -142,6 +142,13 @@ size_t fisher_segformer_layers(const fisher_segformer *m, const fisher_layer **l
  * from the activations and output gradients it already holds. */
 void fisher_segformer_collect_stats(fisher_segformer *m, int on);
 
+/* Which tensors train (per_tensor[i] != 0; NULL: all). The backward then
+ * computes no gradient for the others (their weight-gradient products are
+ * skipped), collects statistics only for layers that train, and stops
+ * propagating below the earliest layer that does. Gradients of tensors that
+ * do not train are left untouched. */
+void fisher_segformer_set_trainable(fisher_segformer *m, const uint8_t *per_tensor);
+
 /* Bytes of activation memory held after prepare (for reports). */
 size_t fisher_segformer_activation_bytes(const fisher_segformer *m);
 

@@ -60,10 +60,16 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
     t->strategy = strategy;
     t->dice_weight = dice_weight;
     t->params_trainable = tab->total;
+    t->skip_frozen_work = 1;
     t->n_logits = (size_t)B * H * W * (size_t)fisher_segformer_get_config(m)->num_labels;
     t->dlogits = malloc(t->n_logits * sizeof(float));
     if (!t->dlogits) return fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
     if (fisher_adamw_init(&t->opt, tab->total, optim, err)) goto fail;
+    if (!(t->tensor_trains = malloc((size_t)tab->count))) {
+        fisher_errorf(err, "out of memory");
+        goto fail;
+    }
+    memset(t->tensor_trains, 1, (size_t)tab->count);
     if (strategy == FISHER_STRATEGY_FISHER) {
         fisher_method_config defaults = fisher_method_defaults();
         if (!(t->method = fisher_method_create(m, method ? method : &defaults, err))) goto fail;
@@ -73,11 +79,12 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
             goto fail;
         }
         t->params_trainable = 0;
-        for (int i = 0; i < tab->count; i++)
-            if (recipe_trains(m, strategy, i)) {
-                memset(t->trainable + tab->tensors[i].offset, 1, tab->tensors[i].numel);
-                t->params_trainable += tab->tensors[i].numel;
-            }
+        for (int i = 0; i < tab->count; i++) {
+            t->tensor_trains[i] = (uint8_t)recipe_trains(m, strategy, i);
+            if (!t->tensor_trains[i]) continue;
+            memset(t->trainable + tab->tensors[i].offset, 1, tab->tensors[i].numel);
+            t->params_trainable += tab->tensors[i].numel;
+        }
     }
     fisher_segformer_collect_stats(m, strategy == FISHER_STRATEGY_FISHER);
     return 0;
@@ -87,7 +94,12 @@ fail:
 }
 
 void fisher_trainer_free(fisher_trainer *t) {
-    if (t->model) fisher_segformer_collect_stats(t->model, 0);
+    if (t->model) {
+        fisher_segformer_collect_stats(t->model, 0);
+        fisher_segformer_set_trainable(t->model, NULL);
+    }
+    free(t->tensor_trains);
+    t->tensor_trains = NULL;
     fisher_adamw_free(&t->opt);
     fisher_method_free(t->method);
     free(t->trainable);
@@ -98,6 +110,8 @@ void fisher_trainer_free(fisher_trainer *t) {
 int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,
                         fisher_error *err) {
     fisher_segformer *m = t->model;
+    /* what needs gradients this step; NULL (all) for the plain computation */
+    fisher_segformer_set_trainable(m, t->skip_frozen_work ? t->tensor_trains : NULL);
     fisher_segformer_zero_grad(m);
     const float *logits = fisher_segformer_forward(m, images, 1);
     *loss = fisher_seg_loss(t->dlogits, logits, masks, t->n_logits, t->dice_weight);
@@ -106,7 +120,10 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     if (t->method) {
         if (fisher_method_step(t->method, t->step, &t->report, err)) return -1;
         live = fisher_method_live_mask(t->method);
-        if (t->report.n_frozen) fisher_adamw_zero_frozen(&t->opt, live);
+        if (t->report.n_frozen) {
+            fisher_adamw_zero_frozen(&t->opt, live);
+            fisher_method_tensor_live(t->method, t->tensor_trains);
+        }
         t->params_trainable = t->report.params_live;
     }
     fisher_adamw_step_masked(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m),

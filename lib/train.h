@@ -53,6 +53,9 @@ typedef struct {
     fisher_method_report report; /* what the method decided at the last step */
     uint8_t *trainable;        /* fixed recipes: 1 per trainable element; NULL for full */
     size_t params_trainable;   /* elements that train now */
+    int skip_frozen_work;      /* 1 (default): frozen tensors cost no gradient work (§8);
+                                * 0: the plain masked computation, for comparison */
+    uint8_t *tensor_trains;    /* per tensor, what the model was last told */
     int64_t step;              /* steps taken */
     float *dlogits;            /* (B, H, W, labels) */
     size_t n_logits;

@@ -170,6 +170,48 @@ static void test_recipes_train_their_tensors(void **state) {
     assert_int_equal(fisher_strategy_parse("lora"), -1);
 }
 
+/* §8: skipping the work of frozen parts (no weight gradients for frozen
+ * tensors, no back-propagation below the earliest trainable layer, no
+ * statistics for frozen layers) must give what the plain masked computation
+ * gives. Both train from the same start for 9 steps: fisher with a decision
+ * every 3 steps (so tensors freeze whole along the way) and the recipes. */
+static void test_skipping_frozen_work_changes_nothing(void **state) {
+    (void)state;
+    const fisher_strategy strategies[] = {FISHER_STRATEGY_FISHER, FISHER_STRATEGY_DECODER,
+                                          FISHER_STRATEGY_NORM, FISHER_STRATEGY_BITFIT};
+    float *images = malloc(2 * 64 * 64 * 3 * sizeof(float)), *masks = malloc(2 * 64 * 64 * sizeof(float));
+    for (size_t k = 0; k < sizeof strategies / sizeof *strategies; k++) {
+        fisher_error err = {{0}};
+        fisher_method_config cfg = fisher_method_defaults();
+        cfg.ema_interval = 1, cfg.freeze_interval = 3, cfg.lambda = 0.0;
+        fisher_adamw_config opt = fisher_adamw_defaults();
+        opt.lr = 1e-3f;
+        fisher_segformer *m[2];
+        fisher_trainer t[2];
+        for (int way = 0; way < 2; way++) {
+            m[way] = tiny();
+            assert_int_equal(fisher_trainer_init(&t[way], m[way], 2, 64, 64, opt, 0.65f, strategies[k], &cfg, &err), 0);
+            t[way].skip_frozen_work = way;
+        }
+        for (int step = 0; step < 9; step++) {
+            batch(images, masks, step);
+            float loss[2];
+            for (int way = 0; way < 2; way++)
+                assert_int_equal(fisher_trainer_step(&t[way], images, masks, &loss[way], &err), 0);
+            assert_true(loss[0] == loss[1]);
+        }
+        size_t n = fisher_segformer_params(m[0])->total;
+        char name[64];
+        snprintf(name, sizeof name, "%s: masked vs skipping, parameters", fisher_strategy_name(strategies[k]));
+        assert_close(name, fisher_segformer_param_data(m[1]), fisher_segformer_param_data(m[0]), n, 1e-6, 0);
+        assert_int_equal(t[0].params_trainable, t[1].params_trainable);
+        printf("  %s: %zu of %zu parameters still train\n", fisher_strategy_name(strategies[k]),
+               t[1].params_trainable, n);
+        for (int way = 0; way < 2; way++) fisher_trainer_free(&t[way]), fisher_segformer_free(m[way]);
+    }
+    free(images), free(masks);
+}
+
 static double max_abs_f(const float *x, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) m = fmax(m, fabs(x[i]));
@@ -240,6 +282,7 @@ int main(void) {
         cmocka_unit_test(test_layer_statistics_match_hooks),
         cmocka_unit_test(test_frozen_elements_never_move),
         cmocka_unit_test(test_recipes_train_their_tensors),
+        cmocka_unit_test(test_skipping_frozen_work_changes_nothing),
     };
     return cmocka_run_group_tests_name("fisher", tests, NULL, NULL);
 }
