@@ -236,9 +236,18 @@ static void freeze_chunk(fisher_method *fm, size_t c, int64_t step) {
     fm->chunks_live--;
 }
 
+int fisher_method_needs_stats(const fisher_method *fm, int64_t step) {
+    if (fm->cfg.estimator != FISHER_ESTIMATOR_REFERENCE) return 1;
+    return step == 0 || step % fm->cfg.ema_interval == 0;
+}
+
+void fisher_method_freeze(fisher_method *fm, size_t c, int64_t step) {
+    if (c < fm->n_chunks && fm->chunks[c].live) freeze_chunk(fm, c, step);
+}
+
 int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r, fisher_error *err) {
     memset(r, 0, sizeof *r);
-    update_estimator(fm);
+    if (fisher_method_needs_stats(fm, step)) update_estimator(fm);
     r->js = fm->js, r->js_ema = fm->js_ema, r->frozen = fm->frozen;
     if (step == 0) {
         for (size_t c = 0; c < fm->n_chunks; c++) {

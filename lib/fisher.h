@@ -82,6 +82,12 @@ void fisher_method_free(fisher_method *fm);
 
 size_t fisher_method_chunks(const fisher_method *fm, const fisher_chunk **chunks);
 
+/* Whether step `step` reads the layers' statistics: every step for the
+ * ema and empirical estimators (they carry memory); for the reference
+ * estimator, which keeps none, only at step 0 and when drift is measured —
+ * on other steps the statistics would be computed and thrown away. */
+int fisher_method_needs_stats(const fisher_method *fm, int64_t step);
+
 /* Runs steps 1–4 above for training step `step` (0-based) on the statistics
  * and gradients of the backward just done. */
 int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *report,
@@ -89,6 +95,9 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *re
 
 /* 1 for every live element, 0 for frozen ones, in the parameter layout. */
 const uint8_t *fisher_method_live_mask(const fisher_method *fm);
+
+/* Freezes chunk c (if live) at `step`, as a decision would. */
+void fisher_method_freeze(fisher_method *fm, size_t c, int64_t step);
 
 /* per_tensor[i] = 1 when tensor i still has a live chunk, else 0. */
 void fisher_method_tensor_live(const fisher_method *fm, uint8_t *per_tensor);

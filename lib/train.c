@@ -86,7 +86,6 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
             t->params_trainable += tab->tensors[i].numel;
         }
     }
-    fisher_segformer_collect_stats(m, strategy == FISHER_STRATEGY_FISHER);
     return 0;
 fail:
     fisher_trainer_free(t);
@@ -112,6 +111,7 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     fisher_segformer *m = t->model;
     /* what needs gradients this step; NULL (all) for the plain computation */
     fisher_segformer_set_trainable(m, t->skip_frozen_work ? t->tensor_trains : NULL);
+    fisher_segformer_collect_stats(m, t->method && fisher_method_needs_stats(t->method, t->step));
     fisher_segformer_zero_grad(m);
     const float *logits = fisher_segformer_forward(m, images, 1);
     *loss = fisher_seg_loss(t->dlogits, logits, masks, t->n_logits, t->dice_weight);
@@ -129,6 +129,18 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     fisher_adamw_step_masked(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m),
                              live);
     t->step++;
+    return 0;
+}
+
+int fisher_trainer_freeze(fisher_trainer *t, const size_t *chunks, size_t n, fisher_error *err) {
+    if (!t->method) return fisher_errorf(err, "only the fisher strategy freezes chunks");
+    for (size_t i = 0; i < n; i++) fisher_method_freeze(t->method, chunks[i], t->step);
+    fisher_adamw_zero_frozen(&t->opt, fisher_method_live_mask(t->method));
+    fisher_method_tensor_live(t->method, t->tensor_trains);
+    const fisher_chunk *all;
+    size_t total = fisher_method_chunks(t->method, &all);
+    t->params_trainable = 0;
+    for (size_t c = 0; c < total; c++) t->params_trainable += all[c].live ? all[c].size : 0;
     return 0;
 }
 

@@ -76,6 +76,12 @@ void fisher_trainer_free(fisher_trainer *t);
 int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,
                         fisher_error *err);
 
+/* Freezes the given chunks now (strategy fisher only), with everything a
+ * decision does: moments zeroed, gradient work of whole frozen tensors
+ * skipped from the next step. For imposing a freezing schedule (benchmarks,
+ * tests). Returns 0, or -1 for another strategy. */
+int fisher_trainer_freeze(fisher_trainer *t, const size_t *chunks, size_t n, fisher_error *err);
+
 /* Evaluates m in inference mode (BatchNorm on running statistics) over
  * `batches` batches of (B, H, W) from next_batch: the metrics of all their
  * real pixels together, and the mean per-sample loss. Returns 0, or -1. */
