@@ -103,7 +103,8 @@ void fisher_trainer_free(fisher_trainer *t) {
     fisher_method_free(t->method);
     free(t->trainable);
     free(t->dlogits);
-    t->method = NULL, t->trainable = NULL, t->dlogits = NULL;
+    /* freeing twice is harmless, and must not touch a model freed meanwhile */
+    t->method = NULL, t->trainable = NULL, t->dlogits = NULL, t->model = NULL;
 }
 
 int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,

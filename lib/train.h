@@ -68,6 +68,8 @@ typedef struct {
 int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
                         fisher_adamw_config optim, float dice_weight, fisher_strategy strategy,
                         const fisher_method_config *method, fisher_error *err);
+/* Releases what init allocated and detaches from the model; a second call
+ * does nothing. */
 void fisher_trainer_free(fisher_trainer *t);
 /* One step on images (B, H, W, C) and masks; the batch's loss in *loss.
  * In the order of FISHERADAPTUNE.md §6: forward, loss, backward, Fisher

@@ -104,6 +104,21 @@ static void test_failing_batch_fails_the_run(void **state) {
     fisher_segformer_free(m);
 }
 
+/* Cleanup paths free a trainer twice, sometimes after its model is gone:
+ * the second call must touch nothing (found by ASan in bench_step). */
+static void test_trainer_free_twice(void **state) {
+    (void)state;
+    fisher_error err = {{0}};
+    fisher_segformer *m = tiny();
+    fisher_trainer t;
+    assert_int_equal(fisher_trainer_init(&t, m, 2, 32, 32, fisher_adamw_defaults(), 0.65f,
+                                         FISHER_STRATEGY_FISHER, NULL, &err), 0);
+    fisher_trainer_free(&t);
+    fisher_segformer_free(m);
+    fisher_trainer_free(&t);
+    assert_null(t.model);
+}
+
 static void test_synthetic_data_is_deterministic(void **state) {
     (void)state;
     float a[32 * 48 * 3], b[32 * 48 * 3], ma[32 * 48], mb[32 * 48];
@@ -120,6 +135,7 @@ int main(void) {
         cmocka_unit_test(test_training_learns),
         cmocka_unit_test(test_cancel_stops_between_steps),
         cmocka_unit_test(test_failing_batch_fails_the_run),
+        cmocka_unit_test(test_trainer_free_twice),
         cmocka_unit_test(test_synthetic_data_is_deterministic),
     };
     return cmocka_run_group_tests_name("train", tests, NULL, NULL);
