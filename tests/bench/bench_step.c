@@ -22,6 +22,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -48,12 +49,15 @@
 typedef struct {
     const char *config;
     long size, batch, threads, warmup, reps;
+    const char *strategy;      /* full | fisher | decoder | norm | bitfit */
+    long ema_interval;         /* fisher: steps between drift measurements */
+    double frozen;             /* fisher: fraction of chunks frozen before timing, earliest layers first */
 } bench_args;
 
 
 static void usage(FILE *out) {
     fprintf(out, "usage: bench_step --config NAME --size N --batch B --threads T --warmup W "
-                 "--reps R\n");
+                 "--reps R [--strategy S] [--ema-interval N] [--frozen FRACTION]\n");
 }
 
 /* Parses a whole-string number in [lo, hi]; prints a precise error otherwise. */
@@ -76,9 +80,11 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         {"config", required_argument, 0, 'c'}, {"size", required_argument, 0, 's'},
         {"batch", required_argument, 0, 'b'},  {"threads", required_argument, 0, 't'},
         {"warmup", required_argument, 0, 'w'}, {"reps", required_argument, 0, 'r'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+        {"strategy", required_argument, 0, 'S'}, {"ema-interval", required_argument, 0, 'E'},
+        {"frozen", required_argument, 0, 'F'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
-    *a = (bench_args){"tiny", 64, 8, 1, 2, 5};
+    *a = (bench_args){"tiny", 64, 8, 1, 2, 5, "full", 1, 0.0};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -89,6 +95,15 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         case 't': bad = parse_long("--threads", optarg, 1, 256, &a->threads); break;
         case 'w': bad = parse_long("--warmup", optarg, 0, 1000, &a->warmup); break;
         case 'r': bad = parse_long("--reps", optarg, 1, 1000, &a->reps); break;
+        case 'S': a->strategy = optarg; break;
+        case 'E': bad = parse_long("--ema-interval", optarg, 1, 1000000000, &a->ema_interval); break;
+        case 'F': {
+            char *end;
+            a->frozen = strtod(optarg, &end);
+            bad = *end || !(a->frozen >= 0 && a->frozen < 1);
+            if (bad) fprintf(stderr, "bench_step: --frozen must be a fraction in [0, 1)\n");
+            break;
+        }
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return 2;
         }
@@ -96,6 +111,14 @@ static int parse_args(bench_args *a, int argc, char **argv) {
     }
     if (optind < argc) {
         fprintf(stderr, "bench_step: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (fisher_strategy_parse(a->strategy) < 0) {
+        fprintf(stderr, "bench_step: unknown --strategy '%s'\n", a->strategy);
+        return 2;
+    }
+    if (a->frozen > 0 && strcmp(a->strategy, "fisher") != 0) {
+        fprintf(stderr, "bench_step: --frozen needs --strategy fisher\n");
         return 2;
     }
     return 0;
@@ -159,13 +182,16 @@ static double peak_rss_mb(void) {
 
 /* Prints the result line; ms holds reps step times. Returns 0 or -1. */
 static int print_result(const bench_args *a, const double *ms, double maxrss_mb,
-                        double sgemm_gflops, int sgemm_n) {
+                        double sgemm_gflops, int sgemm_n, size_t trainable, size_t parameters) {
     json_t *steps = json_array();
     for (long i = 0; i < a->reps; i++) json_array_append_new(steps, json_real(ms[i]));
-    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:o, s:f, s:f, s:i}", "impl", "c", "config",
-                          a->config, "size", (int)a->size, "batch", (int)a->batch, "threads",
-                          (int)a->threads, "step_ms", steps, "maxrss_mb", maxrss_mb,
-                          "sgemm_gflops", sgemm_gflops, "sgemm_n", sgemm_n);
+    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:o, s:f, s:f, s:i, s:s, s:i, s:f, s:I, s:I}",
+                          "impl", "c", "config", a->config, "size", (int)a->size, "batch",
+                          (int)a->batch, "threads", (int)a->threads, "step_ms", steps, "maxrss_mb",
+                          maxrss_mb, "sgemm_gflops", sgemm_gflops, "sgemm_n", sgemm_n, "strategy",
+                          a->strategy, "ema_interval", (int)a->ema_interval, "frozen", a->frozen,
+                          "params_trainable", (json_int_t)trainable, "parameters",
+                          (json_int_t)parameters);
     /* Six significant digits: the timer resolves microseconds at best. */
     char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6))
                    : NULL;
@@ -196,20 +222,43 @@ int main(int argc, char **argv) {
     int B = (int)a.batch, H = (int)a.size, W = (int)a.size;
     size_t npix = (size_t)B * H * W, nlab = npix * (size_t)cfg.num_labels;
     fisher_segformer *m = NULL;
-    fisher_adamw opt = {0};
+    fisher_trainer t = {0};
     float *images = malloc(npix * (size_t)cfg.num_channels * sizeof(float));
-    float *masks = malloc(nlab * sizeof(float)), *dlogits = malloc(nlab * sizeof(float));
+    float *masks = malloc(nlab * sizeof(float));
     double *ms = malloc((size_t)a.reps * sizeof(double));
+    size_t *order = NULL;
     rc = 1;
-    if (!images || !masks || !dlogits || !ms) {
+    if (!images || !masks || !ms) {
         fprintf(stderr, "bench_step: out of memory for a batch of %d at %dx%d\n", B, H, W);
         goto out;
     }
     if (!(m = fisher_segformer_create(&cfg, &err))) goto fail;
     fisher_segformer_init_random(m, 0);
-    if (fisher_segformer_prepare(m, B, H, W, &err)) goto fail;
-    if (fisher_adamw_init(&opt, fisher_segformer_params(m)->total, fisher_adamw_defaults(), &err))
+    /* The step is the trainer's, the one fisherd runs: with --strategy fisher
+     * that includes the Fisher statistics and, every --ema-interval steps,
+     * the drift of every live chunk; decisions are kept out of the timed
+     * steps (freeze interval beyond them) so the freezing is what --frozen says. */
+    fisher_method_config method = fisher_method_defaults();
+    method.ema_interval = a.ema_interval;
+    method.freeze_interval = 1000000000;
+    if (fisher_trainer_init(&t, m, B, H, W, fisher_adamw_defaults(), FISHER_DICE_WEIGHT_DEFAULT,
+                            (fisher_strategy)fisher_strategy_parse(a.strategy), &method, &err))
         goto fail;
+    if (a.frozen > 0) { /* the way the method freezes: the earliest layers first */
+        const fisher_chunk *chunks;
+        const fisher_layer *layers;
+        size_t n = fisher_method_chunks(t.method, &chunks), k = (size_t)(a.frozen * (double)n);
+        fisher_segformer_layers(m, &layers);
+        if (!(order = malloc(n * sizeof *order))) goto out;
+        for (size_t i = 0; i < n; i++) order[i] = i;
+        for (size_t i = 1; i < n; i++) /* insertion sort by forward depth: n is a few hundred */
+            for (size_t j = i; j > 0 && layers[chunks[order[j - 1]].layer].depth >
+                                        layers[chunks[order[j]].layer].depth; j--) {
+                size_t tmp = order[j];
+                order[j] = order[j - 1], order[j - 1] = tmp;
+            }
+        if (fisher_trainer_freeze(&t, order, k, &err)) goto fail;
+    }
 
     fisher_rng rng;
     fisher_rng_seed(&rng, BATCH_SEED);
@@ -221,11 +270,8 @@ int main(int argc, char **argv) {
      * threads; only the steps after them are reported. */
     for (long step = 0; step < a.warmup + a.reps; step++) {
         double t0 = fisher_now_seconds();
-        fisher_segformer_zero_grad(m);
-        const float *logits = fisher_segformer_forward(m, images, 1);
-        float loss = fisher_seg_loss(dlogits, logits, masks, nlab, FISHER_DICE_WEIGHT_DEFAULT);
-        fisher_segformer_backward(m, dlogits, NULL);
-        fisher_adamw_step(&opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m));
+        float loss;
+        if (fisher_trainer_step(&t, images, masks, &loss, &err)) goto fail;
         double dt = fisher_now_seconds() - t0;
         /* A non-finite loss means the engine is broken, and its time means nothing. */
         if (!isfinite(loss)) {
@@ -239,12 +285,13 @@ int main(int argc, char **argv) {
      * exist, so it is the training step's memory alone. */
     double maxrss_mb = peak_rss_mb();
 
-    fisher_adamw_free(&opt);
+    size_t trainable = t.params_trainable, parameters = fisher_segformer_params(m)->total;
+    fisher_trainer_free(&t);
     fisher_segformer_free(m), m = NULL;
     int sgemm_n;
     double gflops = sgemm_peak(&sgemm_n);
 
-    if (print_result(&a, ms, maxrss_mb, gflops, sgemm_n)) {
+    if (print_result(&a, ms, maxrss_mb, gflops, sgemm_n, trainable, parameters)) {
         fprintf(stderr, "bench_step: cannot format the result\n");
         goto out;
     }
@@ -253,8 +300,8 @@ int main(int argc, char **argv) {
 fail:
     fprintf(stderr, "bench_step: %s\n", err.msg);
 out:
-    fisher_adamw_free(&opt);
+    fisher_trainer_free(&t);
     fisher_segformer_free(m);
-    free(images), free(masks), free(dlogits), free(ms);
+    free(images), free(masks), free(ms), free(order);
     return rc;
 }

@@ -120,10 +120,10 @@ def child_env(impl):
     return env
 
 
-def run_one(impl, binary, config, size, batch, threads, warmup, reps):
+def run_one(impl, binary, config, size, batch, threads, warmup, reps, extra=()):
     """Runs one process of one half; returns its parsed JSON line."""
     args = ["--config", config, "--size", str(size), "--batch", str(batch),
-            "--threads", str(threads), "--warmup", str(warmup), "--reps", str(reps)]
+            "--threads", str(threads), "--warmup", str(warmup), "--reps", str(reps), *extra]
     cmd = ([binary] if impl == "c" else
            [sys.executable, os.path.join(HERE, "step_torch.py")]) + args
     proc = subprocess.run(cmd, env=child_env(impl), capture_output=True, text=True)
@@ -256,6 +256,64 @@ def report(rows, rounds):
 
 
 # ---------------------------------------------------------------------------
+# FisherAdapTune: what tracking costs, what freezing saves (C only: PyTorch
+# has no counterpart to compare with; the yardstick is the C `full` step)
+# ---------------------------------------------------------------------------
+
+FISHER_CASE = ("mit-b0", 128, 4, 2)   # config, size, batch, threads
+EMA_INTERVALS = (1, 10)
+AMORTISED = (50, 300)   # the small example's and the SegFormer config's ema_interval
+FROZEN = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+def fisher_section(binary, rounds, reps):
+    """Two markdown tables: the overhead of drift tracking over `full`, and
+    the step time as chunks freeze (earliest layers first)."""
+    config, size, batch, threads = FISHER_CASE
+    variants = [("full", ["--strategy", "full"])]
+    variants += [(f"fisher, ema_interval {e}", ["--strategy", "fisher", "--ema-interval", str(e)])
+                 for e in EMA_INTERVALS]
+    variants += [(f"fisher, {int(100 * f)}% frozen",
+                  ["--strategy", "fisher", "--ema-interval", "1000000000", "--frozen", str(f)])
+                 for f in FROZEN]
+    times = {name: [] for name, _ in variants}
+    trainable = {}
+    for r in range(rounds):  # interleaved, like the main table
+        for name, extra in variants:
+            out = run_one("c", binary, config, size, batch, threads, WARMUP, reps, extra)
+            times[name] += out["step_ms"]
+            trainable[name] = out["params_trainable"] / out["parameters"]
+            print(f"  round {r + 1}/{rounds} {name}: "
+                  f"{' '.join(f'{v:.1f}' for v in out['step_ms'])} ms", file=sys.stderr)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    mean = {name: statistics.mean(v) for name, v in times.items()}
+    full = med["full"]
+    lines = [f"### FisherAdapTune on {config} {size}x{size} batch {batch}, {threads} threads", "",
+             "| step | median ms | mean ms | vs full |", "|---|--:|--:|--:|",
+             f"| full | {full:.1f} | {mean['full']:.1f} | — |"]
+    for e in EMA_INTERVALS:
+        name = f"fisher, ema_interval {e}"
+        lines.append(f"| {name} (no chunk frozen yet) | {med[name]:.1f} | {mean[name]:.1f} | "
+                     f"{100 * (mean[name] / mean['full'] - 1):+.1f}% |")
+    measure = mean["fisher, ema_interval 1"] - mean["full"]  # one measurement's cost
+    for n in AMORTISED:
+        lines.append(f"| fisher, ema_interval {n} (amortised: full + measurement / {n}) | — | "
+                     f"{mean['full'] + measure / n:.1f} | {100 * measure / n / mean['full']:+.1f}% |")
+    lines += ["", "| chunks frozen (earliest layers first) | parameters training | median ms | "
+              "vs 0% frozen |", "|--:|--:|--:|--:|"]
+    base = med[f"fisher, {int(100 * FROZEN[0])}% frozen"]
+    for f in FROZEN:
+        name = f"fisher, {int(100 * f)}% frozen"
+        lines.append(f"| {int(100 * f)}% | {100 * trainable[name]:.1f}% | {med[name]:.1f} | "
+                     f"{med[name] / base:.2f} |")
+    lines += ["", f"- Overhead rows: mean step time over {rounds} round(s) of {reps} steps — with "
+              "ema_interval N one step in N measures every chunk's drift, so the mean is what a run "
+              "pays; 'vs full' compares means; the amortised rows add one measurement's measured cost "
+              "(ema_interval 1 minus full) every N steps. Freezing rows: drift measurement off "
+              "(ema_interval 10^9) to isolate what freezing saves; chunks frozen in forward-depth "
+              "order, the way the method freezes early encoder layers first."]
+    return "\n".join(lines) + "\n"
+
 
 def parse_case(text):
     try:
@@ -283,6 +341,8 @@ def parse_args(argv):
                    help="the C half (`make bench` builds it)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "step.md"),
                    help="where the markdown table goes")
+    p.add_argument("--no-fisher", action="store_true",
+                   help="skip the FisherAdapTune overhead and freezing tables")
     args = p.parse_args(argv)
     args.cases = args.cases or (QUICK_CASES if args.quick else CASES)
     args.threads = args.threads or THREADS
@@ -319,6 +379,8 @@ def main(argv):
                                    WARMUP, reps))
 
     body = report(rows, args.rounds)
+    if not args.no_fisher:
+        body += "\n" + fisher_section(args.bin, args.rounds, 10 if not args.quick else 5)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(header) + "\n\n" + body)
