@@ -205,3 +205,32 @@ def test_predict_finds_the_cracks_it_learned(tmp_path):
     either = sum(p > 127 or t > 127 for pr, tr in zip(pred, truth) for p, t in zip(pr, tr))
     print(f"predicted-mask IoU {both / max(either, 1):.3f}")
     assert either and both / either > 0.5, f"IoU {both / max(either, 1):.3f}"
+
+
+@pytest.mark.parametrize("strategy", ["full", "fisher", "decoder", "norm", "bitfit"])
+def test_every_strategy_trains_and_reports_what_trains(tmp_path, strategy):
+    spec = {"strategy": strategy, "image_size": 32, "batch_size": 2, "steps": 8, "eval_interval": 4,
+            "data": {"train": {"synthetic": {"domain": "concrete", "count": 8, "seed": 1}},
+                     "val": {"synthetic": {"domain": "concrete", "count": 2, "seed": 2}}}}
+    if strategy == "fisher":
+        spec["fisher"] = {"ema_interval": 2, "freeze_interval": 4, "lambda": 0.5}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    r = run("train", tmp_path / "spec.json", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    assert f"strategy {strategy}" in r.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    total = summary["parameters"]
+    assert summary["spec"]["strategy"] == strategy
+    assert [t[0] for t in summary["trainable"] if t[2] is None] == [4, 8]  # at each evaluation
+    if strategy == "full":
+        assert summary["params_trainable"] == total and summary["freezes"] == []
+    elif strategy == "fisher":
+        decisions = [f for f in summary["freezes"] if f["rule"] == "mean_plus_lambda_std"]
+        assert [f["step"] for f in decisions] == [4]          # freeze_interval 4 within 8 steps
+        d = decisions[0]
+        assert d["threshold"] == pytest.approx(d["mean"] + 0.5 * d["std"])
+        assert d["params_live"] == summary["params_trainable"] < total
+        assert len(d["frozen"]) > 0 and all(".rowblock" in k for k in d["frozen"])
+        assert "froze" in r.stdout
+    else:
+        assert 0 < summary["params_trainable"] < total and summary["freezes"] == []
