@@ -105,7 +105,7 @@ run: deps
 bench: deps torch-deps
 	$(MAKE) all
 	mkdir -p $(BUILD)/bench
-	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
+	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c daemon/cli.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
 
 # PyTorch is only the yardstick of the benchmark and the maker of the golden

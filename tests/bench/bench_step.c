@@ -26,6 +26,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "../../daemon/cli.h"
 #include "../../daemon/openmp_env.h"
 #include "loss.h"
 #include "optim.h"
@@ -60,20 +61,6 @@ static void usage(FILE *out) {
                  "--reps R [--strategy S] [--ema-interval N] [--frozen FRACTION]\n");
 }
 
-/* Parses a whole-string number in [lo, hi]; prints a precise error otherwise. */
-static int parse_long(const char *opt, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "bench_step: %s must be an integer in [%ld, %ld], got '%s'\n", opt, lo, hi,
-                s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* Returns 0, or 2 (the exit status) after printing what was wrong. */
 static int parse_args(bench_args *a, int argc, char **argv) {
     static const struct option opts[] = {
@@ -90,18 +77,17 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         int bad = 0;
         switch (c) {
         case 'c': a->config = optarg; break;
-        case 's': bad = parse_long("--size", optarg, 32, 4096, &a->size); break;
-        case 'b': bad = parse_long("--batch", optarg, 1, 1024, &a->batch); break;
-        case 't': bad = parse_long("--threads", optarg, 1, 256, &a->threads); break;
-        case 'w': bad = parse_long("--warmup", optarg, 0, 1000, &a->warmup); break;
-        case 'r': bad = parse_long("--reps", optarg, 1, 1000, &a->reps); break;
+        case 's': bad = cli_parse_long("--size", optarg, 32, 4096, &a->size); break;
+        case 'b': bad = cli_parse_long("--batch", optarg, 1, 1024, &a->batch); break;
+        case 't': bad = cli_parse_long("--threads", optarg, 1, 256, &a->threads); break;
+        case 'w': bad = cli_parse_long("--warmup", optarg, 0, 1000, &a->warmup); break;
+        case 'r': bad = cli_parse_long("--reps", optarg, 1, 1000, &a->reps); break;
         case 'S': a->strategy = optarg; break;
-        case 'E': bad = parse_long("--ema-interval", optarg, 1, 1000000000, &a->ema_interval); break;
+        case 'E': bad = cli_parse_long("--ema-interval", optarg, 1, 1000000000, &a->ema_interval); break;
         case 'F': {
-            char *end;
-            a->frozen = strtod(optarg, &end);
-            bad = *end || !(a->frozen >= 0 && a->frozen < 1);
-            if (bad) fprintf(stderr, "bench_step: --frozen must be a fraction in [0, 1)\n");
+            float f;
+            bad = cli_parse_float("--frozen", optarg, 0, 0.99, &f);
+            a->frozen = f;
             break;
         }
         case 'h': usage(stdout); exit(0);

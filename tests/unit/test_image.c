@@ -29,23 +29,6 @@ static char tmpdir[64];
 /* ----------------------------------------------------------------------------
  * helpers */
 
-static int rm_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    struct dirent *de;
-    char p[512];
-    while ((de = readdir(d))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-            rm_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    return rmdir(dir);
-}
 
 static int count_entries(const char *dir) {
     DIR *d = opendir(dir);

@@ -21,9 +21,29 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "safetensors.h"
+
+/* rm -r for a test's temporary directory; returns rmdir's result. */
+static inline int rm_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    struct dirent *de;
+    char p[1024];
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, de->d_name) >= sizeof p) continue;
+        struct stat sb;
+        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) rm_tree(p);
+        else unlink(p);
+    }
+    closedir(d);
+    return rmdir(dir);
+}
 
 /* Path of a committed golden file: $FISHER_FIXTURES/name (default
  * tests/parity/fixtures). */
