@@ -64,24 +64,94 @@ static double min_of(const double *x, size_t n) {
     return m;
 }
 
-/* numpy.percentile(x, 100·q) with method 'linear', x without NaN; x is
- * reordered. */
-static double percentile(double *x, size_t n, double q) {
+/* Where numpy's 'linear' percentile q of n values reads: order statistics
+ * k and k + 1 (clamped to n − 1), the second weighted t. */
+typedef struct {
+    size_t k, k1;
+    double t;
+} pct_at;
+
+static pct_at percentile_at(size_t n, double q) {
     double v = (double)(n - 1) * q;
-    size_t i, i1;
-    if (v < 0) {
-        i = i1 = 0;
-    } else if (v >= (double)n - 1.0) {
-        i = i1 = n - 1;
-    } else {
-        i = (size_t)floor(v);
-        i1 = i + 1 < n ? i + 1 : n - 1;
-    }
-    double t = v < 0 ? 0.0 : v - floor(v);
-    select_kth(x, n, i);
-    double a = x[i], b = i1 == i ? a : min_of(x + i + 1, n - i - 1);
-    double diff = b - a;
+    pct_at p = {(size_t)floor(v), 0, v - floor(v)};
+    p.k1 = p.k + 1 < n ? p.k + 1 : n - 1;
+    return p;
+}
+
+static double lerp(double a, double b, double t) {
+    double diff = b - a; /* numpy's _lerp, in its order of operations */
     return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
+}
+
+/* Order statistics k and k1 = k + 1 (or k) of x (n, no NaN) by quickselect
+ * on a copy in work (n). */
+static void order_stats_by_select(const double *x, size_t n, size_t k, size_t k1, double *work,
+                                  double *xk, double *xk1) {
+    memcpy(work, x, n * sizeof *work);
+    select_kth(work, n, k);
+    *xk = work[k];
+    *xk1 = k1 == k ? *xk : min_of(work + k + 1, n - k - 1);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+#define SAMPLE 1024   /* values sampled to bracket a rank */
+#define MARGIN 48     /* sample positions either side of the estimate (≈ 5 sigma at q = 1 %) */
+
+/* The 1st and 99th percentiles of x (n, no NaN; x is not changed), as
+ * numpy computes them. Four order statistics are needed; instead of
+ * selecting over all n twice, a sorted sample brackets each needed rank
+ * between two values, one scan counts what lies below each bracket and
+ * gathers what lies inside it (a few percent of n), and selection runs on
+ * those few. When a bracket misses its rank — possible on pathological
+ * orderings, never wrong — plain selection over a copy decides. Exact
+ * either way: only the route to the same order statistics differs. */
+static void percentiles_1_99(const double *x, size_t n, double *work, double *p1, double *p99) {
+    pct_at lo = percentile_at(n, 0.01), hi = percentile_at(n, 0.99);
+    double a, b, c, d;
+    if (n < 8 * SAMPLE) {
+        order_stats_by_select(x, n, lo.k, lo.k1, work, &a, &b);
+        order_stats_by_select(x, n, hi.k, hi.k1, work, &c, &d);
+    } else {
+        double sample[SAMPLE];
+        for (size_t i = 0; i < SAMPLE; i++) sample[i] = x[i * (n / SAMPLE)];
+        qsort(sample, SAMPLE, sizeof *sample, cmp_double);
+        /* the brackets: sample values around where each rank should fall */
+        double pos_lo = (double)lo.k / (double)(n - 1) * (SAMPLE - 1);
+        double pos_hi = (double)hi.k / (double)(n - 1) * (SAMPLE - 1);
+        long l1 = (long)pos_lo - MARGIN, u1 = (long)pos_lo + 1 + MARGIN;
+        long l2 = (long)pos_hi - MARGIN, u2 = (long)pos_hi + 1 + MARGIN;
+        double L1 = l1 < 0 ? -INFINITY : sample[l1], U1 = u1 >= SAMPLE ? INFINITY : sample[u1];
+        double L2 = l2 < 0 ? -INFINITY : sample[l2], U2 = u2 >= SAMPLE ? INFINITY : sample[u2];
+        size_t cap = n / 2, below1 = 0, below2 = 0, in1 = 0, in2 = 0;
+        double *buf1 = work, *buf2 = work + cap;
+        int ok = 1;
+        for (size_t i = 0; i < n && ok; i++) {
+            double v = x[i];
+            if (v < L1) below1++;
+            else if (v <= U1) ok = in1 < cap, buf1[in1 < cap ? in1++ : in1] = v;
+            if (v < L2) below2++;
+            else if (v <= U2) ok = ok && in2 < cap, buf2[in2 < cap ? in2++ : in2] = v;
+        }
+        /* both needed ranks of each percentile must fall inside its bracket */
+        ok = ok && below1 <= lo.k && lo.k1 < below1 + in1 && below2 <= hi.k && hi.k1 < below2 + in2;
+        if (ok) {
+            select_kth(buf1, in1, lo.k - below1);
+            a = buf1[lo.k - below1];
+            b = lo.k1 == lo.k ? a : min_of(buf1 + lo.k - below1 + 1, in1 - (lo.k - below1) - 1);
+            select_kth(buf2, in2, hi.k - below2);
+            c = buf2[hi.k - below2];
+            d = hi.k1 == hi.k ? c : min_of(buf2 + hi.k - below2 + 1, in2 - (hi.k - below2) - 1);
+        } else {
+            order_stats_by_select(x, n, lo.k, lo.k1, work, &a, &b);
+            order_stats_by_select(x, n, hi.k, hi.k1, work, &c, &d);
+        }
+    }
+    *p1 = lerp(a, b, lo.t);
+    *p99 = lerp(c, d, hi.t);
 }
 
 /* ------------------------------------------------------------ histograms */
@@ -149,8 +219,8 @@ static double js_log(const float *ref, size_t n_ref, const float *cur, size_t n_
         if (isfinite(v)) lo_finite = v < lo_finite ? v : lo_finite, hi_finite = v > hi_finite ? v : hi_finite;
     }
     if (lo_finite > hi_finite) goto out;
-    memcpy(work, all, n * sizeof *work);
-    double low = percentile(work, n, 0.01), high = percentile(work, n, 0.99);
+    double low, high;
+    percentiles_1_99(all, n, work, &low, &high);
     if (!isfinite(low)) low = lo_finite;
     if (!isfinite(high)) high = hi_finite;
     if (high <= low) high = low + 1e-3;
