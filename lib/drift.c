@@ -158,6 +158,7 @@ static void percentiles_1_99(const double *x, size_t n, double *work, double *p1
 
 typedef struct {
     double low, high, edges[JS_BINS + 1];
+    double scale; /* JS_BINS / (high − low), for a first guess the edges then correct */
 } bins;
 
 static void make_bins(bins *h, double low, double high) {
@@ -165,6 +166,7 @@ static void make_bins(bins *h, double low, double high) {
     double step = (high - low) / JS_BINS;
     for (int i = 0; i < JS_BINS; i++) h->edges[i] = (double)i * step + low;
     h->edges[JS_BINS] = high;
+    h->scale = JS_BINS / (high - low);
 }
 
 /* The bin of x, or -1 when x falls outside [e_0, e_64] (or is NaN). */
@@ -172,7 +174,7 @@ static int bin_of(const bins *h, double x) {
     if (!(x >= h->edges[0] && x <= h->edges[JS_BINS])) return -1;
     /* NaN when the range collapsed (low + 1e-12 == low for large values):
      * every edge then equals low and numpy puts x in the closed last bin */
-    double guess = floor((x - h->low) * JS_BINS / (h->high - h->low));
+    double guess = floor((x - h->low) * h->scale);
     int i = !(guess >= 0) ? 0 : guess > JS_BINS - 1 ? JS_BINS - 1 : (int)guess;
     while (i < JS_BINS - 1 && x >= h->edges[i + 1]) i++;
     while (i > 0 && x < h->edges[i]) i--;
