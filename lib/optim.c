@@ -36,11 +36,12 @@ void fisher_adamw_free(fisher_adamw *opt) {
 }
 
 void fisher_adamw_step(fisher_adamw *opt, float *params, const float *grads) {
-    fisher_adamw_step_masked(opt, params, grads, NULL);
+    fisher_range all = {0, opt->n};
+    fisher_adamw_step_ranges(opt, params, grads, &all, 1);
 }
 
-void fisher_adamw_step_masked(fisher_adamw *opt, float *params, const float *grads,
-                              const uint8_t *mask) {
+void fisher_adamw_step_ranges(fisher_adamw *opt, float *params, const float *grads,
+                              const fisher_range *ranges, size_t n_ranges) {
     const fisher_adamw_config *c = &opt->cfg;
     opt->step++;
     double bc1 = 1.0 - pow((double)c->beta1, (double)opt->step);
@@ -50,15 +51,29 @@ void fisher_adamw_step_masked(fisher_adamw *opt, float *params, const float *gra
     float bc2_sqrt = (float)sqrt(bc2);
     float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
     float *m = opt->m, *v = opt->v;
-#pragma omp parallel for simd schedule(static) if (opt->n > 65536)
-    for (size_t i = 0; i < opt->n; i++) {
-        if (mask && !mask[i]) continue;
-        float g = grads[i];
-        params[i] *= decay;
-        m[i] = m[i] * b1 + g * (1.0f - b1);
-        v[i] = v[i] * b2 + g * g * (1.0f - b2);
-        params[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    for (size_t r = 0; r < n_ranges; r++) {
+        size_t start = ranges[r].start, end = ranges[r].end;
+#pragma omp parallel for simd schedule(static) if (end - start > 65536)
+        for (size_t i = start; i < end; i++) {
+            float g = grads[i];
+            params[i] *= decay;
+            m[i] = m[i] * b1 + g * (1.0f - b1);
+            v[i] = v[i] * b2 + g * g * (1.0f - b2);
+            params[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+        }
     }
+}
+
+size_t fisher_mask_ranges(const uint8_t *mask, size_t n, fisher_range *ranges) {
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        while (i < n && !mask[i]) i++;
+        if (i == n) break;
+        size_t start = i;
+        while (i < n && mask[i]) i++;
+        ranges[k++] = (fisher_range){start, i};
+    }
+    return k;
 }
 
 void fisher_adamw_zero_frozen(fisher_adamw *opt, const uint8_t *mask) {

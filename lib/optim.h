@@ -32,12 +32,20 @@ typedef struct {
 /* Validates cfg and allocates zeroed moments for n parameters. */
 int fisher_adamw_init(fisher_adamw *opt, size_t n, fisher_adamw_config cfg, fisher_error *err);
 void fisher_adamw_free(fisher_adamw *opt);
+/* A run [start, end) of parameters that train. */
+typedef struct {
+    size_t start, end;
+} fisher_range;
+
 /* One step over all n parameters. */
 void fisher_adamw_step(fisher_adamw *opt, float *params, const float *grads);
-/* One step over the parameters whose mask byte is non-zero (NULL: all);
- * the others — frozen — are not touched at all: no decay, no moments. */
-void fisher_adamw_step_masked(fisher_adamw *opt, float *params, const float *grads,
-                              const uint8_t *mask);
+/* One step over the parameters in the given runs; the others — frozen —
+ * are not touched at all: no decay, no moments, no work. */
+void fisher_adamw_step_ranges(fisher_adamw *opt, float *params, const float *grads,
+                              const fisher_range *ranges, size_t n_ranges);
+/* The runs of non-zero bytes of mask (n) into ranges (room for n/2 + 1);
+ * returns how many. */
+size_t fisher_mask_ranges(const uint8_t *mask, size_t n, fisher_range *ranges);
 /* Zeroes the moments of every parameter whose mask byte is 0, so that
  * elements that freeze carry nothing over (FISHERADAPTUNE.md §6). */
 void fisher_adamw_zero_frozen(fisher_adamw *opt, const uint8_t *mask);

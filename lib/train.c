@@ -49,6 +49,19 @@ static int recipe_trains(const fisher_segformer *m, fisher_strategy s, int ti) {
     return 0;
 }
 
+/* What AdamW updates, as runs: every element (full), the recipe's, or the
+ * method's live ones — recomputed when chunks freeze. */
+static void refresh_ranges(fisher_trainer *t) {
+    size_t n = fisher_segformer_params(t->model)->total;
+    const uint8_t *mask = t->method ? fisher_method_live_mask(t->method) : t->trainable;
+    if (!mask) {
+        t->ranges[0] = (fisher_range){0, n};
+        t->n_ranges = 1;
+    } else {
+        t->n_ranges = fisher_mask_ranges(mask, n, t->ranges);
+    }
+}
+
 int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
                         fisher_adamw_config optim, float dice_weight, fisher_strategy strategy,
                         const fisher_method_config *method, fisher_error *err) {
@@ -65,7 +78,8 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
     t->dlogits = malloc(t->n_logits * sizeof(float));
     if (!t->dlogits) return fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
     if (fisher_adamw_init(&t->opt, tab->total, optim, err)) goto fail;
-    if (!(t->tensor_trains = malloc((size_t)tab->count))) {
+    if (!(t->tensor_trains = malloc((size_t)tab->count)) ||
+        !(t->ranges = malloc((tab->total / 2 + 1) * sizeof *t->ranges))) {
         fisher_errorf(err, "out of memory");
         goto fail;
     }
@@ -86,6 +100,7 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
             t->params_trainable += tab->tensors[i].numel;
         }
     }
+    refresh_ranges(t);
     return 0;
 fail:
     fisher_trainer_free(t);
@@ -97,8 +112,8 @@ void fisher_trainer_free(fisher_trainer *t) {
         fisher_segformer_collect_stats(t->model, 0);
         fisher_segformer_set_trainable(t->model, NULL);
     }
-    free(t->tensor_trains);
-    t->tensor_trains = NULL;
+    free(t->tensor_trains), free(t->ranges);
+    t->tensor_trains = NULL, t->ranges = NULL;
     fisher_adamw_free(&t->opt);
     fisher_method_free(t->method);
     free(t->trainable);
@@ -117,18 +132,17 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     const float *logits = fisher_segformer_forward(m, images, 1);
     *loss = fisher_seg_loss(t->dlogits, logits, masks, t->n_logits, t->dice_weight);
     if (fisher_segformer_backward(m, t->dlogits, err)) return -1;
-    const uint8_t *live = t->trainable;
     if (t->method) {
         if (fisher_method_step(t->method, t->step, &t->report, err)) return -1;
-        live = fisher_method_live_mask(t->method);
         if (t->report.n_frozen) {
-            fisher_adamw_zero_frozen(&t->opt, live);
+            fisher_adamw_zero_frozen(&t->opt, fisher_method_live_mask(t->method));
             fisher_method_tensor_live(t->method, t->tensor_trains);
+            refresh_ranges(t);
         }
         t->params_trainable = t->report.params_live;
     }
-    fisher_adamw_step_masked(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m),
-                             live);
+    fisher_adamw_step_ranges(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m),
+                             t->ranges, t->n_ranges);
     t->step++;
     return 0;
 }
@@ -138,6 +152,7 @@ int fisher_trainer_freeze(fisher_trainer *t, const size_t *chunks, size_t n, fis
     for (size_t i = 0; i < n; i++) fisher_method_freeze(t->method, chunks[i], t->step);
     fisher_adamw_zero_frozen(&t->opt, fisher_method_live_mask(t->method));
     fisher_method_tensor_live(t->method, t->tensor_trains);
+    refresh_ranges(t);
     const fisher_chunk *all;
     size_t total = fisher_method_chunks(t->method, &all);
     t->params_trainable = 0;

@@ -56,6 +56,8 @@ typedef struct {
     int skip_frozen_work;      /* 1 (default): frozen tensors cost no gradient work (§8);
                                 * 0: the plain masked computation, for comparison */
     uint8_t *tensor_trains;    /* per tensor, what the model was last told */
+    fisher_range *ranges;      /* the runs of elements AdamW updates */
+    size_t n_ranges;
     int64_t step;              /* steps taken */
     float *dlogits;            /* (B, H, W, labels) */
     size_t n_logits;

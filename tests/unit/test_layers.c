@@ -338,6 +338,39 @@ static void test_adamw(void **s) {
     free(p);
 }
 
+/* AdamW over runs of live elements: the runs of a mask are exact, and
+ * elements outside them are not touched (no decay, no moments). */
+static void test_adamw_ranges(void **state) {
+    (void)state;
+    uint8_t mask[12] = {0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 1};
+    fisher_range r[7];
+    assert_int_equal(fisher_mask_ranges(mask, 12, r), 4);
+    assert_true(r[0].start == 1 && r[0].end == 3 && r[1].start == 5 && r[1].end == 6);
+    assert_true(r[2].start == 7 && r[2].end == 10 && r[3].start == 11 && r[3].end == 12);
+    uint8_t none[3] = {0}, all[3] = {1, 1, 1};
+    assert_int_equal(fisher_mask_ranges(none, 3, r), 0);
+    assert_int_equal(fisher_mask_ranges(all, 3, r), 1);
+    assert_true(r[0].start == 0 && r[0].end == 3);
+
+    fisher_adamw a, b;
+    fisher_error err;
+    fisher_adamw_config cfg = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.1f};
+    assert_int_equal(fisher_adamw_init(&a, 12, cfg, &err), 0);
+    assert_int_equal(fisher_adamw_init(&b, 12, cfg, &err), 0);
+    float pa[12], pb[12], g[12];
+    for (int i = 0; i < 12; i++) pa[i] = pb[i] = 0.5f + (float)i, g[i] = (float)(i % 5) - 2.0f;
+    size_t n = fisher_mask_ranges(mask, 12, r);
+    for (int step = 0; step < 3; step++) {
+        fisher_adamw_step_ranges(&a, pa, g, r, n);
+        fisher_adamw_step(&b, pb, g);
+    }
+    for (int i = 0; i < 12; i++) {
+        if (mask[i]) assert_true(pa[i] == pb[i]); /* a live element: exactly AdamW */
+        else assert_true(pa[i] == 0.5f + (float)i && a.m[i] == 0.0f && a.v[i] == 0.0f);
+    }
+    fisher_adamw_free(&a), fisher_adamw_free(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),         cmocka_unit_test(test_conv_patch),
@@ -351,6 +384,7 @@ int main(void) {
         cmocka_unit_test(test_resize_down),    cmocka_unit_test(test_resize_same),
         cmocka_unit_test(test_concat),         cmocka_unit_test(test_loss),
         cmocka_unit_test(test_metrics),        cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_adamw_ranges),
     };
     return cmocka_run_group_tests_name("layers", tests, setup, teardown);
 }
