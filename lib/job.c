@@ -193,13 +193,14 @@ static void say_decision(const fisher_job_callbacks *cb, const fisher_trainer *t
     const fisher_method_report *r = &t->report;
     size_t total = fisher_segformer_params(t->model)->total;
     if (r->zero_freeze)
-        say(cb, "step %lld: froze %zu chunks with zero Fisher; %zu chunks, %.1f%% of parameters live",
-            (long long)step, r->n_frozen, r->chunks_live, 100.0 * (double)r->params_live / (double)total);
+        say(cb, "step %lld: froze %zu chunks with zero Fisher; %zu chunks, %zu parameters (%.1f%%) live",
+            (long long)step, r->n_frozen, r->chunks_live, r->params_live,
+            100.0 * (double)r->params_live / (double)total);
     else
         say(cb, "step %lld: froze %zu chunks (threshold %.4g = mean %.4g + %.2g x std %.4g); "
-            "%zu chunks, %.1f%% of parameters live", (long long)step, r->n_frozen, r->stats.threshold,
-            r->stats.mean, r->stats.lambda, r->stats.std, r->chunks_live,
-            100.0 * (double)r->params_live / (double)total);
+            "%zu chunks, %zu parameters (%.1f%%) live", (long long)step, r->n_frozen,
+            r->stats.threshold, r->stats.mean, r->stats.lambda, r->stats.std, r->chunks_live,
+            r->params_live, 100.0 * (double)r->params_live / (double)total);
 }
 
 int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
