@@ -149,6 +149,8 @@ size_t fisher_method_chunks(const fisher_method *fm, const fisher_chunk **chunks
 
 const uint8_t *fisher_method_live_mask(const fisher_method *fm) { return fm->live; }
 
+size_t fisher_method_params_live(const fisher_method *fm) { return fm->params_live; }
+
 void fisher_method_tensor_live(const fisher_method *fm, uint8_t *per_tensor) {
     memset(per_tensor, 0, (size_t)fisher_segformer_params(fm->model)->count);
     for (size_t c = 0; c < fm->n_chunks; c++)

@@ -99,6 +99,9 @@ const uint8_t *fisher_method_live_mask(const fisher_method *fm);
 /* Freezes chunk c (if live) at `step`, as a decision would. */
 void fisher_method_freeze(fisher_method *fm, size_t c, int64_t step);
 
+/* Elements of all live chunks. */
+size_t fisher_method_params_live(const fisher_method *fm);
+
 /* per_tensor[i] = 1 when tensor i still has a live chunk, else 0. */
 void fisher_method_tensor_live(const fisher_method *fm, uint8_t *per_tensor);
 

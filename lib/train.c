@@ -50,7 +50,7 @@ static int recipe_trains(const fisher_segformer *m, fisher_strategy s, int ti) {
 }
 
 /* What AdamW updates, as runs: every element (full), the recipe's, or the
- * method's live ones — recomputed when chunks freeze. */
+ * method's live ones. */
 static void refresh_ranges(fisher_trainer *t) {
     size_t n = fisher_segformer_params(t->model)->total;
     const uint8_t *mask = t->method ? fisher_method_live_mask(t->method) : t->trainable;
@@ -60,6 +60,16 @@ static void refresh_ranges(fisher_trainer *t) {
     } else {
         t->n_ranges = fisher_mask_ranges(mask, n, t->ranges);
     }
+}
+
+/* Everything that follows chunks freezing (FISHERADAPTUNE.md §6, §8): their
+ * moments zeroed, AdamW's runs and the model's trainable tensors updated. */
+static void after_freezing(fisher_trainer *t) {
+    fisher_adamw_zero_frozen(&t->opt, fisher_method_live_mask(t->method));
+    fisher_method_tensor_live(t->method, t->tensor_trains);
+    t->model_told = 0;
+    refresh_ranges(t);
+    t->params_trainable = fisher_method_params_live(t->method);
 }
 
 int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
@@ -125,8 +135,10 @@ void fisher_trainer_free(fisher_trainer *t) {
 int fisher_trainer_step(fisher_trainer *t, const float *images, const float *masks, float *loss,
                         fisher_error *err) {
     fisher_segformer *m = t->model;
-    /* what needs gradients this step; NULL (all) for the plain computation */
-    fisher_segformer_set_trainable(m, t->skip_frozen_work ? t->tensor_trains : NULL);
+    if (!t->model_told) { /* what needs gradients; NULL (all) for the plain computation */
+        fisher_segformer_set_trainable(m, t->skip_frozen_work ? t->tensor_trains : NULL);
+        t->model_told = 1;
+    }
     fisher_segformer_collect_stats(m, t->method && fisher_method_needs_stats(t->method, t->step));
     fisher_segformer_zero_grad(m);
     const float *logits = fisher_segformer_forward(m, images, 1);
@@ -134,12 +146,7 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     if (fisher_segformer_backward(m, t->dlogits, err)) return -1;
     if (t->method) {
         if (fisher_method_step(t->method, t->step, &t->report, err)) return -1;
-        if (t->report.n_frozen) {
-            fisher_adamw_zero_frozen(&t->opt, fisher_method_live_mask(t->method));
-            fisher_method_tensor_live(t->method, t->tensor_trains);
-            refresh_ranges(t);
-        }
-        t->params_trainable = t->report.params_live;
+        if (t->report.n_frozen) after_freezing(t);
     }
     fisher_adamw_step_ranges(&t->opt, fisher_segformer_param_data(m), fisher_segformer_grad_data(m),
                              t->ranges, t->n_ranges);
@@ -150,13 +157,7 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
 int fisher_trainer_freeze(fisher_trainer *t, const size_t *chunks, size_t n, fisher_error *err) {
     if (!t->method) return fisher_errorf(err, "only the fisher strategy freezes chunks");
     for (size_t i = 0; i < n; i++) fisher_method_freeze(t->method, chunks[i], t->step);
-    fisher_adamw_zero_frozen(&t->opt, fisher_method_live_mask(t->method));
-    fisher_method_tensor_live(t->method, t->tensor_trains);
-    refresh_ranges(t);
-    const fisher_chunk *all;
-    size_t total = fisher_method_chunks(t->method, &all);
-    t->params_trainable = 0;
-    for (size_t c = 0; c < total; c++) t->params_trainable += all[c].live ? all[c].size : 0;
+    after_freezing(t);
     return 0;
 }
 

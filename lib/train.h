@@ -54,8 +54,10 @@ typedef struct {
     uint8_t *trainable;        /* fixed recipes: 1 per trainable element; NULL for full */
     size_t params_trainable;   /* elements that train now */
     int skip_frozen_work;      /* 1 (default): frozen tensors cost no gradient work (§8);
-                                * 0: the plain masked computation, for comparison */
-    uint8_t *tensor_trains;    /* per tensor, what the model was last told */
+                                * 0: the plain masked computation, for comparison
+                                * (set it before the first step) */
+    uint8_t *tensor_trains;    /* per tensor: does it still train */
+    int model_told;            /* the model knows tensor_trains as it is now */
     fisher_range *ranges;      /* the runs of elements AdamW updates */
     size_t n_ranges;
     int64_t step;              /* steps taken */
