@@ -68,7 +68,7 @@ $(BUILD)/libfisher.so: $(LIB_OBJ)
 $(BUILD)/fisherd: $(DAEMON_OBJ) $(BUILD)/libfisher.a
 	$(CC) $(LDFLAGS) -o $@ $(DAEMON_OBJ) $(BUILD)/libfisher.a $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/testutil.h $(BUILD)/libfisher.a | $(BUILD)/tests
+$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(BUILD)/libfisher.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(BUILD)/libfisher.a -lcmocka -lz $(LDLIBS)
 
 $(BUILD)/lib $(BUILD)/daemon $(BUILD)/tests:

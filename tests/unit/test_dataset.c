@@ -13,6 +13,7 @@
  * mask together.
  */
 #include "testutil.h"
+#include "png_memory.h"
 
 #include <dirent.h>
 #include <sys/stat.h>
@@ -114,23 +115,6 @@ static void put_jpeg(const tree *t, const char *rel, int w, int h, int tag) {
     free(out);
     free(px);
 }
-
-typedef struct {
-    unsigned char *buf;
-    size_t len, cap;
-} membuf;
-
-static void mem_write(png_structp png, png_bytep data, png_size_t n) {
-    membuf *m = png_get_io_ptr(png);
-    if (m->len + n > m->cap) {
-        m->cap = (m->len + n) * 2;
-        m->buf = realloc(m->buf, m->cap);
-    }
-    memcpy(m->buf + m->len, data, n);
-    m->len += n;
-}
-
-static void mem_flush(png_structp png) { (void)png; }
 
 static void put_png16(const tree *t, const char *rel, int w, int h) {
     membuf m = {0};

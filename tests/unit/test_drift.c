@@ -47,9 +47,11 @@
 /* Fixture helpers                                                          */
 /* ------------------------------------------------------------------------ */
 
-/* A malloc'd copy of F64 tensor `name`; its shape goes to shape[ndim]. */
-static double *fixture_f64(const fisher_safetensors *st, const char *name, int ndim,
-                           int64_t *shape) {
+/* A malloc'd copy of the 8-byte tensor `name` (F64 or I64, read by `read`);
+ * its shape goes to shape[ndim]. */
+static void *fixture_8(const fisher_safetensors *st, const char *name, int ndim, int64_t *shape,
+                       int (*read)(const fisher_safetensors *, const char *, void *, int,
+                                   const int64_t *, fisher_error *)) {
     fisher_error err = {{0}};
     fisher_dtype dt;
     int nd;
@@ -59,27 +61,29 @@ static double *fixture_f64(const fisher_safetensors *st, const char *name, int n
     if (nd != ndim) fail_msg("fixture tensor %s has %d dims, want %d", name, nd, ndim);
     size_t n = 1;
     for (int i = 0; i < nd; i++) n *= (size_t)sh[i], shape[i] = sh[i];
-    double *p = malloc((n ? n : 1) * sizeof *p);
-    if (fisher_safetensors_read_f64(st, name, p, nd, sh, &err) != 0)
-        fail_msg("fixture tensor: %s", err.msg);
+    void *p = malloc((n ? n : 1) * 8);
+    if (read(st, name, p, nd, sh, &err) != 0) fail_msg("fixture tensor: %s", err.msg);
     return p;
+}
+
+static int read_f64(const fisher_safetensors *st, const char *name, void *dst, int nd,
+                    const int64_t *sh, fisher_error *err) {
+    return fisher_safetensors_read_f64(st, name, dst, nd, sh, err);
+}
+
+static int read_i64(const fisher_safetensors *st, const char *name, void *dst, int nd,
+                    const int64_t *sh, fisher_error *err) {
+    return fisher_safetensors_read_i64(st, name, dst, nd, sh, err);
+}
+
+static double *fixture_f64(const fisher_safetensors *st, const char *name, int ndim,
+                           int64_t *shape) {
+    return fixture_8(st, name, ndim, shape, read_f64);
 }
 
 static int64_t *fixture_i64(const fisher_safetensors *st, const char *name, int ndim,
                             int64_t *shape) {
-    fisher_error err = {{0}};
-    fisher_dtype dt;
-    int nd;
-    int64_t sh[FISHER_ST_MAX_DIMS];
-    if (fisher_safetensors_info(st, name, &dt, &nd, sh, &err) != 0)
-        fail_msg("fixture tensor: %s", err.msg);
-    if (nd != ndim) fail_msg("fixture tensor %s has %d dims, want %d", name, nd, ndim);
-    size_t n = 1;
-    for (int i = 0; i < nd; i++) n *= (size_t)sh[i], shape[i] = sh[i];
-    int64_t *p = malloc((n ? n : 1) * sizeof *p);
-    if (fisher_safetensors_read_i64(st, name, p, nd, sh, &err) != 0)
-        fail_msg("fixture tensor: %s", err.msg);
-    return p;
+    return fixture_8(st, name, ndim, shape, read_i64);
 }
 
 static int has_tensor(const fisher_safetensors *st, const char *name) {

@@ -14,6 +14,7 @@
  * Files go in a mkdtemp directory under /tmp, removed by the group teardown.
  */
 #include "testutil.h"
+#include "png_memory.h"
 
 #include <dirent.h>
 #include <sys/stat.h>
@@ -56,24 +57,6 @@ static const char *tmp_path(char *buf, size_t cap, const char *name) {
     snprintf(buf, cap, "%s/%s", tmpdir, name);
     return buf;
 }
-
-/* A PNG written by libpng into memory. */
-typedef struct {
-    unsigned char *buf;
-    size_t len, cap;
-} membuf;
-
-static void mem_write(png_structp png, png_bytep data, png_size_t n) {
-    membuf *m = png_get_io_ptr(png);
-    if (m->len + n > m->cap) {
-        m->cap = (m->len + n) * 2;
-        m->buf = realloc(m->buf, m->cap);
-    }
-    memcpy(m->buf + m->len, data, n);
-    m->len += n;
-}
-
-static void mem_flush(png_structp png) { (void)png; }
 
 typedef struct {
     int width, height, color, depth, interlace;
