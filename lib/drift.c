@@ -12,6 +12,7 @@
  */
 #include "drift.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,30 +24,51 @@ fisher_drift_config fisher_drift_defaults(void) {
     return (fisher_drift_config){.fisher_ema_decay = 0.9, .js_ema_decay = 0.9, .js_mode = FISHER_JS_LOG};
 }
 
+/* ------------------------------------------------------------ keys */
+
+/* The magnitude of a float as an integer key. For |x| the IEEE bit
+ * patterns order exactly like the values (+0 < subnormals < normals < inf
+ * < NaN), and log10(|x| + 1e-12) is monotone in |x|, so order statistics
+ * and bin membership of the log values are decided by comparing keys: the
+ * log is taken of the handful of keys that matter, not of every element. */
+#define KEY_INF 0x7f800000u
+
+static inline uint32_t key_of(float x) {
+    uint32_t k;
+    memcpy(&k, &x, sizeof k);
+    return k & 0x7fffffffu;
+}
+
+static inline double log_of_key(uint32_t k) {
+    float x;
+    memcpy(&x, &k, sizeof x);
+    return log10((double)x + JS_EPS);
+}
+
 /* ------------------------------------------------------------ selection */
 
-static void swap_d(double *a, double *b) {
-    double t = *a;
+static void swap_u(uint32_t *a, uint32_t *b) {
+    uint32_t t = *a;
     *a = *b, *b = t;
 }
 
-/* Rearranges x (n, no NaN) so that x[k] is the k-th smallest, everything
- * before it ≤ and everything after it ≥ (Hoare's quickselect with a
- * median-of-three pivot; inputs here are not adversarial). */
-static void select_kth(double *x, size_t n, size_t k) {
+/* Rearranges x (n) so that x[k] is the k-th smallest, everything before it
+ * ≤ and everything after it ≥ (Hoare's quickselect with a median-of-three
+ * pivot; inputs here are not adversarial). */
+static void select_kth(uint32_t *x, size_t n, size_t k) {
     size_t lo = 0, hi = n - 1;
     while (hi > lo) {
         size_t mid = lo + (hi - lo) / 2;
-        if (x[mid] < x[lo]) swap_d(&x[mid], &x[lo]);
-        if (x[hi] < x[lo]) swap_d(&x[hi], &x[lo]);
-        if (x[hi] < x[mid]) swap_d(&x[hi], &x[mid]);
-        double pivot = x[mid];
+        if (x[mid] < x[lo]) swap_u(&x[mid], &x[lo]);
+        if (x[hi] < x[lo]) swap_u(&x[hi], &x[lo]);
+        if (x[hi] < x[mid]) swap_u(&x[hi], &x[mid]);
+        uint32_t pivot = x[mid];
         size_t i = lo, j = hi;
         while (i <= j) {
             while (x[i] < pivot) i++;
             while (x[j] > pivot) j--;
             if (i <= j) {
-                swap_d(&x[i], &x[j]);
+                swap_u(&x[i], &x[j]);
                 i++;
                 if (j == 0) break;
                 j--;
@@ -58,14 +80,14 @@ static void select_kth(double *x, size_t n, size_t k) {
     }
 }
 
-static double min_of(const double *x, size_t n) {
-    double m = x[0];
-    for (size_t i = 1; i < n; i++) m = x[i] < m ? x[i] : m;
-    return m;
+/* The k-th smallest of x (n); x is reordered. */
+static uint32_t kth_smallest(uint32_t *x, size_t n, size_t k) {
+    select_kth(x, n, k);
+    return x[k];
 }
 
 /* Where numpy's 'linear' percentile q of n values reads: order statistics
- * k and k + 1 (clamped to n − 1), the second weighted t. */
+ * k and k1 = k + 1 (clamped to n − 1), the second weighted t. */
 typedef struct {
     size_t k, k1;
     double t;
@@ -83,75 +105,124 @@ static double lerp(double a, double b, double t) {
     return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
 }
 
-/* Order statistics k and k1 = k + 1 (or k) of x (n, no NaN) by quickselect
- * on a copy in work (n). */
-static void order_stats_by_select(const double *x, size_t n, size_t k, size_t k1, double *work,
-                                  double *xk, double *xk1) {
-    memcpy(work, x, n * sizeof *work);
-    select_kth(work, n, k);
-    *xk = work[k];
-    *xk1 = k1 == k ? *xk : min_of(work + k + 1, n - k - 1);
+/* The keys of ref (n_ref) and cur (n_cur) seen as one array of n. */
+typedef struct {
+    const float *ref, *cur;
+    size_t n_ref, n_cur, n;
+} both;
+
+static uint32_t key_at(const both *a, size_t i) {
+    return key_of(i < a->n_ref ? a->ref[i] : a->cur[i - a->n_ref]);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+/* The four order statistics numpy's 1st and 99th percentiles read (lo.k,
+ * lo.k1, hi.k, hi.k1 → out[0..3]), by selection over a copy of every key
+ * in work (n); *max_key gets the largest key (> KEY_INF: there is a NaN). */
+static void order_stats_all(const both *a, const pct_at *lo, const pct_at *hi, uint32_t *work,
+                            uint32_t *out, uint32_t *max_key) {
+    uint32_t mk = 0;
+    for (size_t i = 0; i < a->n_ref; i++) work[i] = key_of(a->ref[i]), mk = work[i] > mk ? work[i] : mk;
+    for (size_t i = 0; i < a->n_cur; i++) {
+        uint32_t k = work[a->n_ref + i] = key_of(a->cur[i]);
+        mk = k > mk ? k : mk;
+    }
+    *max_key = mk;
+    size_t ranks[4] = {lo->k, lo->k1, hi->k, hi->k1};
+    for (int r = 0; r < 4; r++) out[r] = kth_smallest(work, a->n, ranks[r]);
 }
 
-#define SAMPLE 1024   /* values sampled to bracket a rank */
-#define MARGIN 48     /* sample positions either side of the estimate (≈ 5 sigma at q = 1 %) */
+/* A key range that should hold a needed rank: keys below lo are counted,
+ * keys equal to lo or hi are counted, keys strictly between are gathered
+ * (few, when the bracket came from a good sample). */
+typedef struct {
+    uint32_t lo, hi;
+    size_t below, at_lo, at_hi, inside, cap;
+    uint32_t *buf;
+} bracket;
 
-/* The 1st and 99th percentiles of x (n, no NaN; x is not changed), as
- * numpy computes them. Four order statistics are needed; instead of
- * selecting over all n twice, a sorted sample brackets each needed rank
- * between two values, one scan counts what lies below each bracket and
- * gathers what lies inside it (a few percent of n), and selection runs on
- * those few. When a bracket misses its rank — possible on pathological
- * orderings, never wrong — plain selection over a copy decides. Exact
- * either way: only the route to the same order statistics differs. */
-static void percentiles_1_99(const double *x, size_t n, double *work, double *p1, double *p99) {
-    pct_at lo = percentile_at(n, 0.01), hi = percentile_at(n, 0.99);
-    double a, b, c, d;
-    if (n < 8 * SAMPLE) {
-        order_stats_by_select(x, n, lo.k, lo.k1, work, &a, &b);
-        order_stats_by_select(x, n, hi.k, hi.k1, work, &c, &d);
-    } else {
-        double sample[SAMPLE];
-        for (size_t i = 0; i < SAMPLE; i++) sample[i] = x[i * (n / SAMPLE)];
-        qsort(sample, SAMPLE, sizeof *sample, cmp_double);
-        /* the brackets: sample values around where each rank should fall */
-        double pos_lo = (double)lo.k / (double)(n - 1) * (SAMPLE - 1);
-        double pos_hi = (double)hi.k / (double)(n - 1) * (SAMPLE - 1);
-        long l1 = (long)pos_lo - MARGIN, u1 = (long)pos_lo + 1 + MARGIN;
-        long l2 = (long)pos_hi - MARGIN, u2 = (long)pos_hi + 1 + MARGIN;
-        double L1 = l1 < 0 ? -INFINITY : sample[l1], U1 = u1 >= SAMPLE ? INFINITY : sample[u1];
-        double L2 = l2 < 0 ? -INFINITY : sample[l2], U2 = u2 >= SAMPLE ? INFINITY : sample[u2];
-        size_t cap = n / 2, below1 = 0, below2 = 0, in1 = 0, in2 = 0;
-        double *buf1 = work, *buf2 = work + cap;
-        int ok = 1;
-        for (size_t i = 0; i < n && ok; i++) {
-            double v = x[i];
-            if (v < L1) below1++;
-            else if (v <= U1) ok = in1 < cap, buf1[in1 < cap ? in1++ : in1] = v;
-            if (v < L2) below2++;
-            else if (v <= U2) ok = ok && in2 < cap, buf2[in2 < cap ? in2++ : in2] = v;
-        }
-        /* both needed ranks of each percentile must fall inside its bracket */
-        ok = ok && below1 <= lo.k && lo.k1 < below1 + in1 && below2 <= hi.k && hi.k1 < below2 + in2;
-        if (ok) {
-            select_kth(buf1, in1, lo.k - below1);
-            a = buf1[lo.k - below1];
-            b = lo.k1 == lo.k ? a : min_of(buf1 + lo.k - below1 + 1, in1 - (lo.k - below1) - 1);
-            select_kth(buf2, in2, hi.k - below2);
-            c = buf2[hi.k - below2];
-            d = hi.k1 == hi.k ? c : min_of(buf2 + hi.k - below2 + 1, in2 - (hi.k - below2) - 1);
-        } else {
-            order_stats_by_select(x, n, lo.k, lo.k1, work, &a, &b);
-            order_stats_by_select(x, n, hi.k, hi.k1, work, &c, &d);
+/* One pass over x (n) for both brackets. */
+static void brackets_scan(bracket *b, const float *x, size_t n, uint32_t *max_key) {
+    uint32_t mk = *max_key;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = key_of(x[i]);
+        mk = k > mk ? k : mk;
+        for (int j = 0; j < 2; j++) {
+            b[j].below += k < b[j].lo;
+            if (k < b[j].lo || k > b[j].hi) continue;
+            if (k == b[j].lo) b[j].at_lo++;
+            else if (k == b[j].hi) b[j].at_hi++;
+            else {
+                if (b[j].inside < b[j].cap) b[j].buf[b[j].inside] = k;
+                b[j].inside++;
+            }
         }
     }
-    *p1 = lerp(a, b, lo.t);
-    *p99 = lerp(c, d, hi.t);
+    *max_key = mk;
+}
+
+/* The key of global rank r, or 0 with *ok cleared when r is not inside b
+ * (the sample misjudged it) or b overflowed its buffer. */
+static uint32_t bracket_rank(bracket *b, size_t r, int *ok) {
+    if (r < b->below || b->inside > b->cap || r >= b->below + b->at_lo + b->inside + b->at_hi)
+        return *ok = 0, 0;
+    r -= b->below;
+    if (r < b->at_lo) return b->lo;
+    r -= b->at_lo;
+    return r < b->inside ? kth_smallest(b->buf, b->inside, r) : b->hi;
+}
+
+#define SAMPLE 2048   /* keys sampled to bracket a rank, at most */
+#define MARGIN 24     /* sample positions either side of the estimate (≈ 5 sigma at q = 1 %) */
+#define FEW 2048      /* below this many keys plain selection is as fast */
+
+/* The same four order statistics as order_stats_all, without copying or
+ * selecting over all n: a pseudo-random sample brackets each percentile's
+ * ranks between two keys, one scan counts what lies below each bracket and
+ * gathers what lies strictly inside (a few percent of n), and selection
+ * runs on those few. When a bracket misses its ranks — possible, never
+ * wrong — plain selection decides. Exact either way: only the route to the
+ * same keys differs. *max_key as there. Returns 0, or -1 when out of memory. */
+static int order_stats(const both *a, const pct_at *lo, const pct_at *hi, uint32_t *out,
+                       uint32_t *max_key) {
+    if (a->n < FEW) {
+        uint32_t work[FEW];
+        order_stats_all(a, lo, hi, work, out, max_key);
+        return 0;
+    }
+    size_t m = a->n / 8 < SAMPLE ? a->n / 8 : SAMPLE;
+    uint32_t sample[SAMPLE], state = 0x9e3779b9u;
+    for (size_t i = 0; i < m; i++) {
+        state ^= state << 13, state ^= state >> 17, state ^= state << 5; /* xorshift32 */
+        sample[i] = key_at(a, (size_t)(((uint64_t)state * a->n) >> 32));
+    }
+    /* twice the share of keys a bracket is expected to hold */
+    size_t cap = a->n / m * (2 * MARGIN + 2) * 2 + 64;
+    uint32_t *buf = malloc(2 * cap * sizeof *buf);
+    if (!buf) return -1;
+    bracket br[2];
+    const pct_at *pct[2] = {lo, hi};
+    for (int j = 0; j < 2; j++) {
+        double pos = (double)pct[j]->k / (double)(a->n - 1) * (double)(m - 1);
+        long l = (long)pos - MARGIN, u = (long)pos + 1 + MARGIN;
+        br[j] = (bracket){.lo = l < 0 ? 0 : kth_smallest(sample, m, (size_t)l),
+                          .hi = u >= (long)m ? UINT32_MAX : kth_smallest(sample, m, (size_t)u),
+                          .cap = cap, .buf = buf + (size_t)j * cap};
+    }
+    *max_key = 0;
+    brackets_scan(br, a->ref, a->n_ref, max_key);
+    brackets_scan(br, a->cur, a->n_cur, max_key);
+    int ok = 1;
+    out[0] = bracket_rank(&br[0], lo->k, &ok);
+    out[1] = bracket_rank(&br[0], lo->k1, &ok);
+    out[2] = bracket_rank(&br[1], hi->k, &ok);
+    out[3] = bracket_rank(&br[1], hi->k1, &ok);
+    free(buf);
+    if (ok) return 0;
+    uint32_t *work = malloc(a->n * sizeof *work);
+    if (!work) return -1;
+    order_stats_all(a, lo, hi, work, out, max_key);
+    free(work);
+    return 0;
 }
 
 /* ------------------------------------------------------------ histograms */
@@ -181,17 +252,97 @@ static int bin_of(const bins *h, double x) {
     return i;
 }
 
+/* The log-mode bins seen from the keys. t[i] (i < 64) is the least key
+ * whose log value reaches edge i, t[64] the least whose log value passes
+ * high (the last bin is closed). A key k is binned iff t[0] ≤ k < t[64],
+ * into the last i with t[i] ≤ k — exactly bin_of(log_of_key(k)). Keys are
+ * nearly logarithmic in the value, so a table over [t[0], t[64]) cut into
+ * LUT_SIZE equal spans names the bin at each span's start, and one
+ * comparison (rarely more) corrects it within the span. */
+#define LUT_SIZE 4096
+
+typedef struct {
+    uint32_t t[JS_BINS + 1];
+    uint32_t span;            /* t[64] − t[0] */
+    int shift;                /* a key's span in the table: (k − t[0]) >> shift */
+    uint8_t lut[LUT_SIZE];
+} key_bins;
+
+static uint32_t least_key_reaching(double edge, int strictly) {
+#define REACHES(k) (strictly ? log_of_key(k) > edge : log_of_key(k) >= edge)
+    double y = pow(10.0, edge) - JS_EPS; /* the value at the edge, to land within an ulp or two */
+    uint32_t k = !(y > 0) ? 0 : y >= FLT_MAX ? KEY_INF : key_of((float)y);
+    while (k > 0 && REACHES(k - 1)) k--;
+    while (k < KEY_INF && !REACHES(k)) k++;
+    return k;
+#undef REACHES
+}
+
+static void make_key_bins(key_bins *kb, const bins *h) {
+    for (int i = 0; i < JS_BINS; i++) kb->t[i] = least_key_reaching(h->edges[i], 0);
+    kb->t[JS_BINS] = least_key_reaching(h->high, 1);
+    kb->span = kb->t[JS_BINS] - kb->t[0];
+    kb->shift = 0;
+    while ((kb->span >> kb->shift) >= LUT_SIZE) kb->shift++;
+    int b = 0;
+    for (uint32_t s = 0; s <= kb->span >> kb->shift; s++) {
+        uint32_t start = kb->t[0] + (s << kb->shift);
+        while (b < JS_BINS - 1 && start >= kb->t[b + 1]) b++;
+        kb->lut[s] = (uint8_t)b;
+    }
+}
+
+/* counts[bin] += 1 for every binned key of x (n). */
+static void count_keys(const key_bins *kb, const float *x, size_t n, uint64_t *counts) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = key_of(x[i]), d = k - kb->t[0];
+        if (d >= kb->span) continue;
+        int b = kb->lut[d >> kb->shift];
+        while (b < JS_BINS - 1 && k >= kb->t[b + 1]) b++;
+        counts[b]++;
+    }
+}
+
+/* count_keys over ema (n) and cur (n) at once, replacing each ema[i] by
+ * keep·ema[i] + take·cur[i] once it is binned: the tracker's EMA update,
+ * fused so that the chunk is read once. */
+static void count_keys_blending(const key_bins *kb, float *ema, const float *cur, size_t n,
+                                float keep, float take, uint64_t *counts_ema, uint64_t *counts_cur) {
+    for (size_t i = 0; i < n; i++) {
+        float e = ema[i], c = cur[i];
+        uint32_t k[2] = {key_of(e), key_of(c)};
+        uint64_t *counts[2] = {counts_ema, counts_cur};
+        for (int s = 0; s < 2; s++) {
+            uint32_t d = k[s] - kb->t[0];
+            if (d >= kb->span) continue;
+            int b = kb->lut[d >> kb->shift];
+            while (b < JS_BINS - 1 && k[s] >= kb->t[b + 1]) b++;
+            counts[s][b]++;
+        }
+        float x = keep * e, y = take * c;
+        ema[i] = x + y;
+    }
+}
+
+/* ema[i] = keep·ema[i] + take·cur[i], float32, both factors rounded from double as the reference's tensors do. */
+static void blend(float *ema, const float *cur, size_t n, float keep, float take) {
+    for (size_t i = 0; i < n; i++) {
+        float x = keep * ema[i], y = take * cur[i];
+        ema[i] = x + y;
+    }
+}
+
 /* counts + eps, normalised; then clipped at eps and renormalised (§3.4–5). */
-static void to_distribution(double *p, const double *counts) {
+static void to_distribution(double *p, const uint64_t *counts) {
     double sum = 0;
-    for (int i = 0; i < JS_BINS; i++) sum += (p[i] = counts[i] + JS_EPS);
+    for (int i = 0; i < JS_BINS; i++) sum += (p[i] = (double)counts[i] + JS_EPS);
     for (int i = 0; i < JS_BINS; i++) p[i] /= sum;
     sum = 0;
     for (int i = 0; i < JS_BINS; i++) sum += (p[i] = p[i] < JS_EPS ? JS_EPS : p[i]);
     for (int i = 0; i < JS_BINS; i++) p[i] /= sum;
 }
 
-static double js_of_counts(const double *count_ref, const double *count_cur) {
+static double js_of_counts(const uint64_t *count_ref, const uint64_t *count_cur) {
     double p[JS_BINS], q[JS_BINS], kl_pm = 0, kl_qm = 0;
     to_distribution(p, count_ref);
     to_distribution(q, count_cur);
@@ -204,39 +355,68 @@ static double js_of_counts(const double *count_ref, const double *count_cur) {
     return sqrt(js > 0 ? js : 0);
 }
 
-/* Log mode. Non-finite Fisher values, which the method leaves open (it
- * zeroes NaN before any distance, so only an overflow to inf gets here):
- * a NaN means no distance; the min/max fallback for a non-finite
- * percentile is over the finite values, so infinite ones fall outside the
- * bins; no finite value at all means no distance. */
-static double js_log(const float *ref, size_t n_ref, const float *cur, size_t n_cur) {
-    size_t n = n_ref + n_cur;
-    double *all = malloc(2 * n * sizeof *all);
-    if (!all) return NAN;
-    double *work = all + n, lo_finite = INFINITY, hi_finite = -INFINITY, result = NAN;
-    for (size_t i = 0; i < n; i++) {
-        float x = i < n_ref ? ref[i] : cur[i - n_ref];
-        double v = all[i] = log10(fabs((double)x) + JS_EPS);
-        if (isnan(v)) goto out;
-        if (isfinite(v)) lo_finite = v < lo_finite ? v : lo_finite, hi_finite = v > hi_finite ? v : hi_finite;
+/* ------------------------------------------------------------ the distance */
+
+#define DIRECT_MAX 512 /* below this many values one log each costs less than 65 key thresholds */
+
+/* The least and greatest finite keys of a (none: lo > hi). */
+static void finite_range(const both *a, uint32_t *lo, uint32_t *hi) {
+    *lo = UINT32_MAX, *hi = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        uint32_t k = key_at(a, i);
+        if (k >= KEY_INF) continue;
+        *lo = k < *lo ? k : *lo;
+        *hi = k > *hi ? k : *hi;
     }
-    if (lo_finite > hi_finite) goto out;
-    double low, high;
-    percentiles_1_99(all, n, work, &low, &high);
-    if (!isfinite(low)) low = lo_finite;
-    if (!isfinite(high)) high = hi_finite;
+}
+
+/* Log mode into *js (NAN: no distance). When ema is given (the tracker;
+ * then ema == a->ref and n_ref == n_cur) it is also blended with cur, on
+ * every path, after it has been measured. Non-finite Fisher values, which
+ * the method leaves open (it zeroes NaN before any distance, so only an
+ * overflow to inf gets here): a NaN means no distance; the min/max
+ * fallback for a non-finite percentile is over the finite values, so
+ * infinite ones fall outside the bins; no finite value at all means no
+ * distance. Returns 0, or -1 when out of memory (*js NAN, ema blended). */
+static int js_log(const both *a, float *ema, float keep, float take, double *js) {
+    *js = NAN;
+    pct_at lo = percentile_at(a->n, 0.01), hi = percentile_at(a->n, 0.99);
+    uint32_t ord[4], max_key;
+    int rc = order_stats(a, &lo, &hi, ord, &max_key);
+    if (rc || max_key > KEY_INF) goto out;
+    double low = lerp(log_of_key(ord[0]), log_of_key(ord[1]), lo.t);
+    double high = lerp(log_of_key(ord[2]), log_of_key(ord[3]), hi.t);
+    if (!isfinite(low) || !isfinite(high)) {
+        uint32_t lo_finite, hi_finite;
+        finite_range(a, &lo_finite, &hi_finite);
+        if (lo_finite > hi_finite) goto out;
+        if (!isfinite(low)) low = log_of_key(lo_finite);
+        if (!isfinite(high)) high = log_of_key(hi_finite);
+    }
     if (high <= low) high = low + 1e-3;
     bins h;
     make_bins(&h, low, high);
-    double cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
-    for (size_t i = 0; i < n; i++) {
-        int b = bin_of(&h, all[i]);
-        if (b >= 0) (i < n_ref ? cr : cc)[b] += 1;
+    uint64_t cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
+    if (a->n < DIRECT_MAX) {
+        for (size_t i = 0; i < a->n; i++) {
+            int b = bin_of(&h, log_of_key(key_at(a, i)));
+            if (b >= 0) (i < a->n_ref ? cr : cc)[b]++;
+        }
+    } else {
+        key_bins kb;
+        make_key_bins(&kb, &h);
+        if (ema) {
+            count_keys_blending(&kb, ema, a->cur, a->n_cur, keep, take, cr, cc);
+            ema = NULL;
+        } else {
+            count_keys(&kb, a->ref, a->n_ref, cr);
+            count_keys(&kb, a->cur, a->n_cur, cc);
+        }
     }
-    result = js_of_counts(cr, cc);
+    *js = js_of_counts(cr, cc);
 out:
-    free(all);
-    return result;
+    if (ema) blend(ema, a->cur, a->n_cur, keep, take);
+    return rc;
 }
 
 static double js_raw(const float *ref, size_t n_ref, const float *cur, size_t n_cur) {
@@ -252,17 +432,21 @@ static double js_raw(const float *ref, size_t n_ref, const float *cur, size_t n_
     if (high == low) high = low + 1e-12;
     bins h;
     make_bins(&h, low, high);
-    double cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
+    uint64_t cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
     for (size_t i = 0; i < n; i++) {
         int b = bin_of(&h, fabs((double)(i < n_ref ? ref[i] : cur[i - n_ref])));
-        if (b >= 0) (i < n_ref ? cr : cc)[b] += 1;
+        if (b >= 0) (i < n_ref ? cr : cc)[b]++;
     }
     return js_of_counts(cr, cc);
 }
 
 double fisher_js_distance(const float *ref, size_t n_ref, const float *cur, size_t n_cur, int mode) {
     if (!n_ref || !n_cur || !ref || !cur) return NAN;
-    return mode == FISHER_JS_RAW ? js_raw(ref, n_ref, cur, n_cur) : js_log(ref, n_ref, cur, n_cur);
+    if (mode == FISHER_JS_RAW) return js_raw(ref, n_ref, cur, n_cur);
+    both a = {ref, cur, n_ref, n_cur, n_ref + n_cur};
+    double js;
+    js_log(&a, NULL, 0, 0, &js);
+    return js;
 }
 
 /* ------------------------------------------------------------ the tracker */
@@ -282,12 +466,16 @@ int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n,
     }
     if (n != d->n)
         return fisher_errorf(err, "drift: chunk had %zu elements, now %zu", d->n, n);
-    double js = fisher_js_distance(d->ema_F, n, cur, n, cfg->js_mode);
     /* float32, both factors rounded from double, as the reference's tensors do */
     float keep = (float)cfg->fisher_ema_decay, take = (float)(1.0 - cfg->fisher_ema_decay);
-    for (size_t i = 0; i < n; i++) {
-        float a = keep * d->ema_F[i], b = take * cur[i];
-        d->ema_F[i] = a + b;
+    double js;
+    if (cfg->js_mode == FISHER_JS_RAW) {
+        js = fisher_js_distance(d->ema_F, n, cur, n, FISHER_JS_RAW);
+        blend(d->ema_F, cur, n, keep, take);
+    } else {
+        both a = {d->ema_F, cur, n, n, 2 * n};
+        if (js_log(&a, d->ema_F, keep, take, &js))
+            return fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
     }
     double e = cfg->js_ema_decay;
     d->js_ema = e * d->js_ema + (1.0 - e) * js;

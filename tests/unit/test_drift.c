@@ -532,20 +532,25 @@ static void test_js_basics(void **state) {
     free(z), free(t);
 }
 
-/* Large inputs find their percentiles through a strided sample that
+/* Large inputs find their percentiles through a pseudo-random sample that
  * brackets the needed ranks, and fall back to plain selection when the
  * sample misleads. The distance must not depend on the route: the same two
- * sides in an order that fools the sample (every sampled slot of ref ∪ cur
- * holds an outlier, so the brackets miss) and reversed (an ordinary sample)
- * give bit-identical distances. */
+ * sides in an order that fools the sample (every slot the sampler reads —
+ * xorshift32 from 0x9e3779b9, position (state · n) >> 32, as drift.c draws
+ * them — holds an outlier, so the brackets miss) and reversed (an ordinary
+ * sample) give bit-identical distances. */
 static void test_js_independent_of_order(void **state) {
     (void)state;
-    enum { N = 40000, STRIDE = 2 * N / 1024 };
+    enum { N = 40000, SAMPLED = 2048 };
     float *all = malloc(2 * N * sizeof(float));
     fisher_rng rng;
     fisher_rng_seed(&rng, 5);
-    for (size_t i = 0; i < 2 * (size_t)N; i++)
-        all[i] = i % STRIDE == 0 ? 1e20f : expf(3.0f * fisher_rng_normal(&rng));
+    for (size_t i = 0; i < 2 * (size_t)N; i++) all[i] = expf(3.0f * fisher_rng_normal(&rng));
+    uint32_t x = 0x9e3779b9u;
+    for (int i = 0; i < SAMPLED; i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        all[((uint64_t)x * 2 * N) >> 32] = 1e20f;
+    }
     float *ref = all, *cur = all + N;
     double fooled[2], plain[2];
     for (int mode = 0; mode < 2; mode++) fooled[mode] = fisher_js_distance(ref, N, cur, N, mode);
@@ -562,6 +567,105 @@ static void test_js_independent_of_order(void **state) {
         assert_true(isfinite(fooled[mode]) && fooled[mode] == plain[mode]);
     }
     free(all);
+}
+
+/* §3's log mode the plain way — a log per value, a full sort, numpy's
+ * percentile, linspace edges, a binary search per value — to hold the
+ * library's route (keys, selection, exact key thresholds, a lookup table)
+ * to the definition on inputs the golden file cannot carry: large and
+ * shaped to stress every shortcut. */
+static int cmp_f64(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double plain_percentile(const double *sorted, size_t n, double q) {
+    double v = (double)(n - 1) * q;
+    size_t i = (size_t)floor(v), i1 = i + 1 < n ? i + 1 : n - 1;
+    double t = v - floor(v), a = sorted[i], b = sorted[i1], diff = b - a;
+    return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
+}
+
+static double plain_js_log(const float *ref, size_t n_ref, const float *cur, size_t n_cur) {
+    size_t n = n_ref + n_cur;
+    double *v = malloc(n * sizeof *v), *sorted = malloc(n * sizeof *sorted);
+    double lo_f = INFINITY, hi_f = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        v[i] = sorted[i] = log10(fabs((double)(i < n_ref ? ref[i] : cur[i - n_ref])) + 1e-12);
+        if (isfinite(v[i])) lo_f = fmin(lo_f, v[i]), hi_f = fmax(hi_f, v[i]);
+    }
+    qsort(sorted, n, sizeof *sorted, cmp_f64);
+    double low = plain_percentile(sorted, n, 0.01), high = plain_percentile(sorted, n, 0.99);
+    if (!isfinite(low)) low = lo_f;
+    if (!isfinite(high)) high = hi_f;
+    if (high <= low) high = low + 1e-3;
+    double edges[65], step = (high - low) / 64, count[2][64] = {{0}};
+    for (int i = 0; i < 64; i++) edges[i] = (double)i * step + low;
+    edges[64] = high;
+    for (size_t i = 0; i < n; i++) {
+        if (!(v[i] >= edges[0] && v[i] <= edges[64])) continue;
+        int lo = 0, hi = 64; /* the last edge ≤ v, by bisection; the last bin is closed */
+        while (hi - lo > 1) {
+            int mid = (lo + hi) / 2;
+            if (edges[mid] <= v[i]) lo = mid;
+            else hi = mid;
+        }
+        count[i >= n_ref][lo] += 1;
+    }
+    double p[2][64], kl = 0;
+    for (int s = 0; s < 2; s++) {
+        double sum = 0;
+        for (int i = 0; i < 64; i++) sum += (p[s][i] = count[s][i] + 1e-12);
+        for (int i = 0; i < 64; i++) p[s][i] /= sum;
+        sum = 0;
+        for (int i = 0; i < 64; i++) sum += (p[s][i] = p[s][i] < 1e-12 ? 1e-12 : p[s][i]);
+        for (int i = 0; i < 64; i++) p[s][i] /= sum;
+    }
+    for (int i = 0; i < 64; i++) {
+        double m = (p[0][i] + p[1][i]) / 2;
+        kl += 0.5 * p[0][i] * log(p[0][i] / m) + 0.5 * p[1][i] * log(p[1][i] / m);
+    }
+    free(v), free(sorted);
+    return sqrt(kl > 0 ? kl : 0);
+}
+
+static void test_js_matches_plain_definition(void **state) {
+    (void)state;
+    const size_t sizes[] = {300, 511, 512, 1500, 2048, 9000, 60000};
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 11);
+    int cases = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+        for (int shape = 0; shape < 8; shape++) {
+            size_t n = sizes[si];
+            float *ref = malloc(n * sizeof *ref), *cur = malloc(n * sizeof *cur);
+            float S[7] = {0.2f, 0.2f, 0.2f, 0.21f, 0.2f, 0.5f, 0.2f}, H[50];
+            for (int j = 0; j < 50; j++) H[j] = 0.2f + 0.8f * expf(4 * fisher_rng_normal(&rng));
+            for (size_t i = 0; i < 2 * n; i++) {
+                float u = fisher_rng_uniform(&rng), g = fisher_rng_normal(&rng), x;
+                switch (shape) {
+                case 0: x = expf(2 * g); break;                        /* ordinary spread */
+                case 1: x = powf(10.0f, 30 * g); break;                /* 0, subnormal … inf */
+                case 2: x = 0.2f * (1 + 1e-7f * (float)(int)(8 * u)); break; /* a few ulps apart */
+                case 3: x = (float)(int)(4 * u) * 0.25f; break;         /* heavy ties, zeros */
+                case 4: x = u < 0.3f ? 1e-14f * u : expf(g); break;     /* below the 1e-12 floor */
+                case 5: x = u < 0.02f ? INFINITY : expf(g); break;     /* overflowed values */
+                case 6: x = S[i % 7] * H[(i / 7) % 50]; break;         /* rank one, as S·H */
+                default: x = 1e-12f * (1 + u); break;                  /* on the floor itself */
+                }
+                (i < n ? ref : cur)[i % n] = x;
+            }
+            for (size_t n_cur = n; n_cur >= n / 3; n_cur -= n / 3) { /* n, 2n/3, n/3 */
+                double got = fisher_js_distance(ref, n, cur, n_cur, FISHER_JS_LOG);
+                double want = plain_js_log(ref, n, cur, n_cur);
+                if (!(got == want || fabs(got - want) <= 1e-12))
+                    fail_msg("n %zu/%zu shape %d: library %.17g, plain definition %.17g", n, n_cur,
+                             shape, got, want);
+                cases++;
+            }
+            free(ref), free(cur);
+        }
+    printf("  %d cases agree with the plain definition\n", cases);
 }
 
 static void test_tracker_contract(void **state) {
@@ -609,6 +713,7 @@ int main(void) {
         cmocka_unit_test(test_tracker_b),    cmocka_unit_test(test_freeze_edges),
         cmocka_unit_test(test_js_basics),    cmocka_unit_test(test_tracker_contract),
         cmocka_unit_test(test_js_independent_of_order),
+        cmocka_unit_test(test_js_matches_plain_definition),
     };
     return cmocka_run_group_tests_name("drift", tests, NULL, NULL);
 }
