@@ -20,6 +20,8 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Below this many elements of work a loop runs on the calling thread. */
@@ -577,6 +579,7 @@ static void add_column_squares(double *acc, const float *m, int R, int C) {
 #pragma omp parallel for schedule(static) reduction(+ : acc[:C]) if ((size_t)R * C > PAR_MIN)
     for (int r = 0; r < R; r++) {
         const float *m_r = m + (size_t)r * C;
+#pragma omp simd
         for (int c = 0; c < C; c++) acc[c] += (double)m_r[c] * m_r[c];
     }
 }
@@ -592,12 +595,11 @@ void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout
     for (int o = 0; o < OC; o++) S[o] = (float)(sq[o] / R);
 }
 
-void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
-                       const fisher_conv2d_dims *d, int has_bias) {
+/* h (K) = Σ over every (batch, group, position) patch of its squares: the
+ * direct loop. Only the fallback when conv_patch_squares has no memory. */
+static void conv_patch_squares_direct(double *h, const float *inp, const fisher_conv2d_dims *d) {
     int G = d->groups, cg = d->C / G, K = cg * d->KH * d->KW, P = d->OH * d->OW;
-    double h[K], sq[d->OC];
-    memset(h, 0, sizeof h), memset(sq, 0, sizeof sq);
-    /* every (batch, group, position) patch is a row; groups share H */
+    memset(h, 0, (size_t)K * sizeof *h);
 #pragma omp parallel for collapse(2) schedule(static) reduction(+ : h[:K]) \
     if ((size_t)d->B * P * K * G > PAR_MIN)
     for (int b = 0; b < d->B; b++)
@@ -617,6 +619,112 @@ void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
                             }
                     }
                 }
+}
+
+/* a (G·cg) -> a (cg): the sum of the G groups, folded in halves so every
+ * step is one contiguous, vectorisable add. */
+static void fold_groups(double *a, int G, int cg) {
+    while (G > 1) {
+        int keep = (G + 1) / 2;
+        size_t n = (size_t)(G - keep) * cg;
+        const double *hi = a + (size_t)keep * cg;
+#pragma omp simd
+        for (size_t j = 0; j < n; j++) a[j] += hi[j];
+        G = keep;
+    }
+}
+
+/* acc (n) += v (n) */
+static void add_d(double *restrict acc, const double *restrict v, size_t n) {
+#pragma omp simd
+    for (size_t j = 0; j < n; j++) acc[j] += v[j];
+}
+
+/* What conv_patch_squares_direct computes, in O(B·H·W·C) instead of
+ * O(B·P·K·G), which for a depthwise conv also ran every channel into the same
+ * few sums one after another. An input element's square reaches h[ci, ki, kj]
+ * once for every (batch, group) and every output whose tap (ki, kj) reads it,
+ * so per input row: sum the squares over batch and groups per pixel, q
+ * (chunk, cg); add each pixel into the kj whose column lattice holds it, crow
+ * (KW, cg); add crow into the ki whose row lattice holds the row, ht (KH, KW,
+ * cg). Threads take contiguous bands of rows and their ht are added in thread
+ * order, so a run is reproducible for a given team size. Returns -1 without
+ * memory. */
+static int conv_patch_squares(double *h, const float *inp, const fisher_conv2d_dims *d) {
+    int B = d->B, H = d->H, W = d->W, C = d->C, G = d->groups, cg = C / G;
+    int KH = d->KH, KW = d->KW, s = d->stride, pad = d->pad, K = cg * KH * KW;
+    /* rows and columns past the last output's last tap are never read */
+    int nh = (d->OH - 1) * s - pad + KH, nw = (d->OW - 1) * s - pad + KW;
+    nh = nh < H ? nh : H, nw = nw < W ? nw : W;
+    memset(h, 0, (size_t)K * sizeof *h);
+    if (nh <= 0 || nw <= 0) return 0; /* every tap reads padding */
+    /* q holds a chunk of pixels' full channels before the group fold */
+    int chunk = C < 2048 ? 2048 / C : 1;
+    chunk = chunk < nw ? chunk : nw;
+    size_t per = (size_t)chunk * C + (size_t)KW * cg + (size_t)K;
+    int par = (size_t)B * nh * nw * C > PAR_MIN, T = par ? omp_get_max_threads() : 1;
+    double *ws = malloc((size_t)T * per * sizeof *ws);
+    if (!ws) return -1;
+    int nt = 1;
+#pragma omp parallel num_threads(T) if (par)
+    {
+        int t = omp_get_thread_num();
+#pragma omp single
+        nt = omp_get_num_threads();
+        double *q = ws + (size_t)t * per, *crow = q + (size_t)chunk * C;
+        double *ht = crow + (size_t)KW * cg;
+        memset(ht, 0, (size_t)K * sizeof *ht);
+        for (int ih = t * nh / nt; ih < (t + 1) * nh / nt; ih++) {
+            int r = ih + pad, hit = 0; /* tap ki reads the row for output (r − ki) / s */
+            for (int ki = r % s; ki < KH && ki <= r; ki += s) hit |= (r - ki) / s < d->OH;
+            if (!hit) continue; /* between lattices: stride > KH */
+            memset(crow, 0, (size_t)KW * cg * sizeof *crow);
+            for (int iw0 = 0; iw0 < nw; iw0 += chunk) {
+                int n = nw - iw0 < chunk ? nw - iw0 : chunk;
+                size_t len = (size_t)n * C;
+                memset(q, 0, len * sizeof *q);
+                int b = 0;
+                for (; b + 1 < B; b += 2) { /* two images a pass: half the traffic on q */
+                    const float *x = inp + (((size_t)b * H + ih) * W + iw0) * C;
+                    const float *y = x + (size_t)H * W * C;
+#pragma omp simd
+                    for (size_t j = 0; j < len; j++)
+                        q[j] += (double)x[j] * x[j] + (double)y[j] * y[j];
+                }
+                if (b < B) {
+                    const float *x = inp + (((size_t)b * H + ih) * W + iw0) * C;
+#pragma omp simd
+                    for (size_t j = 0; j < len; j++) q[j] += (double)x[j] * x[j];
+                }
+                for (int p = 0; p < n; p++) {
+                    double *qp = q + (size_t)p * C;
+                    if (G > 1) fold_groups(qp, G, cg);
+                    int c = iw0 + p + pad;
+                    for (int kj = c % s; kj < KW && kj <= c; kj += s)
+                        if ((c - kj) / s < d->OW) add_d(crow + (size_t)kj * cg, qp, cg);
+                }
+            }
+            for (int ki = r % s; ki < KH && ki <= r; ki += s)
+                if ((r - ki) / s < d->OH) add_d(ht + (size_t)ki * KW * cg, crow, (size_t)KW * cg);
+        }
+    }
+    /* ht (KH, KW, cg) of every thread, in thread order, into h (cg, KH, KW) */
+    for (int t = 0; t < nt; t++) {
+        const double *ht = ws + (size_t)t * per + (size_t)chunk * C + (size_t)KW * cg;
+        for (int ci = 0; ci < cg; ci++)
+            for (int k = 0; k < KH * KW; k++) h[ci * KH * KW + k] += ht[(size_t)k * cg + ci];
+    }
+    free(ws);
+    return 0;
+}
+
+void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
+                       const fisher_conv2d_dims *d, int has_bias) {
+    int G = d->groups, cg = d->C / G, K = cg * d->KH * d->KW, P = d->OH * d->OW;
+    double h[K], sq[d->OC];
+    memset(sq, 0, sizeof sq);
+    /* every (batch, group, position) patch is a row; groups share H */
+    if (conv_patch_squares(h, inp, d)) conv_patch_squares_direct(h, inp, d);
     add_column_squares(sq, dout, d->B * P, d->OC);
     double div = has_bias ? (double)d->B * P * K : (double)d->B;
     for (int j = 0; j < K; j++) H[j] = (float)(h[j] / div);

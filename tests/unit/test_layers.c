@@ -113,6 +113,88 @@ static void test_conv_dims_reject(void **s) {
     assert_int_equal(d.OH, 2);
 }
 
+/* fisher_stats_conv against the definition, written out as the direct loop
+ * over every (batch, group, position) patch, on shapes that reach the
+ * corners: odd sizes, strides past the kernel (unread rows and columns),
+ * padding past the kernel (outputs that read only padding), groups, and
+ * sizes large enough for the threaded path. Both sum in double, in different
+ * orders, so they agree to rounding. */
+static void test_stats_conv_direct(void **s) {
+    (void)s;
+    static const conv_case cases[] = {
+        {"patch 7x7 s4 p3", 2, 13, 11, 3, 5, 7, 4, 3, 1, 1},
+        {"dense 3x3 s2 p1", 3, 9, 10, 6, 4, 3, 2, 1, 1, 0},
+        {"dense 3x3 s1 p1", 2, 7, 9, 5, 3, 3, 1, 1, 1, 1},
+        {"dense 7x7 s1 p3", 1, 6, 8, 2, 2, 7, 1, 3, 1, 0},
+        {"depthwise 3x3 s1 p1", 2, 9, 7, 12, 12, 3, 1, 1, 12, 1},
+        {"depthwise 3x3 s2 p1", 1, 5, 6, 33, 33, 3, 2, 1, 33, 0},
+        {"grouped G=2 3x3 s2 p3", 2, 11, 8, 8, 6, 3, 2, 3, 2, 1},
+        {"grouped G=3 5x5 s1 p2", 3, 6, 7, 9, 6, 5, 1, 2, 3, 0},
+        {"grouped G=4 7x7 s1 p3", 1, 8, 9, 4, 4, 7, 1, 3, 4, 1},
+        {"1x1", 2, 6, 5, 24, 10, 1, 1, 0, 1, 0},
+        {"1x1 s2 (skipped rows)", 2, 7, 9, 4, 3, 1, 2, 0, 1, 1},
+        {"1x1 s4 p1", 1, 10, 11, 3, 2, 1, 4, 1, 1, 1},
+        {"1x1 p3 (padding only)", 2, 3, 4, 2, 2, 1, 1, 3, 1, 1},
+        {"1x1 s4 p1 on one row", 1, 1, 5, 2, 2, 1, 4, 1, 1, 1},
+        {"sr 4x4 s4", 2, 8, 12, 8, 8, 4, 4, 0, 1, 1},
+        {"threaded depthwise", 4, 32, 31, 16, 16, 3, 1, 1, 16, 1},
+        {"threaded dense 3x3 s2", 2, 40, 37, 24, 8, 3, 2, 1, 1, 1},
+        {"threaded G=2 7x7 s4 p3", 3, 45, 50, 6, 4, 7, 4, 3, 2, 0},
+    };
+    uint64_t rng = 12345;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const conv_case *cc = &cases[c];
+        fisher_conv2d_dims d;
+        assert_int_equal(fisher_conv2d_dims_init(&d, cc->B, cc->H, cc->W, cc->C, cc->OC, cc->K,
+                                                 cc->K, cc->stride, cc->pad, cc->groups), 0);
+        int G = d.groups, cg = d.C / G, K = cg * d.KH * d.KW, P = d.OH * d.OW;
+        size_t n_in = (size_t)d.B * d.H * d.W * d.C, n_out = (size_t)d.B * P * d.OC;
+        float *inp = malloc(n_in * sizeof *inp), *dout = malloc(n_out * sizeof *dout);
+        for (size_t i = 0; i < n_in; i++) /* O(1), with a scale varying by channel */
+            rng = rng * 6364136223846793005u + 1442695040888963407u,
+            inp[i] = ((float)(rng >> 40) / (1 << 24) - 0.5f) * (1 + (float)(i % d.C) / d.C);
+        for (size_t i = 0; i < n_out; i++)
+            rng = rng * 6364136223846793005u + 1442695040888963407u,
+            dout[i] = (float)(rng >> 40) / (1 << 24) - 0.5f;
+        double *h = calloc(K, sizeof *h), *sq = calloc(d.OC, sizeof *sq);
+        for (int b = 0; b < d.B; b++)
+            for (int oh = 0; oh < d.OH; oh++)
+                for (int ow = 0; ow < d.OW; ow++)
+                    for (int ki = 0; ki < d.KH; ki++)
+                        for (int kj = 0; kj < d.KW; kj++) {
+                            int ih = oh * d.stride - d.pad + ki, iw = ow * d.stride - d.pad + kj;
+                            if (ih < 0 || ih >= d.H || iw < 0 || iw >= d.W) continue;
+                            const float *x = inp + (((size_t)b * d.H + ih) * d.W + iw) * d.C;
+                            for (int g = 0; g < G; g++)
+                                for (int ci = 0; ci < cg; ci++)
+                                    h[(ci * d.KH + ki) * d.KW + kj] +=
+                                        (double)x[g * cg + ci] * x[g * cg + ci];
+                        }
+        for (size_t r = 0; r < (size_t)d.B * P; r++)
+            for (int o = 0; o < d.OC; o++) sq[o] += (double)dout[r * d.OC + o] * dout[r * d.OC + o];
+        float *wantH = malloc((K + 1) * sizeof *wantH), *wantS = malloc(d.OC * sizeof *wantS);
+        double div = cc->bias ? (double)d.B * P * K : d.B;
+        for (int j = 0; j < K; j++) wantH[j] = (float)(h[j] / div);
+        if (cc->bias) wantH[K] = (float)((double)G / K);
+        for (int o = 0; o < d.OC; o++) wantS[o] = (float)(sq[o] / ((double)d.B * P));
+
+        float *H = malloc((K + 1) * sizeof *H), *S = malloc(d.OC * sizeof *S);
+        float *H2 = malloc((K + 1) * sizeof *H2), *S2 = malloc(d.OC * sizeof *S2);
+        char name[96];
+        snprintf(name, sizeof name, "stats_conv %s H", cc->name);
+        fisher_stats_conv(H, S, inp, dout, &d, cc->bias);
+        assert_close(name, H, wantH, K + cc->bias, 1e-6, 0);
+        snprintf(name, sizeof name, "stats_conv %s S", cc->name);
+        assert_close(name, S, wantS, d.OC, 1e-6, 0);
+        /* and the same bits on a second run */
+        fisher_stats_conv(H2, S2, inp, dout, &d, cc->bias);
+        assert_memory_equal(H, H2, (K + cc->bias) * sizeof *H);
+        assert_memory_equal(S, S2, d.OC * sizeof *S);
+        free(inp), free(dout), free(h), free(sq), free(wantH), free(wantS);
+        free(H), free(S), free(H2), free(S2);
+    }
+}
+
 static void test_layernorm(void **s) {
     (void)s;
     int R = 14, C = 16;
@@ -377,6 +459,7 @@ int main(void) {
         cmocka_unit_test(test_conv_s2),        cmocka_unit_test(test_conv_grouped),
         cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_sr),
         cmocka_unit_test(test_conv_1x1),       cmocka_unit_test(test_conv_dims_reject),
+        cmocka_unit_test(test_stats_conv_direct),
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
