@@ -25,6 +25,9 @@ CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC -fno-ma
 CFLAGS  ?= $(OPT)
 CFLAGS  += $(CFLAGS_BASE)
 LDLIBS  := $(BLAS_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -fopenmp -lm -lpthread
+# The daemon's own: HTTP, the store, the event loop. lib/ never needs them.
+DAEMON_PKGS := libmicrohttpd sqlite3 libuv
+DAEMON_LIBS := $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 # Every package building and testing needs. The daemon's (libmicrohttpd,
@@ -38,6 +41,11 @@ UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 DAEMON_OBJ := $(DAEMON_SRC:daemon/%.c=$(BUILD)/daemon/%.o)
+API_SRC   := $(sort $(wildcard api/*.c))
+API_OBJ   := $(API_SRC:api/%.c=$(BUILD)/api/%.o)
+MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+# Everything of the daemon but main(), so unit tests can link it too.
+CORE_OBJ  := $(filter-out $(BUILD)/daemon/main.o,$(DAEMON_OBJ)) $(API_OBJ) $(BUILD)/gen/migrations.o
 
 .PHONY: all deps torch-deps test unit unit-asan integration run bench fixtures clean
 .DELETE_ON_ERROR:
@@ -56,8 +64,21 @@ deps:
 $(BUILD)/lib/%.o: lib/%.c $(wildcard lib/*.h) | $(BUILD)/lib
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/daemon/%.o: daemon/%.c $(wildcard lib/*.h daemon/*.h) | $(BUILD)/daemon
-	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/daemon/%.o: daemon/%.c $(wildcard lib/*.h daemon/*.h api/*.h) | $(BUILD)/daemon
+	$(CC) $(CFLAGS) -Idaemon -Iapi -c $< -o $@
+
+$(BUILD)/api/%.o: api/%.c $(wildcard lib/*.h daemon/*.h api/*.h) | $(BUILD)/api
+	$(CC) $(CFLAGS) -Idaemon -Iapi -c $< -o $@
+
+# The schema migrations, embedded: the binary carries the SQL it applies.
+$(BUILD)/gen/migrations.c: $(MIGRATIONS) daemon/embed_migrations.sh | $(BUILD)/gen
+	sh daemon/embed_migrations.sh $(MIGRATIONS) > $@
+
+$(BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c
+	$(CC) $(CFLAGS) -Idaemon -c $< -o $@
+
+$(BUILD)/libfisherd.a: $(CORE_OBJ)
+	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/libfisher.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -65,13 +86,13 @@ $(BUILD)/libfisher.a: $(LIB_OBJ)
 $(BUILD)/libfisher.so: $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
 
-$(BUILD)/fisherd: $(DAEMON_OBJ) $(BUILD)/libfisher.a
-	$(CC) $(LDFLAGS) -o $@ $(DAEMON_OBJ) $(BUILD)/libfisher.a $(LDLIBS)
+$(BUILD)/fisherd: $(BUILD)/daemon/main.o $(BUILD)/libfisherd.a $(BUILD)/libfisher.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS) $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(BUILD)/libfisher.a | $(BUILD)/tests
-	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(BUILD)/libfisher.a -lcmocka -lz $(LDLIBS)
+$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(BUILD)/libfisherd.a $(BUILD)/libfisher.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests/unit -Idaemon -Iapi $< -o $@ $(BUILD)/libfisherd.a $(BUILD)/libfisher.a -lcmocka -lz $(DAEMON_LIBS) $(LDLIBS)
 
-$(BUILD)/lib $(BUILD)/daemon $(BUILD)/tests:
+$(BUILD)/lib $(BUILD)/daemon $(BUILD)/api $(BUILD)/gen $(BUILD)/tests:
 	mkdir -p $@
 
 # Unit and parity tests; each binary prints cmocka's summary. Tests find the
