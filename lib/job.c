@@ -140,6 +140,31 @@ static int evaluate_on(fisher_segformer *m, fisher_dataset *ds, const fisher_job
     return 0;
 }
 
+static const char *layer_class_name(fisher_layer_class c) {
+    static const char *const names[] = {"linear", "conv", "batchnorm", "layernorm"};
+    return c >= 0 && c <= FISHER_CLASS_LAYERNORM ? names[c] : "other";
+}
+
+/* The chunk table with names, for on_groups. */
+static int report_groups(const fisher_job_callbacks *cb, const fisher_trainer *t, fisher_error *err) {
+    const fisher_chunk *chunks;
+    const fisher_layer *layers;
+    size_t n = fisher_method_chunks(t->method, &chunks);
+    fisher_segformer_layers(t->model, &layers);
+    const fisher_tensor_table *tab = fisher_segformer_params(t->model);
+    fisher_job_group *g = calloc(n ? n : 1, sizeof *g);
+    if (!g) return fisher_errorf(err, "out of memory listing %zu parameter groups", n);
+    for (size_t i = 0; i < n; i++) {
+        const fisher_chunk *c = &chunks[i];
+        const fisher_layer *l = &layers[c->layer];
+        g[i] = (fisher_job_group){c->key, tab->tensors[c->tensor].name, l->name, layer_class_name(l->cls),
+                                 l->depth, c->axis, c->start, c->end, c->size};
+    }
+    cb->on_groups(cb->ctx, g, n);
+    free(g);
+    return 0;
+}
+
 /* The checkpoint: weights, buffers, the optimiser's moments per tensor, and
  * the step, so a run can continue exactly where it stopped. */
 static int write_checkpoint(const fisher_trainer *t, const fisher_job_spec *s, int64_t step,
@@ -255,6 +280,7 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
             (long long)s->fisher.freeze_interval);
     }
 
+    if (t.method && cb && cb->on_groups && report_groups(cb, &t, err)) goto out;
     double best_loss = INFINITY, trainable_sum = 0;
     int evals_without_gain = 0;
     int64_t step = 0, last_eval = -1;

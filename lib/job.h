@@ -108,9 +108,23 @@ typedef struct {
     fisher_seg_metrics metrics;
 } fisher_job_eval;
 
+/* One parameter group (chunk, FISHERADAPTUNE.md §2) as people see it. */
+typedef struct {
+    const char *key;               /* "<tensor>.rowblock<i>" */
+    const char *tensor;            /* the Hugging Face tensor name */
+    const char *layer;             /* the module owning it */
+    const char *layer_class;       /* "linear" | "conv" | "batchnorm" | "layernorm" */
+    int depth;                     /* the layer's position in the forward pass, 0 = first */
+    int axis, start, end;          /* the index range along axis */
+    size_t size;                   /* elements */
+} fisher_job_group;
+
 typedef struct {
     void *ctx;
     void (*on_log)(void *ctx, const char *line);                 /* what a person should read */
+    /* strategy "fisher": the parameter groups, once before the first step;
+     * on_method's chunk indices index this array */
+    void (*on_groups)(void *ctx, const fisher_job_group *groups, size_t n);
     void (*on_progress)(void *ctx, const fisher_job_progress *p);
     void (*on_eval)(void *ctx, const fisher_job_eval *e);
     void (*on_checkpoint)(void *ctx, int64_t step, const char *path);

@@ -169,6 +169,55 @@ static void test_cancel_still_checkpoints(void **state) {
     assert_int_equal(access(path, F_OK), -1); /* no final model for an unfinished job */
 }
 
+typedef struct {
+    int group_calls, method_calls, bad_index;
+    size_t n_groups, elements;
+    char first_key[160], first_tensor[160], first_class[16];
+} group_log;
+
+static void log_groups(void *ctx, const fisher_job_group *g, size_t n) {
+    group_log *l = ctx;
+    l->group_calls++, l->n_groups = n;
+    for (size_t i = 0; i < n; i++) l->elements += g[i].size;
+    snprintf(l->first_key, sizeof l->first_key, "%s", g[0].key);
+    snprintf(l->first_tensor, sizeof l->first_tensor, "%s", g[0].tensor);
+    snprintf(l->first_class, sizeof l->first_class, "%s", g[0].layer_class);
+}
+
+static void log_method(void *ctx, int64_t step, const fisher_method_report *r, const fisher_chunk *chunks,
+                       size_t n) {
+    (void)step, (void)chunks;
+    group_log *l = ctx;
+    l->method_calls++;
+    if (n != l->n_groups) l->bad_index = 1;
+    for (size_t i = 0; i < r->n_frozen; i++)
+        if (r->frozen[i] < 0 || (size_t)r->frozen[i] >= l->n_groups) l->bad_index = 1;
+}
+
+/* A fisher job names its parameter groups once, before the first step, in
+ * the order on_method's chunk indices refer to; together they cover every
+ * parameter exactly once. */
+static void test_fisher_job_reports_groups(void **state) {
+    (void)state;
+    fisher_job_spec s = small_job();
+    s.strategy = FISHER_STRATEGY_FISHER;
+    s.fisher.freeze_interval = 3;
+    group_log l = {0};
+    fisher_job_callbacks cb = {.ctx = &l, .on_groups = log_groups, .on_method = log_method};
+    fisher_job_result r;
+    fisher_error err = {{0}};
+    if (fisher_job_run(&s, out_dir, &cb, NULL, &r, &err)) fail_msg("%s", err.msg);
+    printf("  %zu groups, first %s (%s, %s); %d method reports\n", l.n_groups, l.first_key,
+           l.first_tensor, l.first_class, l.method_calls);
+    assert_int_equal(l.group_calls, 1);
+    assert_int_equal(l.elements, r.parameters);
+    assert_string_equal(l.first_key, "segformer.encoder.patch_embeddings.0.proj.weight.rowblock0");
+    assert_string_equal(l.first_tensor, "segformer.encoder.patch_embeddings.0.proj.weight");
+    assert_string_equal(l.first_class, "conv");
+    assert_true(l.method_calls >= 6);
+    assert_false(l.bad_index);
+}
+
 static void test_early_stopping(void **state) {
     (void)state;
     fisher_job_spec s = small_job();
@@ -221,7 +270,7 @@ int main(void) {
         cmocka_unit_test(test_spec_round_trip),
         cmocka_unit_test(test_run_writes_model_and_checkpoint),
         cmocka_unit_test(test_cancel_still_checkpoints),
-        cmocka_unit_test(test_early_stopping),
+        cmocka_unit_test(test_fisher_job_reports_groups), cmocka_unit_test(test_early_stopping),
         cmocka_unit_test(test_missing_folder_fails_with_path),
     };
     return cmocka_run_group_tests_name("job", tests, setup, teardown);
