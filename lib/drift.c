@@ -131,43 +131,81 @@ static void order_stats_all(const both *a, const pct_at *lo, const pct_at *hi, u
     for (int r = 0; r < 4; r++) out[r] = kth_smallest(work, a->n, ranks[r]);
 }
 
-/* A key range that should hold a needed rank: keys below lo are counted,
- * keys equal to lo or hi are counted, keys strictly between are gathered
- * (few, when the bracket came from a good sample). */
+/* A key range that should hold a needed rank. Keys below lo are counted;
+ * keys equal to lo, mid or hi are counted (a Fisher often repeats one value
+ * thousands of times, and the percentile may sit on it); keys strictly
+ * between are gathered — few, when the bracket is a good guess. Sorted,
+ * the bracket reads: at_lo × lo, the gathered keys below mid, at_mid × mid,
+ * the gathered keys above mid, at_hi × hi. mid = lo when there is no
+ * middle value to single out. */
 typedef struct {
-    uint32_t lo, hi;
-    size_t below, at_lo, at_hi, inside, cap;
+    uint32_t lo, mid, hi;
+    size_t below, at_lo, at_mid, at_hi, inside, inside_low, cap;
     uint32_t *buf;
 } bracket;
 
-/* One pass over x (n) for both brackets. */
+/* Key k, known to lie in [b->lo, b->hi]: counted or gathered. Out of line:
+ * the scans below reach it only for the few keys near a percentile. */
+static __attribute__((noinline)) void bracket_take(bracket *b, uint32_t k) {
+    if (k == b->lo) b->at_lo++;
+    else if (k == b->hi) b->at_hi++;
+    else if (k == b->mid) b->at_mid++;
+    else {
+        if (b->inside < b->cap) b->buf[b->inside] = k;
+        b->inside++;
+        b->inside_low += k < b->mid;
+    }
+}
+
+/* What a scan needs of two brackets on every key, kept in registers: the
+ * lower ends, the widths, and the counts below. */
+typedef struct {
+    uint32_t lo[2], width[2];
+    size_t below[2];
+} bracket_pair;
+
+static bracket_pair pair_of(const bracket *b) {
+    return (bracket_pair){{b[0].lo, b[1].lo}, {b[0].hi - b[0].lo, b[1].hi - b[1].lo}, {0, 0}};
+}
+
+/* Counts key k against both brackets (k − lo ≤ width: inside, unsigned). */
+static inline void pair_add(bracket_pair *p, bracket *b, uint32_t k) {
+    p->below[0] += k < p->lo[0];
+    p->below[1] += k < p->lo[1];
+    if (k - p->lo[0] <= p->width[0]) bracket_take(&b[0], k);
+    if (k - p->lo[1] <= p->width[1]) bracket_take(&b[1], k);
+}
+
+static void pair_done(const bracket_pair *p, bracket *b) {
+    b[0].below += p->below[0];
+    b[1].below += p->below[1];
+}
+
+/* One pass over x (n) for both brackets; *max_key grows to the largest key. */
 static void brackets_scan(bracket *b, const float *x, size_t n, uint32_t *max_key) {
     uint32_t mk = *max_key;
+    bracket_pair p = pair_of(b);
     for (size_t i = 0; i < n; i++) {
         uint32_t k = key_of(x[i]);
         mk = k > mk ? k : mk;
-        for (int j = 0; j < 2; j++) {
-            b[j].below += k < b[j].lo;
-            if (k < b[j].lo || k > b[j].hi) continue;
-            if (k == b[j].lo) b[j].at_lo++;
-            else if (k == b[j].hi) b[j].at_hi++;
-            else {
-                if (b[j].inside < b[j].cap) b[j].buf[b[j].inside] = k;
-                b[j].inside++;
-            }
-        }
+        pair_add(&p, b, k);
     }
+    pair_done(&p, b);
     *max_key = mk;
 }
 
 /* The key of global rank r, or 0 with *ok cleared when r is not inside b
- * (the sample misjudged it) or b overflowed its buffer. */
+ * (the guess was wrong) or b overflowed its buffer. */
 static uint32_t bracket_rank(bracket *b, size_t r, int *ok) {
-    if (r < b->below || b->inside > b->cap || r >= b->below + b->at_lo + b->inside + b->at_hi)
+    if (r < b->below || b->inside > b->cap ||
+        r >= b->below + b->at_lo + b->inside + b->at_mid + b->at_hi)
         return *ok = 0, 0;
     r -= b->below;
     if (r < b->at_lo) return b->lo;
     r -= b->at_lo;
+    if (r < b->inside_low) return kth_smallest(b->buf, b->inside, r);
+    if (r < b->inside_low + b->at_mid) return b->mid;
+    r -= b->at_mid;
     return r < b->inside ? kth_smallest(b->buf, b->inside, r) : b->hi;
 }
 
@@ -207,6 +245,7 @@ static int order_stats(const both *a, const pct_at *lo, const pct_at *hi, uint32
         br[j] = (bracket){.lo = l < 0 ? 0 : kth_smallest(sample, m, (size_t)l),
                           .hi = u >= (long)m ? UINT32_MAX : kth_smallest(sample, m, (size_t)u),
                           .cap = cap, .buf = buf + (size_t)j * cap};
+        br[j].mid = br[j].lo;
     }
     *max_key = 0;
     brackets_scan(br, a->ref, a->n_ref, max_key);
@@ -265,6 +304,7 @@ typedef struct {
     uint32_t t[JS_BINS + 1];
     uint32_t span;            /* t[64] − t[0] */
     int shift;                /* a key's span in the table: (k − t[0]) >> shift */
+    int one_step;             /* no span crosses two edges: one comparison always corrects */
     uint8_t lut[LUT_SIZE];
 } key_bins;
 
@@ -285,43 +325,139 @@ static void make_key_bins(key_bins *kb, const bins *h) {
     kb->shift = 0;
     while ((kb->span >> kb->shift) >= LUT_SIZE) kb->shift++;
     int b = 0;
-    for (uint32_t s = 0; s <= kb->span >> kb->shift; s++) {
+    uint32_t last = kb->span >> kb->shift;
+    kb->one_step = 1;
+    for (uint32_t s = 0; s <= last; s++) {
         uint32_t start = kb->t[0] + (s << kb->shift);
         while (b < JS_BINS - 1 && start >= kb->t[b + 1]) b++;
         kb->lut[s] = (uint8_t)b;
+        if (s && b - kb->lut[s - 1] > 1) kb->one_step = 0;
     }
+    /* the last span ends at t[64] − 1 */
+    while (b < JS_BINS - 1 && kb->t[JS_BINS] - 1 >= kb->t[b + 1]) b++;
+    if (b - kb->lut[last] > 1) kb->one_step = 0;
+}
+
+/* The bin of key k, or JS_BINS when k is outside [t[0], t[64]). Branch-free
+ * in the usual case: the table's guess, one comparison to correct it. */
+static inline int key_bin(const key_bins *kb, uint32_t k) {
+    uint32_t d = k - kb->t[0];
+    int in = d < kb->span;
+    int b = kb->lut[in ? d >> kb->shift : 0];
+    b += k >= kb->t[b + 1];
+    if (!kb->one_step)
+        while (b < JS_BINS - 1 && k >= kb->t[b + 1]) b++;
+    return in ? b : JS_BINS;
+}
+
+/* Histograms count into LANES interleaved copies: consecutive values often
+ * land in the same bin, and one counter would make every increment wait
+ * for the previous one's store. */
+#define LANES 4
+typedef uint32_t lane_counts[LANES][JS_BINS + 1]; /* the extra bin takes values outside */
+
+static void add_lanes(uint64_t *counts, lane_counts lanes) {
+    for (int b = 0; b < JS_BINS; b++)
+        for (int l = 0; l < LANES; l++) counts[b] += lanes[l][b];
 }
 
 /* counts[bin] += 1 for every binned key of x (n). */
 static void count_keys(const key_bins *kb, const float *x, size_t n, uint64_t *counts) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t k = key_of(x[i]), d = k - kb->t[0];
-        if (d >= kb->span) continue;
-        int b = kb->lut[d >> kb->shift];
-        while (b < JS_BINS - 1 && k >= kb->t[b + 1]) b++;
-        counts[b]++;
+    lane_counts lanes = {{0}};
+    for (size_t i = 0; i < n; i++) lanes[i % LANES][key_bin(kb, key_of(x[i]))]++;
+    add_lanes(counts, lanes);
+}
+
+/* ------------------------------------------------------------ predicted brackets
+ *
+ * The tracker measures the same chunk again and again, and its percentiles
+ * move little from one measurement to the next. So the pass that writes the
+ * new EMA also counts it against two brackets around this measurement's
+ * percentile keys and gathers what falls inside; the next measurement then
+ * only scans cur against the same brackets, and needs neither a sample nor
+ * a second pass over the EMA. When a needed rank falls outside its bracket
+ * (the percentiles moved further than predicted) the sampled route decides
+ * and the next brackets are wider; when a bracket gathers too much they are
+ * narrower. Exact either way. */
+
+#define BRACKET_WIDTH0 (1u << 21)   /* key half-width: a quarter of an octave */
+#define BRACKET_WIDTH_MIN (1u << 4)
+#define BRACKET_WIDTH_MAX (1u << 27)
+
+struct fisher_drift_brackets {
+    bracket b[2];                   /* the EMA's part: counts, and inside keys in buf */
+    uint32_t max_key;               /* the largest EMA key */
+    uint32_t width;                 /* key half-width for the next brackets */
+    int valid;                      /* b describes the current EMA */
+    uint32_t *buf;                  /* 2 · cap keys */
+    size_t cap;
+};
+
+/* Brackets of half-width w around the keys c[0] and c[1]. */
+static void brackets_around(fisher_drift_brackets *p, uint32_t c0, uint32_t c1) {
+    uint32_t c[2] = {c0, c1}, w = p->width;
+    for (int j = 0; j < 2; j++) {
+        uint32_t lo = c[j] > w ? c[j] - w : 0, hi = c[j] < KEY_INF - w ? c[j] + w : KEY_INF;
+        p->b[j] = (bracket){.lo = lo, .mid = c[j], .hi = hi, .cap = p->cap, .buf = p->buf + (size_t)j * p->cap};
     }
+}
+
+/* Order statistics from the EMA's stored brackets plus a scan of cur (n):
+ * 0 with out[] and *max_key, or -1 when a needed rank fell outside its
+ * bracket, a bracket overflowed, or memory ran out. */
+static int order_stats_predicted(const fisher_drift_brackets *p, const float *cur, size_t n,
+                                 const pct_at *lo, const pct_at *hi, uint32_t *out, uint32_t *max_key) {
+    /* per bracket, one array: the EMA's inside keys, then cur's */
+    size_t cur_cap = n / 16 + 64, len[2] = {p->b[0].inside + cur_cap, p->b[1].inside + cur_cap};
+    uint32_t *work = malloc((len[0] + len[1]) * sizeof *work);
+    if (!work) return -1;
+    bracket all[2];
+    for (int j = 0; j < 2; j++) {
+        uint32_t *buf = work + (j ? len[0] : 0);
+        memcpy(buf, p->b[j].buf, p->b[j].inside * sizeof *buf);
+        all[j] = p->b[j];
+        all[j].buf = buf, all[j].cap = len[j];
+    }
+    *max_key = p->max_key;
+    brackets_scan(all, cur, n, max_key);
+    int ok = 1;
+    out[0] = bracket_rank(&all[0], lo->k, &ok);
+    out[1] = bracket_rank(&all[0], lo->k1, &ok);
+    out[2] = bracket_rank(&all[1], hi->k, &ok);
+    out[3] = bracket_rank(&all[1], hi->k1, &ok);
+    free(work);
+    return ok ? 0 : -1;
 }
 
 /* count_keys over ema (n) and cur (n) at once, replacing each ema[i] by
  * keep·ema[i] + take·cur[i] once it is binned: the tracker's EMA update,
- * fused so that the chunk is read once. */
+ * fused so that the chunk is read once. With next, the new EMA is also
+ * counted and gathered against next's brackets. */
 static void count_keys_blending(const key_bins *kb, float *ema, const float *cur, size_t n,
-                                float keep, float take, uint64_t *counts_ema, uint64_t *counts_cur) {
+                                float keep, float take, uint64_t *counts_ema, uint64_t *counts_cur,
+                                fisher_drift_brackets *next) {
+    uint32_t mk = 0;
+    lane_counts lanes_ema = {{0}}, lanes_cur = {{0}};
+    /* without next: brackets no key can reach (keys are at most 0x7fffffff) */
+    bracket scratch[2] = {{.lo = UINT32_MAX, .hi = UINT32_MAX}, {.lo = UINT32_MAX, .hi = UINT32_MAX}};
+    bracket *nb = next ? next->b : scratch;
+    bracket_pair p = pair_of(nb);
     for (size_t i = 0; i < n; i++) {
         float e = ema[i], c = cur[i];
-        uint32_t k[2] = {key_of(e), key_of(c)};
-        uint64_t *counts[2] = {counts_ema, counts_cur};
-        for (int s = 0; s < 2; s++) {
-            uint32_t d = k[s] - kb->t[0];
-            if (d >= kb->span) continue;
-            int b = kb->lut[d >> kb->shift];
-            while (b < JS_BINS - 1 && k[s] >= kb->t[b + 1]) b++;
-            counts[s][b]++;
-        }
-        float x = keep * e, y = take * c;
-        ema[i] = x + y;
+        lanes_ema[i % LANES][key_bin(kb, key_of(e))]++;
+        lanes_cur[i % LANES][key_bin(kb, key_of(c))]++;
+        float x = keep * e, y = take * c, z = x + y;
+        ema[i] = z;
+        uint32_t kz = key_of(z);
+        mk = kz > mk ? kz : mk;
+        pair_add(&p, nb, kz);
     }
+    pair_done(&p, nb);
+    add_lanes(counts_ema, lanes_ema);
+    add_lanes(counts_cur, lanes_cur);
+    if (!next) return;
+    next->max_key = mk;
+    next->valid = next->b[0].inside <= next->b[0].cap && next->b[1].inside <= next->b[1].cap;
 }
 
 /* ema[i] = keep·ema[i] + take·cur[i], float32, both factors rounded from double as the reference's tensors do. */
@@ -378,11 +514,20 @@ static void finite_range(const both *a, uint32_t *lo, uint32_t *hi) {
  * fallback for a non-finite percentile is over the finite values, so
  * infinite ones fall outside the bins; no finite value at all means no
  * distance. Returns 0, or -1 when out of memory (*js NAN, ema blended). */
-static int js_log(const both *a, float *ema, float keep, float take, double *js) {
+static int js_log(const both *a, float *ema, float keep, float take, fisher_drift_brackets **pred,
+                  double *js) {
     *js = NAN;
     pct_at lo = percentile_at(a->n, 0.01), hi = percentile_at(a->n, 0.99);
     uint32_t ord[4], max_key;
-    int rc = order_stats(a, &lo, &hi, ord, &max_key);
+    fisher_drift_brackets *p = pred ? *pred : NULL;
+    int rc = 0;
+    if (p && p->valid && !order_stats_predicted(p, a->cur, a->n_cur, &lo, &hi, ord, &max_key)) {
+        /* predicted well */
+    } else {
+        if (p && p->valid && p->width < BRACKET_WIDTH_MAX) p->width *= 2; /* the percentiles moved further */
+        rc = order_stats(a, &lo, &hi, ord, &max_key);
+    }
+    if (p) p->valid = 0; /* until the blend pass below fills it for the new EMA */
     if (rc || max_key > KEY_INF) goto out;
     double low = lerp(log_of_key(ord[0]), log_of_key(ord[1]), lo.t);
     double high = lerp(log_of_key(ord[2]), log_of_key(ord[3]), hi.t);
@@ -406,7 +551,15 @@ static int js_log(const both *a, float *ema, float keep, float take, double *js)
         key_bins kb;
         make_key_bins(&kb, &h);
         if (ema) {
-            count_keys_blending(&kb, ema, a->cur, a->n_cur, keep, take, cr, cc);
+            if (pred && !p && (p = calloc(1, sizeof *p))) {
+                p->cap = a->n_cur / 16 + 64;
+                p->width = BRACKET_WIDTH0;
+                if (!(p->buf = malloc(2 * p->cap * sizeof *p->buf))) free(p), p = NULL;
+                *pred = p;
+            }
+            if (p) brackets_around(p, ord[0], ord[2]);
+            count_keys_blending(&kb, ema, a->cur, a->n_cur, keep, take, cr, cc, p);
+            if (p && !p->valid && p->width > BRACKET_WIDTH_MIN) p->width /= 2; /* gathered too much */
             ema = NULL;
         } else {
             count_keys(&kb, a->ref, a->n_ref, cr);
@@ -445,7 +598,7 @@ double fisher_js_distance(const float *ref, size_t n_ref, const float *cur, size
     if (mode == FISHER_JS_RAW) return js_raw(ref, n_ref, cur, n_cur);
     both a = {ref, cur, n_ref, n_cur, n_ref + n_cur};
     double js;
-    js_log(&a, NULL, 0, 0, &js);
+    js_log(&a, NULL, 0, 0, NULL, &js);
     return js;
 }
 
@@ -474,7 +627,7 @@ int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n,
         blend(d->ema_F, cur, n, keep, take);
     } else {
         both a = {d->ema_F, cur, n, n, 2 * n};
-        if (js_log(&a, d->ema_F, keep, take, &js))
+        if (js_log(&a, d->ema_F, keep, take, &d->next, &js))
             return fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
     }
     double e = cfg->js_ema_decay;
@@ -488,6 +641,8 @@ int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n,
 }
 
 void fisher_chunk_drift_free(fisher_chunk_drift *d) {
+    if (d->next) free(d->next->buf);
+    free(d->next);
     free(d->ema_F);
     memset(d, 0, sizeof *d);
 }

@@ -35,6 +35,10 @@ typedef struct {
 
 fisher_drift_config fisher_drift_defaults(void);
 
+/* What one measurement prepares for the next (drift.c: "predicted
+ * brackets"); private to drift.c. */
+typedef struct fisher_drift_brackets fisher_drift_brackets;
+
 /* One chunk's drift state (§4). Zero-initialise, then update; free with
  * fisher_chunk_drift_free when the chunk freezes or the run ends. */
 typedef struct {
@@ -47,6 +51,7 @@ typedef struct {
     int64_t js_count;
     int64_t last_step;        /* step of the latest history point */
     double last_value;        /* its js_ema */
+    fisher_drift_brackets *next; /* NULL until a measurement leaves one; speed only */
 } fisher_chunk_drift;
 
 /* Measures the chunk at `step` with its current Fisher cur (n): the first

@@ -668,6 +668,54 @@ static void test_js_matches_plain_definition(void **state) {
     printf("  %d cases agree with the plain definition\n", cases);
 }
 
+/* The tracker carries its percentile brackets from one measurement to the
+ * next (drift.c, "predicted brackets"); that must never change a number.
+ * Replays chunk trajectories shaped to make predictions hit, miss (a jump),
+ * and overflow (a narrow cluster, heavy ties), and checks every js and the
+ * EMA bit for bit against the stateless distance and a plain EMA. */
+static void test_tracker_matches_stateless(void **state) {
+    (void)state;
+    const size_t sizes[] = {300, 5000, 40000};
+    fisher_drift_config cfg = fisher_drift_defaults();
+    float keep = (float)cfg.fisher_ema_decay, take = (float)(1.0 - cfg.fisher_ema_decay);
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 21);
+    int checked = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+        for (int shape = 0; shape < 4; shape++) {
+            size_t n = sizes[si];
+            float *cur = malloc(n * sizeof *cur), *ema = malloc(n * sizeof *ema);
+            fisher_chunk_drift d = {0};
+            for (int step = 0; step < 40; step++) {
+                float scale = expf(0.05f * (float)step) * (step >= 20 && shape == 1 ? 1000.0f : 1.0f);
+                for (size_t i = 0; i < n; i++) {
+                    float g = fisher_rng_normal(&rng), u = fisher_rng_uniform(&rng);
+                    switch (shape) {
+                    case 0: cur[i] = scale * expf(2 * g); break;                    /* drifting spread */
+                    case 1: cur[i] = scale * expf(g); break;                        /* a jump at step 20 */
+                    case 2: cur[i] = 0.04f * (1 + 1e-5f * g); break;                /* a narrow cluster */
+                    default: cur[i] = u < 0.6f ? 0.04f : 0.04f * (1 + (float)(int)(8 * u)); break; /* ties */
+                    }
+                }
+                double want = step ? fisher_js_distance(ema, n, cur, n, FISHER_JS_LOG) : 0, got;
+                if (!step) memcpy(ema, cur, n * sizeof *ema);
+                else
+                    for (size_t i = 0; i < n; i++) {
+                        float a = keep * ema[i], b = take * cur[i];
+                        ema[i] = a + b;
+                    }
+                fisher_error err = {{0}};
+                assert_int_equal(fisher_chunk_drift_update(&d, cur, n, step, &cfg, &got, &err), 0);
+                if (!(got == want)) fail_msg("n %zu shape %d step %d: tracker js %.17g, stateless %.17g", n, shape, step, got, want);
+                assert_memory_equal(d.ema_F, ema, n * sizeof *ema);
+                checked++;
+            }
+            fisher_chunk_drift_free(&d);
+            free(cur), free(ema);
+        }
+    printf("  %d measurements identical to the stateless route\n", checked);
+}
+
 static void test_tracker_contract(void **state) {
     (void)state;
     fisher_drift_config cfg = fisher_drift_defaults();
@@ -714,6 +762,7 @@ int main(void) {
         cmocka_unit_test(test_js_basics),    cmocka_unit_test(test_tracker_contract),
         cmocka_unit_test(test_js_independent_of_order),
         cmocka_unit_test(test_js_matches_plain_definition),
+        cmocka_unit_test(test_tracker_matches_stateless),
     };
     return cmocka_run_group_tests_name("drift", tests, NULL, NULL);
 }
