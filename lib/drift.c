@@ -604,6 +604,16 @@ double fisher_js_distance(const float *ref, size_t n_ref, const float *cur, size
 
 /* ------------------------------------------------------------ the tracker */
 
+/* §4's bookkeeping after a distance js. */
+static void record_js(fisher_chunk_drift *d, double js, int64_t step, const fisher_drift_config *cfg) {
+    double e = cfg->js_ema_decay;
+    d->js_ema = e * d->js_ema + (1.0 - e) * js;
+    d->total_variation += fabs(d->js_ema - d->last_value);
+    d->last_step = step, d->last_value = d->js_ema;
+    d->js_sum += d->js_ema;
+    d->js_count += 1;
+}
+
 int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n, int64_t step,
                               const fisher_drift_config *cfg, double *js_out, fisher_error *err) {
     if (!d->measured) {
@@ -630,14 +640,136 @@ int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n,
         if (js_log(&a, d->ema_F, keep, take, &d->next, &js))
             return fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
     }
-    double e = cfg->js_ema_decay;
-    d->js_ema = e * d->js_ema + (1.0 - e) * js;
-    d->total_variation += fabs(d->js_ema - d->last_value);
-    d->last_step = step, d->last_value = d->js_ema;
-    d->js_sum += d->js_ema;
-    d->js_count += 1;
+    record_js(d, js, step, cfg);
     if (js_out) *js_out = js;
     return 0;
+}
+
+/* ------------------------------------------------------------ outer products
+ *
+ * cur = |s| ⊗ |h|, and for a fixed row value the float product s·h[c] is
+ * monotone in h[c]: over h sorted, the keys of a row are sorted too. So a
+ * row's count below a key, or per bin, is a binary search, and rows that
+ * share s (most of them, under the reference estimator) share the answer.
+ * The EMA is still read element by element, with cur computed on the fly. */
+
+/* The first c in [from, to) with key(s·hs[c]) ≥ t, hs ascending; to if none. */
+static size_t first_reaching(const float *hs, size_t from, size_t to, float s, uint32_t t) {
+    while (from < to) {
+        size_t mid = from + (to - from) / 2;
+        if (key_of(s * hs[mid]) < t) from = mid + 1;
+        else to = mid;
+    }
+    return from;
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o, int64_t step,
+                                    const fisher_drift_config *cfg, double *js_out, fisher_error *err) {
+    size_t R = o->rows, C = o->cols, n = R * C;
+    fisher_drift_brackets *p = d->next;
+    if (!d->measured || n != d->n || cfg->js_mode != FISHER_JS_LOG || 2 * n < DIRECT_MAX || !p || !p->valid)
+        return 1;
+    float *s = malloc((R + 2 * C) * sizeof *s), *h = s + R, *hs = h + C;
+    if (!s) return fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
+    int rc = 1;
+    float s_max = 0, h_max = 0;
+    for (size_t r = 0; r < R; r++) {
+        s[r] = fabsf(o->s[r]);
+        if (!isfinite(s[r])) goto out;
+        s_max = s[r] > s_max ? s[r] : s_max;
+    }
+    for (size_t c = 0; c < C; c++) {
+        hs[c] = h[c] = fabsf(o->h[c]);
+        if (!isfinite(h[c])) goto out;
+        h_max = h[c] > h_max ? h[c] : h_max;
+    }
+    qsort(hs, C, sizeof *hs, cmp_float);
+
+    /* the order statistics: the EMA's stored brackets plus cur's rows */
+    pct_at lo = percentile_at(2 * n, 0.01), hi = percentile_at(2 * n, 0.99);
+    size_t cur_cap = n / 16 + 64, len[2] = {p->b[0].inside + cur_cap, p->b[1].inside + cur_cap};
+    uint32_t *work = malloc((len[0] + len[1]) * sizeof *work);
+    if (!work) {
+        rc = fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
+        goto out;
+    }
+    bracket all[2];
+    for (int j = 0; j < 2; j++) {
+        uint32_t *buf = work + (j ? len[0] : 0);
+        memcpy(buf, p->b[j].buf, p->b[j].inside * sizeof *buf);
+        all[j] = p->b[j];
+        all[j].buf = buf, all[j].cap = len[j];
+    }
+    for (size_t r = 0; r < R; r++)
+        for (int j = 0; j < 2; j++) {
+            size_t from = first_reaching(hs, 0, C, s[r], all[j].lo);
+            size_t to = all[j].hi == KEY_INF ? C : first_reaching(hs, from, C, s[r], all[j].hi + 1);
+            all[j].below += from;
+            for (size_t c = from; c < to; c++) bracket_take(&all[j], key_of(s[r] * hs[c]));
+        }
+    uint32_t ord[4], max_key = p->max_key, cur_max = key_of(s_max * h_max);
+    max_key = cur_max > max_key ? cur_max : max_key;
+    int ok = 1;
+    ord[0] = bracket_rank(&all[0], lo.k, &ok);
+    ord[1] = bracket_rank(&all[0], lo.k1, &ok);
+    ord[2] = bracket_rank(&all[1], hi.k, &ok);
+    ord[3] = bracket_rank(&all[1], hi.k1, &ok);
+    free(work);
+    if (!ok || max_key >= KEY_INF) goto out; /* the array route decides (and widens) */
+    double low = lerp(log_of_key(ord[0]), log_of_key(ord[1]), lo.t);
+    double high = lerp(log_of_key(ord[2]), log_of_key(ord[3]), hi.t);
+    if (high <= low) high = low + 1e-3;
+    bins hb;
+    make_bins(&hb, low, high);
+    key_bins kb;
+    make_key_bins(&kb, &hb);
+
+    /* cur's histogram, row by row; a row like the one before costs nothing */
+    uint64_t cr[JS_BINS] = {0}, cc[JS_BINS] = {0}, row[JS_BINS] = {0};
+    for (size_t r = 0; r < R; r++) {
+        if (!r || s[r] != s[r - 1]) {
+            size_t at = first_reaching(hs, 0, C, s[r], kb.t[0]);
+            for (int b = 0; b < JS_BINS; b++) {
+                size_t next = first_reaching(hs, at, C, s[r], kb.t[b + 1]);
+                row[b] = next - at, at = next;
+            }
+        }
+        for (int b = 0; b < JS_BINS; b++) cc[b] += row[b];
+    }
+    /* the EMA: binned, blended with cur, and counted for the next brackets */
+    float keep = (float)cfg->fisher_ema_decay, take = (float)(1.0 - cfg->fisher_ema_decay);
+    brackets_around(p, ord[0], ord[2]);
+    bracket_pair pair = pair_of(p->b);
+    lane_counts lanes = {{0}};
+    uint32_t mk = 0;
+    float *ema = d->ema_F;
+    for (size_t r = 0, i = 0; r < R; r++)
+        for (size_t c = 0; c < C; c++, i++) {
+            float e = ema[i], cv = s[r] * h[c];
+            lanes[i % LANES][key_bin(&kb, key_of(e))]++;
+            float x = keep * e, y = take * cv, z = x + y;
+            ema[i] = z;
+            uint32_t kz = key_of(z);
+            mk = kz > mk ? kz : mk;
+            pair_add(&pair, p->b, kz);
+        }
+    pair_done(&pair, p->b);
+    add_lanes(cr, lanes);
+    p->max_key = mk;
+    p->valid = p->b[0].inside <= p->b[0].cap && p->b[1].inside <= p->b[1].cap;
+    if (!p->valid && p->width > BRACKET_WIDTH_MIN) p->width /= 2;
+    double js = js_of_counts(cr, cc);
+    record_js(d, js, step, cfg);
+    if (js_out) *js_out = js;
+    rc = 0;
+out:
+    free(s);
+    return rc;
 }
 
 void fisher_chunk_drift_free(fisher_chunk_drift *d) {

@@ -62,6 +62,26 @@ typedef struct {
  * n > 0). Returns 0, or -1 with err when n changes or memory runs out. */
 int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n, int64_t step,
                               const fisher_drift_config *cfg, double *js_out, fisher_error *err);
+
+/* A chunk's Fisher in the form the estimators make it (FISHERADAPTUNE.md
+ * §1): the outer product cur[r·cols + c] = |s[r]·h[c]|, float32, row-major.
+ * A weight row block is (S rows, H); a column block (all of S, a slice of
+ * H); a bias or norm chunk (S rows, the one H entry it uses). */
+typedef struct {
+    const float *s;
+    size_t rows;
+    const float *h;
+    size_t cols;
+} fisher_outer;
+
+/* The same measurement as fisher_chunk_drift_update with cur given as an
+ * outer product, without materialising it, when the chunk is in its usual
+ * state (measured before, log mode, brackets predicted and right, every
+ * s and h finite): returns 0, having done exactly what the array form
+ * would have. Otherwise returns 1 and changes nothing: materialise cur and
+ * call fisher_chunk_drift_update. -1 with err when memory runs out. */
+int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *cur, int64_t step,
+                                    const fisher_drift_config *cfg, double *js_out, fisher_error *err);
 void fisher_chunk_drift_free(fisher_chunk_drift *d);
 
 enum { FISHER_METRIC_TOTAL_VARIATION = 0, FISHER_METRIC_MEAN_JS = 1 };

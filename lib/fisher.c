@@ -201,6 +201,32 @@ void fisher_method_chunk_fisher(const fisher_method *fm, size_t c, float *out) {
     });
 }
 
+/* Chunk c's Fisher as an outer product S-block ⊗ H-block (every estimator
+ * but the empirical one): 0 and *o, or -1 when it is not one. */
+static int chunk_outer(const fisher_method *fm, size_t c, fisher_outer *o) {
+    if (fm->empirical) return -1;
+    const fisher_chunk *ch = &fm->chunks[c];
+    const fisher_layer *layers;
+    fisher_segformer_layers(fm->model, &layers);
+    const fisher_layer *l = &layers[ch->layer];
+    const fisher_tensor *t = &fisher_segformer_params(fm->model)->tensors[ch->tensor];
+    const float *H = fm->est_H[ch->layer], *S = fm->est_S[ch->layer];
+    int is_bias = ch->tensor == l->bias;
+    int norm = l->cls == FISHER_CLASS_BATCHNORM || l->cls == FISHER_CLASS_LAYERNORM;
+    size_t rl = row_len(t);
+    if (ch->axis == 0) {
+        o->s = S + ch->start, o->rows = (size_t)(ch->end - ch->start);
+        if (norm) o->h = H + (is_bias ? 1 : 0), o->cols = 1;
+        else if (is_bias) o->h = H + l->h_len - 1, o->cols = 1;
+        else o->h = H, o->cols = rl;
+    } else {
+        size_t inner = rl / (size_t)t->shape[1];
+        o->s = S, o->rows = (size_t)t->shape[0];
+        o->h = H + (size_t)ch->start * inner, o->cols = (size_t)(ch->end - ch->start) * inner;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ one step */
 
 static void update_estimator(fisher_method *fm) {
@@ -273,10 +299,17 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r,
             fm->js[c] = fm->js_ema[c] = NAN;
             if (!fm->chunks[c].live) continue;
             float *scratch = fm->scratch + (size_t)omp_get_thread_num() * fm->scratch_len;
-            fisher_method_chunk_fisher(fm, c, scratch);
             fisher_error e;
-            if (fisher_chunk_drift_update(&fm->drift[c], scratch, fm->chunks[c].size, step,
-                                          &fm->cfg.drift, &fm->js[c], &e)) {
+            fisher_outer o;
+            /* without materialising the chunk when its Fisher is an outer product */
+            int rc = chunk_outer(fm, c, &o) ? 1
+                     : fisher_chunk_drift_update_outer(&fm->drift[c], &o, step, &fm->cfg.drift, &fm->js[c], &e);
+            if (rc == 1) {
+                fisher_method_chunk_fisher(fm, c, scratch);
+                rc = fisher_chunk_drift_update(&fm->drift[c], scratch, fm->chunks[c].size, step,
+                                               &fm->cfg.drift, &fm->js[c], &e);
+            }
+            if (rc) {
                 failed = 1;
                 continue;
             }

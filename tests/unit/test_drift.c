@@ -716,6 +716,57 @@ static void test_tracker_matches_stateless(void **state) {
     printf("  %d measurements identical to the stateless route\n", checked);
 }
 
+/* An outer-product chunk measured without materialising it must do exactly
+ * what the array form does: two trackers over the same trajectories (rows
+ * sharing s as the reference estimator makes them, rows all different as
+ * the ema estimator makes them, a column of one, a jump that spoils the
+ * prediction), one fed s and h, one the materialised products; every js
+ * and the EMA bit for bit. */
+static void test_tracker_outer_matches_array(void **state) {
+    (void)state;
+    const size_t shapes[][2] = {{64, 32}, {40, 300}, {300, 1}, {7, 1000}};
+    fisher_drift_config cfg = fisher_drift_defaults();
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 33);
+    int outer_used = 0, checked = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int kind = 0; kind < 3; kind++) {
+            size_t R = shapes[si][0], C = shapes[si][1], n = R * C;
+            float *sv = malloc(R * sizeof *sv), *hv = malloc(C * sizeof *hv), *cur = malloc(n * sizeof *cur);
+            fisher_chunk_drift by_outer = {0}, by_array = {0};
+            for (int step = 0; step < 30; step++) {
+                /* slow drift, as training makes it, and for kind 2 a jump at step 15 */
+                float jump = step == 15 && kind == 2 ? 50.0f : 1.0f;
+                for (size_t r = 0; r < R; r++) /* kind 0: S ≈ 0.2 everywhere, as the reference's */
+                    sv[r] = kind == 0 ? (r % 5 ? 0.2f : 0.2f + 1e-3f * fisher_rng_uniform(&rng))
+                            : step ? sv[r] * jump * expf(0.02f * fisher_rng_normal(&rng))
+                                   : -expf(fisher_rng_normal(&rng)); /* signs do not matter */
+                for (size_t c = 0; c < C; c++)
+                    hv[c] = step ? hv[c] * expf(0.02f * fisher_rng_normal(&rng))
+                                 : 0.2f + 0.8f * expf(3 * fisher_rng_normal(&rng));
+                for (size_t r = 0; r < R; r++)
+                    for (size_t c = 0; c < C; c++) cur[r * C + c] = fabsf(sv[r] * hv[c]);
+                fisher_outer o = {sv, R, hv, C};
+                fisher_error err = {{0}};
+                double js_outer, js_array;
+                int rc = fisher_chunk_drift_update_outer(&by_outer, &o, step, &cfg, &js_outer, &err);
+                assert_true(rc == 0 || rc == 1);
+                if (rc == 1) assert_int_equal(fisher_chunk_drift_update(&by_outer, cur, n, step, &cfg, &js_outer, &err), 0);
+                else outer_used++;
+                assert_int_equal(fisher_chunk_drift_update(&by_array, cur, n, step, &cfg, &js_array, &err), 0);
+                if (!(js_outer == js_array))
+                    fail_msg("%zux%zu kind %d step %d: outer js %.17g, array %.17g", R, C, kind, step, js_outer, js_array);
+                assert_memory_equal(by_outer.ema_F, by_array.ema_F, n * sizeof(float));
+                assert_true(by_outer.total_variation == by_array.total_variation);
+                checked++;
+            }
+            fisher_chunk_drift_free(&by_outer), fisher_chunk_drift_free(&by_array);
+            free(sv), free(hv), free(cur);
+        }
+    printf("  %d measurements, %d of them from s and h alone, identical to the array form\n", checked, outer_used);
+    assert_true(outer_used > checked / 2);
+}
+
 static void test_tracker_contract(void **state) {
     (void)state;
     fisher_drift_config cfg = fisher_drift_defaults();
@@ -763,6 +814,7 @@ int main(void) {
         cmocka_unit_test(test_js_independent_of_order),
         cmocka_unit_test(test_js_matches_plain_definition),
         cmocka_unit_test(test_tracker_matches_stateless),
+        cmocka_unit_test(test_tracker_outer_matches_array),
     };
     return cmocka_run_group_tests_name("drift", tests, NULL, NULL);
 }
