@@ -45,9 +45,10 @@ API_SRC   := $(sort $(wildcard api/*.c))
 API_OBJ   := $(API_SRC:api/%.c=$(BUILD)/api/%.o)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
 # Everything of the daemon but main(), so unit tests can link it too.
-CORE_OBJ  := $(filter-out $(BUILD)/daemon/main.o,$(DAEMON_OBJ)) $(API_OBJ) $(BUILD)/gen/migrations.o
+CORE_OBJ  := $(filter-out $(BUILD)/daemon/main.o,$(DAEMON_OBJ)) $(API_OBJ) $(BUILD)/gen/migrations.o \
+             $(BUILD)/gen/openapi.o
 
-.PHONY: all deps torch-deps test unit unit-asan integration run bench fixtures clean
+.PHONY: all deps torch-deps test unit unit-asan integration run bench bench-store fixtures clean
 .DELETE_ON_ERROR:
 
 all: $(BUILD)/libfisher.a $(BUILD)/libfisher.so $(BUILD)/fisherd
@@ -76,6 +77,13 @@ $(BUILD)/gen/migrations.c: $(MIGRATIONS) daemon/embed_migrations.sh | $(BUILD)/g
 
 $(BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c
 	$(CC) $(CFLAGS) -Idaemon -c $< -o $@
+
+# The OpenAPI description the daemon serves at /api/v1/openapi.json.
+$(BUILD)/gen/openapi.c: api/openapi.json daemon/embed_text.sh | $(BUILD)/gen
+	sh daemon/embed_text.sh fisherd_openapi_json api/openapi.json > $@
+
+$(BUILD)/gen/openapi.o: $(BUILD)/gen/openapi.c
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libfisherd.a: $(CORE_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -128,6 +136,13 @@ bench: deps torch-deps
 	mkdir -p $(BUILD)/bench
 	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c daemon/cli.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
+
+# The store's read and write paths at the sizes DESIGN.md sets targets for
+# (a 10k-point series, a 700 x 3000 heatmap, 700-value drift records).
+bench-store: all
+	mkdir -p $(BUILD)/bench
+	$(CC) $(CFLAGS) -Idaemon tests/bench/bench_store.c -o $(BUILD)/bench/bench_store $(BUILD)/libfisherd.a $(BUILD)/libfisher.a $(DAEMON_LIBS) $(LDLIBS)
+	$(BUILD)/bench/bench_store --baseline
 
 # PyTorch is only the yardstick of the benchmark and the maker of the golden
 # files: it stays out of `deps`, so `make test` and CI never pull it in.

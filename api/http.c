@@ -1491,11 +1491,12 @@ int http_server_start(const http_config *cfg, const http_route *routes, size_t n
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
                      (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0) |
                      (srv->error_log ? MHD_USE_ERROR_LOG : 0);
+    /* the logger first: MHD reports options it parses before it to stderr */
     srv->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, http__on_request, srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_CONNECTION_LIMIT, max_conn, MHD_OPTION_CONNECTION_TIMEOUT, timeout,
-        MHD_OPTION_URI_LOG_CALLBACK, http__on_uri, srv, MHD_OPTION_NOTIFY_COMPLETED,
-        http__on_completed, srv, MHD_OPTION_EXTERNAL_LOGGER, http__on_mhd_log, srv, MHD_OPTION_END);
+        flags, 0, NULL, NULL, http__on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, http__on_mhd_log, srv,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, max_conn,
+        MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_URI_LOG_CALLBACK, http__on_uri, srv,
+        MHD_OPTION_NOTIFY_COMPLETED, http__on_completed, srv, MHD_OPTION_END);
     if (!srv->mhd) {
         http__explain_start_failure(listen, &ss, ss_len, err);
         goto fail;

@@ -20,6 +20,7 @@ char *cli_read_file(const char *path, size_t max_bytes);
 /* mkdir -p for one path; 0 or -1 with a message printed. */
 int cli_make_dir(const char *path);
 
+int fisherd_serve(int argc, char **argv);
 int fisherd_train(int argc, char **argv);
 int fisherd_predict(int argc, char **argv);
 int fisherd_eval(int argc, char **argv);

@@ -6,8 +6,8 @@
  *   fisherd predict  segment an image; fisherd eval: metrics on a dataset
  *                    (cmd_predict.c)
  *
- * `fisherd serve` (the long-running daemon with its REST API) arrives with
- * the daemon issue.
+ *   fisherd serve    the long-running daemon: REST API, dashboard, jobs on
+ *                    worker threads, everything stored in SQLite (cmd_serve.c)
  */
 #include <stdio.h>
 #include <string.h>
@@ -15,13 +15,14 @@
 #include "cli.h"
 #include "openmp_env.h"
 
-#define FISHERD_VERSION "0.1.0"
+#include "version.h"
 
 static void usage(FILE *out) {
     fprintf(out,
             "usage: fisherd <command> [options]\n"
             "\n"
             "commands:\n"
+            "  serve               the daemon: REST API, dashboard, jobs (fisherd serve --help)\n"
             "  train [SPEC.json]   run a fine-tuning job (fisherd train --help)\n"
             "  predict             segment one image with a trained model\n"
             "  eval                metrics of a model on a folder or synthetic dataset\n"
@@ -45,6 +46,7 @@ int main(int argc, char **argv) {
         printf("fisherd %s\n", FISHERD_VERSION);
         return 0;
     }
+    if (!strcmp(cmd, "serve")) return fisherd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return fisherd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "predict")) return fisherd_predict(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return fisherd_eval(argc - 1, argv + 1);

@@ -1,0 +1,915 @@
+/*
+ * api.c — see api.h. One handler per route of DESIGN.md's table; each one
+ * checks its input completely before it touches anything, answers with
+ * the error shape on the first problem (naming the field or parameter),
+ * and reads through a pooled read-only store connection.
+ */
+#include "api.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "job.h"
+#include "log.h"
+#include "synth.h"
+#include "version.h"
+
+#define JOB_SPEC_MAX_BODY (256u << 10)
+
+typedef struct reader {
+    struct reader *next;
+    store *db;
+} reader;
+
+typedef struct subscriber {
+    struct subscriber *next;
+    int64_t job;
+    http_sse *sse;
+} subscriber;
+
+struct api {
+    serve_config cfg;
+    char db_path[PATH_MAX];
+    sched *sched;
+    volatile int refusing;          /* the daemon is stopping: writes get 503 */
+    double started_at;
+    pthread_mutex_t readers_lock;
+    reader *idle;                   /* read-only connections not in use */
+    pthread_mutex_t subs_lock;      /* held while sending, so on_close can unlink safely */
+    subscriber *subs;
+    size_t n_subs;
+};
+
+api *api_create(const serve_config *cfg, const char *db_path) {
+    api *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    a->cfg = *cfg;
+    snprintf(a->db_path, sizeof a->db_path, "%s", db_path);
+    a->started_at = store_now();
+    pthread_mutex_init(&a->readers_lock, NULL);
+    pthread_mutex_init(&a->subs_lock, NULL);
+    return a;
+}
+
+void api_set_sched(api *a, sched *s) { a->sched = s; }
+
+void api_stop_accepting(api *a) { a->refusing = 1; }
+
+void api_free(api *a) {
+    if (!a) return;
+    for (reader *r = a->idle, *next; r; r = next) next = r->next, store_close(r->db), free(r);
+    for (subscriber *s = a->subs, *next; s; s = next) next = s->next, free(s);
+    pthread_mutex_destroy(&a->readers_lock);
+    pthread_mutex_destroy(&a->subs_lock);
+    free(a);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+/* A read-only connection from the pool (opened when none is idle). */
+static store *reader_get(api *a, fisher_error *err) {
+    pthread_mutex_lock(&a->readers_lock);
+    reader *r = a->idle;
+    if (r) a->idle = r->next;
+    pthread_mutex_unlock(&a->readers_lock);
+    if (r) {
+        store *db = r->db;
+        free(r);
+        return db;
+    }
+    store *db;
+    return store_open(a->db_path, STORE_READONLY, &db, err) ? NULL : db;
+}
+
+static void reader_put(api *a, store *db) {
+    reader *r = malloc(sizeof *r);
+    if (!r) {
+        store_close(db);
+        return;
+    }
+    r->db = db;
+    pthread_mutex_lock(&a->readers_lock);
+    r->next = a->idle, a->idle = r;
+    pthread_mutex_unlock(&a->readers_lock);
+}
+
+static unsigned status_of(int store_rc) {
+    switch (store_rc) {
+    case STORE_NOT_FOUND: return 404;
+    case STORE_CONFLICT: return 409;
+    case STORE_INVALID: return 400;
+    case STORE_BUSY: return 503;
+    default: return 500;
+    }
+}
+
+static int respond_store_error(http_request *req, int rc, const fisher_error *err) {
+    return http_respond_error(req, status_of(rc), NULL, NULL, "%s", err->msg);
+}
+
+/* Refuses query parameters outside `allowed` (NULL-terminated): a typo
+ * must not silently become a default. 0, or -1 after answering 400. */
+static int only_params(http_request *req, const char *const *allowed) {
+    for (size_t i = 0; i < http_query_count(req); i++) {
+        const char *name, *value;
+        http_query_at(req, i, &name, &value);
+        int known = 0;
+        for (const char *const *k = allowed; *k && !known; k++) known = !strcmp(*k, name);
+        if (!known) {
+            char list[256] = "";
+            for (const char *const *k = allowed; *k; k++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k == allowed ? "" : ", ", *k);
+            http_respond_error(req, 400, "unknown_parameter", name, "unknown query parameter '%s' (known: %s)",
+                               name, *allowed ? list : "none");
+            return -1;
+        }
+        if (http_query_get(req, name, &value) == HTTP_QUERY_REPEATED) {
+            http_respond_error(req, 400, "repeated_parameter", name, "query parameter '%s' is given more than once", name);
+            return -1;
+        }
+        if (!value) {
+            http_respond_error(req, 400, "invalid_parameter", name, "query parameter '%s' is not valid UTF-8 text", name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The {id} of a job route: 0 and *id, or -1 after answering 404. */
+static int job_id_param(http_request *req, int64_t *id) {
+    const char *text = http_param(req, "id");
+    if (text && !store_id_parse(text, 'j', id)) return 0;
+    http_respond_error(req, 404, NULL, NULL, "no job '%s': job ids look like j_12", text ? text : "");
+    return -1;
+}
+
+/* from/to/max_points into a window. 0, or -1 after answering 400. */
+static int window_params(http_request *req, size_t dflt_points, store_window *w) {
+    long long from, to, points;
+    if (http_query_int(req, "from", 0, INT64_MAX, 0, &from) ||
+        http_query_int(req, "to", 0, INT64_MAX, INT64_MAX, &to) ||
+        http_query_int(req, "max_points", 0, 100000, (long long)dflt_points, &points))
+        return -1;
+    if (points == 1) {
+        http_respond_error(req, 400, "invalid_parameter", "max_points",
+                           "max_points must be 0 (every point) or at least 2 (the first and the last)");
+        return -1;
+    }
+    if (from > to) {
+        http_respond_error(req, 400, "invalid_parameter", "from", "from (%lld) is after to (%lld)", from, to);
+        return -1;
+    }
+    *w = (store_window){from, to, (size_t)points};
+    return 0;
+}
+
+/* "json" (default) or "csv": 0/1, or -1 after answering 400. */
+static int format_param(http_request *req) {
+    const char *f = http_query(req, "format");
+    if (!f || !strcmp(f, "json")) return 0;
+    if (!strcmp(f, "csv")) return 1;
+    http_respond_error(req, 400, "invalid_parameter", "format", "format must be json or csv, got '%s'", f);
+    return -1;
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} text_buf;
+
+static int text_sink(void *ctx, const char *data, size_t len) {
+    text_buf *t = ctx;
+    if (t->len + len + 1 > t->cap) {
+        size_t cap = (t->cap ? t->cap : 4096);
+        while (cap < t->len + len + 1) cap *= 2;
+        char *b = realloc(t->buf, cap);
+        if (!b) return -1;
+        t->buf = b, t->cap = cap;
+    }
+    memcpy(t->buf + t->len, data, len);
+    t->len += len;
+    t->buf[t->len] = 0;
+    return 0;
+}
+
+/* ------------------------------------------------------------ health, metrics, openapi */
+
+static int get_healthz(http_request *req, void *app, fisher_error *err) {
+    (void)err;
+    api *a = app;
+    return http_respond_json(req, 200, json_pack("{s:s, s:s, s:f}", "status", a->refusing ? "stopping" : "ok",
+                                                 "version", FISHERD_VERSION, "uptime_seconds",
+                                                 store_now() - a->started_at));
+}
+
+static int get_metrics(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *counts;
+    int rc = store_job_counts(db, &counts, err);
+    reader_put(a, db);
+    if (rc) return -1;
+    text_buf t = {0};
+    char line[256];
+    text_sink(&t, "# HELP fisherd_jobs Jobs by status.\n# TYPE fisherd_jobs gauge\n", 61);
+    const char *status;
+    json_t *n;
+    json_object_foreach(counts, status, n) {
+        int len = snprintf(line, sizeof line, "fisherd_jobs{status=\"%s\"} %lld\n", status,
+                           (long long)json_integer_value(n));
+        text_sink(&t, line, (size_t)len);
+    }
+    json_decref(counts);
+    pthread_mutex_lock(&a->subs_lock);
+    size_t subs = a->n_subs;
+    pthread_mutex_unlock(&a->subs_lock);
+    int len = snprintf(line, sizeof line,
+                       "# HELP fisherd_jobs_training Jobs training now.\n# TYPE fisherd_jobs_training gauge\n"
+                       "fisherd_jobs_training %d\n"
+                       "# HELP fisherd_record_queue_bytes Records waiting to be written.\n"
+                       "# TYPE fisherd_record_queue_bytes gauge\nfisherd_record_queue_bytes %zu\n",
+                       a->sched ? sched_running(a->sched) : 0, a->sched ? sched_queued_bytes(a->sched) : 0);
+    text_sink(&t, line, (size_t)len);
+    len = snprintf(line, sizeof line,
+                   "# HELP fisherd_event_streams Open event streams.\n# TYPE fisherd_event_streams gauge\n"
+                   "fisherd_event_streams %zu\n", subs);
+    text_sink(&t, line, (size_t)len);
+    if (!t.buf) return fisher_errorf(err, "out of memory");
+    return http_respond_buffer(req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len);
+}
+
+static int get_openapi(http_request *req, void *app, fisher_error *err) {
+    (void)app, (void)err;
+    return http_respond_text(req, 200, "application/json", fisherd_openapi_json, strlen(fisherd_openapi_json));
+}
+
+/* ------------------------------------------------------------ submitting a job */
+
+/* A dataset folder given in a spec, resolved under one of the data roots:
+ * 0 and the real path in out, or -1 with why in msg. */
+static int resolve_dataset(const api *a, const char *given, char *out, char *msg, size_t len) {
+    if (!a->cfg.n_data_roots) {
+        snprintf(msg, len, "folder datasets are disabled: the daemon has no --data-root (synthetic data works)");
+        return -1;
+    }
+    for (int i = 0; i < a->cfg.n_data_roots; i++) {
+        const char *root = a->cfg.data_roots[i];
+        char candidate[PATH_MAX * 2], real[PATH_MAX];
+        if (given[0] == '/') snprintf(candidate, sizeof candidate, "%s", given);
+        else snprintf(candidate, sizeof candidate, "%s/%s", root, given);
+        if (!realpath(candidate, real)) continue;
+        size_t rl = strlen(root);
+        /* confined: the root itself or below it, after every symlink is resolved */
+        if (strncmp(real, root, rl) || (real[rl] != '/' && real[rl] != 0)) continue;
+        char sub[PATH_MAX + 16];
+        struct stat st;
+        int ok = 1;
+        for (int k = 0; k < 2 && ok; k++) {
+            snprintf(sub, sizeof sub, "%s/%s", real, k ? "masks" : "images");
+            ok = !stat(sub, &st) && S_ISDIR(st.st_mode);
+        }
+        if (!ok) {
+            snprintf(msg, len, "'%s' is not a dataset: it needs images/ and masks/ folders", given);
+            return -1;
+        }
+        snprintf(out, PATH_MAX, "%s", real);
+        return 0;
+    }
+    snprintf(msg, len, "'%s' is not a folder under a data root (%s%s)", given, a->cfg.data_roots[0],
+             a->cfg.n_data_roots > 1 ? ", …" : "");
+    return -1;
+}
+
+/* Replaces the "path" of one dataset object by its resolved path. */
+static int fix_dataset(http_request *req, const api *a, json_t *ds, const char *field) {
+    json_t *p = json_is_object(ds) ? json_object_get(ds, "path") : NULL;
+    if (!json_is_string(p)) return 0; /* not a folder: the spec parser checks the rest */
+    char real[PATH_MAX], msg[PATH_MAX + 200], f[96];
+    snprintf(f, sizeof f, "%s.path", field);
+    if (resolve_dataset(a, json_string_value(p), real, msg, sizeof msg)) {
+        http_respond_error(req, 400, "invalid_spec", f, "%s: %s", f, msg);
+        return -1;
+    }
+    json_object_set_new(ds, "path", json_string(real));
+    return 0;
+}
+
+/* base_model as the API takes it: a registered model "m_3", {"job": "j_2"}
+ * (that job's output, waited for), or an architecture (random init).
+ * Rewrites spec for the library's parser; *wait and base_text say what was
+ * asked. 0, or -1 after answering. */
+static int fix_base_model(http_request *req, api *a, json_t *spec, int64_t *wait, char *base_text,
+                          size_t len, fisher_error *err) {
+    json_t *bm = json_object_get(spec, "base_model");
+    if (!bm) {
+        snprintf(base_text, len, "segformer tiny (random init)");
+        return 0;
+    }
+    if (json_is_string(bm)) {
+        int64_t mid;
+        if (store_id_parse(json_string_value(bm), 'm', &mid)) {
+            http_respond_error(req, 400, "invalid_spec", "base_model",
+                               "base_model: '%s' is not a model id (m_3), a job ({\"job\": \"j_2\"}) or an "
+                               "architecture ({\"arch\": \"segformer\", \"config\": \"tiny\"})", json_string_value(bm));
+            return -1;
+        }
+        store *db = reader_get(a, err);
+        if (!db) return -2;
+        json_t *model;
+        fisher_error e = {{0}};
+        int rc = store_model_get(db, mid, &model, &e);
+        reader_put(a, db);
+        if (rc == STORE_NOT_FOUND) {
+            http_respond_error(req, 400, "invalid_spec", "base_model",
+                               "base_model: there is no model %s (GET /api/v1/models lists them)", json_string_value(bm));
+            return -1;
+        }
+        if (rc) return *err = e, -2;
+        snprintf(base_text, len, "%s", json_string_value(bm));
+        json_object_set_new(spec, "base_model", json_pack("{s:O}", "path", json_object_get(model, "path")));
+        json_decref(model);
+        return 0;
+    }
+    if (json_is_object(bm) && json_object_get(bm, "path")) {
+        http_respond_error(req, 400, "invalid_spec", "base_model.path",
+                           "base_model.path: server paths are not accepted; register the weights "
+                           "(POST /api/v1/models) and give their id, e.g. \"m_3\"");
+        return -1;
+    }
+    json_t *job = json_is_object(bm) ? json_object_get(bm, "job") : NULL;
+    if (job) {
+        int64_t jid;
+        if (json_object_size(bm) != 1 || !json_is_string(job) || store_id_parse(json_string_value(job), 'j', &jid)) {
+            http_respond_error(req, 400, "invalid_spec", "base_model.job",
+                               "base_model.job must be a job id like \"j_2\", alone in base_model");
+            return -1;
+        }
+        store *db = reader_get(a, err);
+        if (!db) return -2;
+        json_t *other;
+        fisher_error e = {{0}};
+        int rc = store_job_get(db, jid, &other, &e);
+        reader_put(a, db);
+        if (rc == STORE_NOT_FOUND) {
+            http_respond_error(req, 400, "invalid_spec", "base_model.job", "base_model.job: there is no job %s",
+                               json_string_value(job));
+            return -1;
+        }
+        if (rc) return *err = e, -2;
+        const char *st = json_string_value(json_object_get(other, "status"));
+        int bad = st && (!strcmp(st, "failed") || !strcmp(st, "cancelled"));
+        json_decref(other);
+        if (bad) {
+            http_respond_error(req, 400, "invalid_spec", "base_model.job",
+                               "base_model.job: %s %s, so it has no model to start from", json_string_value(job), st);
+            return -1;
+        }
+        *wait = jid;
+        snprintf(base_text, len, "{\"job\":\"%s\"}", json_string_value(job));
+        json_object_del(spec, "base_model"); /* the weights file, found at start, brings the config */
+        return 0;
+    }
+    char *t = json_dumps(bm, JSON_COMPACT);
+    snprintf(base_text, len, "%s", t ? t : "");
+    free(t);
+    return 0;
+}
+
+static int post_job(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    if (a->refusing) return http_respond_error(req, 503, NULL, NULL, "the daemon is stopping; submit again once it is back");
+    if (only_params(req, (const char *const[]){NULL})) return 0;
+    json_t *body = http_body_json(req);
+    if (!body) return 0;
+    int rc = 0;
+    json_t *spec = NULL;
+    char *text = NULL, *norm = NULL;
+    if (!json_is_object(body)) {
+        rc = http_respond_error(req, 400, "invalid_spec", NULL, "the body must be a JSON object: a job spec");
+        goto out;
+    }
+    spec = json_deep_copy(body);
+    int64_t wait = 0;
+    char base_text[256];
+    int r = fix_base_model(req, a, spec, &wait, base_text, sizeof base_text, err);
+    if (r == -2) rc = -1;
+    if (r) goto out;
+    json_t *data = json_object_get(spec, "data");
+    if (json_is_object(data)) {
+        if (fix_dataset(req, a, json_object_get(data, "train"), "data.train") ||
+            fix_dataset(req, a, json_object_get(data, "val"), "data.val"))
+            goto out;
+        json_t *zs = json_object_get(data, "zero_shot"), *d;
+        size_t i;
+        if (json_is_array(zs)) json_array_foreach(zs, i, d) {
+                char f[64];
+                snprintf(f, sizeof f, "data.zero_shot[%zu]", i);
+                if (fix_dataset(req, a, d, f)) goto out;
+            }
+    }
+    text = json_dumps(spec, JSON_COMPACT);
+    fisher_job_spec js;
+    fisher_job_spec_defaults(&js);
+    char field[128] = "";
+    fisher_error e = {{0}};
+    if (!text) {
+        rc = fisher_errorf(err, "out of memory");
+        goto out;
+    }
+    if (fisher_job_spec_parse(&js, text, field, sizeof field, &e)) {
+        rc = http_respond_error(req, 400, "invalid_spec", field[0] ? field : NULL, "%s", e.msg);
+        goto out;
+    }
+    if (!(norm = fisher_job_spec_to_json(&js))) {
+        rc = fisher_errorf(err, "out of memory");
+        goto out;
+    }
+    sched_job job = {js.name, norm, base_text, wait};
+    int64_t id;
+    int src = sched_submit(a->sched, &job, &id, &e);
+    if (src) {
+        rc = respond_store_error(req, src, &e);
+        goto out;
+    }
+    store *db = reader_get(a, err);
+    json_t *created = NULL;
+    if (!db || store_job_get(db, id, &created, err)) {
+        if (db) reader_put(a, db);
+        rc = -1;
+        goto out;
+    }
+    reader_put(a, db);
+    char location[64];
+    snprintf(location, sizeof location, "/api/v1/jobs/j_%lld", (long long)id);
+    http_add_header(req, "Location", location);
+    rc = http_respond_json(req, 201, created);
+out:
+    json_decref(body);
+    json_decref(spec);
+    free(text), free(norm);
+    return rc;
+}
+
+/* ------------------------------------------------------------ reading jobs */
+
+static int get_jobs(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    if (only_params(req, (const char *const[]){"status", "name", "limit", "cursor", NULL})) return 0;
+    long long limit;
+    if (http_query_int(req, "limit", 1, 1000, 50, &limit)) return 0;
+    store_job_filter f = {http_query(req, "status"), http_query(req, "name"), http_query(req, "cursor"), (size_t)limit};
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *out;
+    fisher_error e = {{0}};
+    int rc = store_jobs_list(db, &f, &out, &e);
+    reader_put(a, db);
+    if (rc == STORE_INVALID) {
+        const char *field = f.cursor && strstr(e.msg, "cursor") ? "cursor" : f.status && strstr(e.msg, "status") ? "status" : NULL;
+        return http_respond_error(req, 400, "invalid_parameter", field, "%s", e.msg);
+    }
+    if (rc) return respond_store_error(req, rc, &e);
+    return http_respond_json(req, 200, out);
+}
+
+/* The common shape of the per-job reads: id, then one store call. */
+typedef int (*job_read_fn)(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e);
+
+static int job_read(http_request *req, api *a, const char *const *params, job_read_fn fn, fisher_error *err) {
+    int64_t id;
+    if (job_id_param(req, &id) || only_params(req, params)) return 0;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *out = NULL;
+    fisher_error e = {{0}};
+    int rc = fn(req, db, id, &out, &e);
+    reader_put(a, db);
+    if (rc == 1) return 0; /* fn answered itself */
+    if (rc) return respond_store_error(req, rc, &e);
+    return http_respond_json(req, 200, out);
+}
+
+static int read_job(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e) {
+    (void)req;
+    return store_job_get(db, id, out, e);
+}
+
+static int get_job(http_request *req, void *app, fisher_error *err) {
+    return job_read(req, app, (const char *const[]){NULL}, read_job, err);
+}
+
+static int read_groups(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e) {
+    (void)req;
+    return store_groups(db, id, out, e);
+}
+
+static int get_groups(http_request *req, void *app, fisher_error *err) {
+    return job_read(req, app, (const char *const[]){NULL}, read_groups, err);
+}
+
+static int read_freezes(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e) {
+    (void)req;
+    return store_freezes(db, id, out, e);
+}
+
+static int get_freezes(http_request *req, void *app, fisher_error *err) {
+    return job_read(req, app, (const char *const[]){NULL}, read_freezes, err);
+}
+
+static int read_heatmap(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e) {
+    store_window w;
+    if (window_params(req, 1000, &w)) return 1;
+    return store_drift_heatmap(db, id, w, out, e);
+}
+
+static int get_heatmap(http_request *req, void *app, fisher_error *err) {
+    return job_read(req, app, (const char *const[]){"from", "to", "max_points", NULL}, read_heatmap, err);
+}
+
+/* drift and metrics: JSON (downsampled) or CSV (every point). */
+static int get_drift(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) ||
+        only_params(req, (const char *const[]){"group", "prefix", "from", "to", "max_points", "format", NULL}))
+        return 0;
+    store_drift_query q = {http_query(req, "group"), http_query(req, "prefix"), STORE_WINDOW_ALL};
+    int csv = format_param(req);
+    if (csv < 0 || window_params(req, 1000, &q.window)) return 0;
+    if (q.key && q.prefix)
+        return http_respond_error(req, 400, "invalid_parameter", "prefix", "give group or prefix, not both");
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    fisher_error e = {{0}};
+    int rc;
+    if (csv) {
+        text_buf t = {0};
+        rc = store_drift_csv(db, id, &q, text_sink, &t, &e);
+        reader_put(a, db);
+        if (rc) return free(t.buf), respond_store_error(req, rc, &e);
+        char name[64];
+        snprintf(name, sizeof name, "j_%lld-drift.csv", (long long)id);
+        http_set_download_name(req, name);
+        return http_respond_buffer(req, 200, "text/csv; charset=utf-8", t.buf, t.len);
+    }
+    json_t *out;
+    rc = store_drift(db, id, &q, &out, &e);
+    reader_put(a, db);
+    if (rc) return respond_store_error(req, rc, &e);
+    return http_respond_json(req, 200, out);
+}
+
+static int get_metrics_series(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) ||
+        only_params(req, (const char *const[]){"name", "from", "to", "max_points", "format", NULL}))
+        return 0;
+    store_window w;
+    int csv = format_param(req);
+    if (csv < 0 || window_params(req, 1000, &w)) return 0;
+    const char *name = http_query(req, "name");
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    fisher_error e = {{0}};
+    int rc;
+    if (csv) {
+        text_buf t = {0};
+        rc = store_metrics_csv(db, id, name, w, text_sink, &t, &e);
+        reader_put(a, db);
+        if (rc) return free(t.buf), respond_store_error(req, rc, &e);
+        char fname[64];
+        snprintf(fname, sizeof fname, "j_%lld-metrics.csv", (long long)id);
+        http_set_download_name(req, fname);
+        return http_respond_buffer(req, 200, "text/csv; charset=utf-8", t.buf, t.len);
+    }
+    json_t *out;
+    rc = store_metrics(db, id, name, w, &out, &e);
+    reader_put(a, db);
+    if (rc) return respond_store_error(req, rc, &e);
+    return http_respond_json(req, 200, out);
+}
+
+static int get_model_of_job(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *job;
+    fisher_error e = {{0}};
+    int rc = store_job_get(db, id, &job, &e);
+    reader_put(a, db);
+    if (rc) return respond_store_error(req, rc, &e);
+    const char *st = json_string_value(json_object_get(job, "status"));
+    const char *dir = json_string_value(json_object_get(job, "out_dir"));
+    if (!st || strcmp(st, "succeeded") || !dir) {
+        rc = http_respond_error(req, 409, NULL, NULL, "job j_%lld is %s: a model exists once it has succeeded",
+                                (long long)id, st ? st : "unknown");
+        json_decref(job);
+        return rc;
+    }
+    char path[PATH_MAX + 32], name[64];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    json_decref(job);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return http_respond_error(req, 404, NULL, NULL, "the model of job j_%lld is gone from disk", (long long)id);
+    snprintf(name, sizeof name, "j_%lld.safetensors", (long long)id);
+    return http_respond_file(req, fd, "application/octet-stream", name);
+}
+
+/* ------------------------------------------------------------ changing jobs */
+
+static int post_cancel(http_request *req, void *app, fisher_error *err) {
+    (void)err;
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
+    fisher_error e = {{0}};
+    int rc = sched_cancel(a->sched, id, &e);
+    if (rc) return respond_store_error(req, rc, &e);
+    store *db = reader_get(a, err);
+    json_t *job = NULL;
+    if (!db || store_job_get(db, id, &job, err)) {
+        if (db) reader_put(a, db);
+        return -1;
+    }
+    reader_put(a, db);
+    return http_respond_json(req, 202, job);
+}
+
+static int delete_job(http_request *req, void *app, fisher_error *err) {
+    (void)err;
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
+    if (a->refusing) return http_respond_error(req, 503, NULL, NULL, "the daemon is stopping");
+    fisher_error e = {{0}};
+    int rc = sched_delete(a->sched, id, &e);
+    if (rc) return respond_store_error(req, rc, &e);
+    return http_respond_json(req, 200, json_pack("{s:s, s:b}", "id", http_param(req, "id"), "deleted", 1));
+}
+
+/* ------------------------------------------------------------ models, datasets */
+
+static int get_models(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    if (only_params(req, (const char *const[]){"limit", "cursor", NULL})) return 0;
+    long long limit;
+    if (http_query_int(req, "limit", 1, 1000, 50, &limit)) return 0;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *out;
+    fisher_error e = {{0}};
+    int rc = store_models_list(db, http_query(req, "cursor"), (size_t)limit, &out, &e);
+    reader_put(a, db);
+    if (rc) return respond_store_error(req, rc, &e);
+    return http_respond_json(req, 200, out);
+}
+
+static int get_model(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    int64_t id;
+    const char *text = http_param(req, "id");
+    if (!text || store_id_parse(text, 'm', &id))
+        return http_respond_error(req, 404, NULL, NULL, "no model '%s': model ids look like m_3", text ? text : "");
+    if (only_params(req, (const char *const[]){NULL})) return 0;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *out;
+    fisher_error e = {{0}};
+    int rc = store_model_get(db, id, &out, &e);
+    reader_put(a, db);
+    if (rc) return respond_store_error(req, rc, &e);
+    return http_respond_json(req, 200, out);
+}
+
+static int is_dataset(const char *dir) {
+    char sub[PATH_MAX + 16];
+    struct stat st;
+    for (int k = 0; k < 2; k++) {
+        snprintf(sub, sizeof sub, "%s/%s", dir, k ? "masks" : "images");
+        if (stat(sub, &st) || !S_ISDIR(st.st_mode)) return 0;
+    }
+    return 1;
+}
+
+/* Dataset folders at most `depth` levels below dir (rel: the path so far). */
+static void list_datasets(json_t *out, const char *root, const char *dir, const char *rel, int depth) {
+    if (is_dataset(dir)) {
+        json_array_append_new(out, json_pack("{s:s, s:s}", "root", root, "path", rel[0] ? rel : "."));
+        return;
+    }
+    if (!depth) return;
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char sub[PATH_MAX], subrel[PATH_MAX];
+        snprintf(sub, sizeof sub, "%.2000s/%.1000s", dir, e->d_name);
+        snprintf(subrel, sizeof subrel, "%.2000s%s%.1000s", rel, rel[0] ? "/" : "", e->d_name);
+        struct stat st;
+        if (!stat(sub, &st) && S_ISDIR(st.st_mode)) list_datasets(out, root, sub, subrel, depth - 1);
+    }
+    closedir(d);
+}
+
+static int get_datasets(http_request *req, void *app, fisher_error *err) {
+    (void)err;
+    api *a = app;
+    if (only_params(req, (const char *const[]){NULL})) return 0;
+    json_t *syn = json_array(), *folders = json_array();
+    for (int i = 0; i < FISHER_SYNTH_DOMAINS; i++)
+        json_array_append_new(syn, json_pack("{s:s}", "domain", fisher_synth_domain_name((fisher_synth_domain)i)));
+    for (int i = 0; i < a->cfg.n_data_roots; i++)
+        list_datasets(folders, a->cfg.data_roots[i], a->cfg.data_roots[i], "", 2);
+    return http_respond_json(req, 200, json_pack("{s:o, s:o}", "synthetic", syn, "folders", folders));
+}
+
+/* ------------------------------------------------------------ live events */
+
+static void unsubscribe(http_sse *sse, void *ctx) {
+    api *a = ctx;
+    pthread_mutex_lock(&a->subs_lock);
+    for (subscriber **p = &a->subs; *p; p = &(*p)->next)
+        if ((*p)->sse == sse) {
+            subscriber *gone = *p;
+            *p = gone->next;
+            free(gone);
+            a->n_subs--;
+            break;
+        }
+    pthread_mutex_unlock(&a->subs_lock);
+}
+
+static int get_events(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *job;
+    fisher_error e = {{0}};
+    int rc = store_job_get(db, id, &job, &e);
+    reader_put(a, db);
+    if (rc) return respond_store_error(req, rc, &e);
+    json_object_del(job, "spec");
+    store_job_status st;
+    int terminal = !store_job_status_parse(json_string_value(json_object_get(job, "status")), &st) &&
+                   store_job_status_terminal(st);
+    char *snapshot = json_dumps(job, JSON_COMPACT);
+    json_decref(job);
+    subscriber *sub = calloc(1, sizeof *sub);
+    if (!snapshot || !sub) {
+        free(snapshot), free(sub);
+        return fisher_errorf(err, "out of memory");
+    }
+    http_sse *sse = http_respond_sse(req, unsubscribe, a);
+    if (!sse) {
+        free(snapshot), free(sub);
+        return fisher_errorf(err, "cannot open the event stream");
+    }
+    /* subscribe before the snapshot goes out, so no record falls between */
+    pthread_mutex_lock(&a->subs_lock);
+    sub->job = id, sub->sse = sse, sub->next = a->subs, a->subs = sub, a->n_subs++;
+    http_sse_send(sse, "job", snapshot, NULL);
+    if (terminal) http_sse_close(sse); /* a finished job has nothing more to say */
+    pthread_mutex_unlock(&a->subs_lock);
+    free(snapshot);
+    return 0;
+}
+
+/* One record as an SSE event (name, JSON data); NULL when it has none. */
+static json_t *record_event(const store_record *r, const char **name) {
+    switch (r->kind) {
+    case STORE_REC_PROGRESS:
+        *name = "progress";
+        return json_pack("{s:I, s:I, s:f, s:I, s:I}", "step", (json_int_t)r->progress.step, "steps",
+                         (json_int_t)r->progress.steps, "loss", r->progress.loss, "params_live",
+                         (json_int_t)r->progress.params_live, "chunks_live", (json_int_t)r->progress.chunks_live);
+    case STORE_REC_DRIFT: {
+        *name = "drift";
+        json_t *idx = json_array(), *js = json_array(), *ema = json_array();
+        for (size_t i = 0; i < r->drift.n; i++) {
+            json_array_append_new(idx, json_integer(r->drift.idx[i]));
+            json_array_append_new(js, json_real(r->drift.js[i]));
+            json_array_append_new(ema, json_real(r->drift.js_ema[i]));
+        }
+        return json_pack("{s:I, s:o, s:o, s:o}", "step", (json_int_t)r->drift.step, "idx", idx, "js", js,
+                         "js_ema", ema);
+    }
+    case STORE_REC_FREEZE: {
+        *name = "freeze";
+        json_t *frozen = json_array();
+        for (size_t i = 0; i < r->freeze.n_frozen; i++) json_array_append_new(frozen, json_integer(r->freeze.frozen[i]));
+        return json_pack("{s:I, s:s, s:s, s:f, s:f, s:f, s:f, s:o, s:I, s:I}", "step", (json_int_t)r->freeze.step,
+                         "kind", r->freeze.zero_fisher ? "zero_fisher" : "drift", "metric", r->freeze.metric,
+                         "mean", r->freeze.mean, "std", r->freeze.std, "lambda", r->freeze.lambda, "threshold",
+                         r->freeze.threshold, "frozen", frozen, "chunks_live", (json_int_t)r->freeze.chunks_live,
+                         "params_live", (json_int_t)r->freeze.params_live);
+    }
+    case STORE_REC_EVAL:
+        *name = "eval";
+        return json_pack("{s:I, s:s, s:b, s:f, s:f, s:f}", "step", (json_int_t)r->eval.step, "dataset",
+                         r->eval.dataset, "final", r->eval.final, "loss", r->eval.loss, "iou", r->eval.iou, "f1",
+                         r->eval.f1);
+    case STORE_REC_CHECKPOINT:
+        *name = "checkpoint";
+        return json_pack("{s:I}", "step", (json_int_t)r->checkpoint.step);
+    case STORE_REC_GROUPS:
+        *name = "groups";
+        return json_pack("{s:I}", "n", (json_int_t)r->groups.n);
+    default:
+        return NULL;
+    }
+}
+
+void api_on_records(void *ctx, const store_record *recs, size_t n) {
+    api *a = ctx;
+    pthread_mutex_lock(&a->subs_lock);
+    for (size_t i = 0; i < n && a->subs; i++) {
+        int any = 0;
+        for (subscriber *s = a->subs; s && !any; s = s->next) any = s->job == recs[i].job;
+        if (!any) continue;
+        const char *name;
+        json_t *ev = record_event(&recs[i], &name);
+        char *data = ev ? json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
+        json_decref(ev);
+        if (data)
+            for (subscriber *s = a->subs; s; s = s->next)
+                if (s->job == recs[i].job) http_sse_send(s->sse, name, data, NULL);
+        free(data);
+    }
+    pthread_mutex_unlock(&a->subs_lock);
+}
+
+void api_on_status(void *ctx, int64_t job, store_job_status status, const char *reason) {
+    api *a = ctx;
+    json_t *ev = json_pack("{s:s, s:s?}", "status", store_job_status_name(status), "reason", reason);
+    char *data = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+    json_decref(ev);
+    pthread_mutex_lock(&a->subs_lock);
+    for (subscriber *s = a->subs; s; s = s->next)
+        if (s->job == job) {
+            if (data) http_sse_send(s->sse, "status", data, NULL);
+            /* updates stop when the job ends */
+            if (store_job_status_terminal(status) || status == STORE_JOB_INTERRUPTED) http_sse_close(s->sse);
+        }
+    pthread_mutex_unlock(&a->subs_lock);
+    free(data);
+}
+
+/* ------------------------------------------------------------ the table */
+
+static const http_route routes[] = {
+    {"GET", "/healthz", get_healthz, HTTP_ROUTE_PUBLIC, 0},
+    {"GET", "/metrics", get_metrics, 0, 0},
+    {"GET", "/api/v1/openapi.json", get_openapi, HTTP_ROUTE_PUBLIC, 0},
+    {"POST", "/api/v1/jobs", post_job, HTTP_ROUTE_JSON_BODY, JOB_SPEC_MAX_BODY},
+    {"GET", "/api/v1/jobs", get_jobs, 0, 0},
+    {"GET", "/api/v1/jobs/{id}", get_job, 0, 0},
+    {"DELETE", "/api/v1/jobs/{id}", delete_job, 0, 0},
+    {"POST", "/api/v1/jobs/{id}/cancel", post_cancel, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/groups", get_groups, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/drift", get_drift, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/heatmap", get_heatmap, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/freezes", get_freezes, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics", get_metrics_series, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/events", get_events, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/model", get_model_of_job, 0, 0},
+    {"GET", "/api/v1/models", get_models, 0, 0},
+    {"GET", "/api/v1/models/{id}", get_model, 0, 0},
+    {"GET", "/api/v1/datasets", get_datasets, 0, 0},
+};
+
+static void access_log(void *ctx, const char *method, const char *path, int status, uint64_t bytes,
+                       double ms) {
+    (void)ctx;
+    log_msg(status >= 500 ? LOG_WARN : LOG_DEBUG, 0, "%s %s %d %llu bytes %.1f ms", method, path, status,
+            (unsigned long long)bytes, ms);
+}
+
+static void error_log(void *ctx, const char *msg) {
+    (void)ctx;
+    log_msg(LOG_ERROR, 0, "http: %s", msg);
+}
+
+int api_serve(api *a, http_server **out, fisher_error *err) {
+    struct stat st;
+    const char *web = !stat(a->cfg.web_root, &st) && S_ISDIR(st.st_mode) ? a->cfg.web_root : NULL;
+    if (!web) log_msg(LOG_WARN, 0, "no dashboard: --web-root %s is not a folder", a->cfg.web_root);
+    http_config hc = {.listen = a->cfg.listen, .token = a->cfg.token[0] ? a->cfg.token : NULL,
+                      .auth_reads = a->cfg.auth_reads, .static_root = web, .access_log = access_log,
+                      .error_log = error_log, .log_ctx = a};
+    return http_server_start(&hc, routes, sizeof routes / sizeof *routes, a, out, err);
+}

@@ -1,0 +1,147 @@
+/*
+ * cmd_serve.c — `fisherd serve`, the long-running daemon. The main thread
+ * runs the libuv loop, which reads like the life of the process:
+ *
+ *   1. configuration (serve_config.h); the data dir; the database, opened
+ *      for writing (migrations applied, a newer schema refused)
+ *   2. the scheduler on the loop: jobs left running by a previous process
+ *      become interrupted; waiting jobs start as slots allow
+ *   3. the HTTP server (api.h) on its own threads
+ *   4. uv_run until SIGINT/SIGTERM: writes refused (503), running jobs
+ *      asked to stop after their current step (they checkpoint and become
+ *      interrupted), then the HTTP server is stopped from a helper thread —
+ *      its handlers may be waiting for the loop, so the loop must keep
+ *      turning meanwhile — and the loop's handles are closed
+ *   5. a second signal exits at once: the store is crash-safe, and the
+ *      next start treats jobs still marked running as interrupted
+ */
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "api.h"
+#include "cli.h"
+#include "log.h"
+#include "scheduler.h"
+#include "serve_config.h"
+#include "store.h"
+#include "version.h"
+
+typedef struct {
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    uv_async_t http_stopped;
+    uv_thread_t closer;
+    int closer_started, signals;
+    sched *sched;
+    api *api;
+    http_server *http;
+} daemon_state;
+
+static void close_all(daemon_state *d) {
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->http_stopped, NULL);
+    sched_close(d->sched);
+}
+
+static void on_http_stopped(uv_async_t *h) {
+    daemon_state *d = h->data;
+    uv_thread_join(&d->closer);
+    d->closer_started = 0, d->http = NULL;
+    log_msg(LOG_INFO, 0, "stopped");
+    close_all(d);
+}
+
+static void stop_http(void *arg) {
+    daemon_state *d = arg;
+    http_server_stop(d->http);
+    uv_async_send(&d->http_stopped);
+}
+
+static void on_sched_stopped(void *ctx) {
+    daemon_state *d = ctx;
+    if (uv_thread_create(&d->closer, stop_http, d)) {
+        log_msg(LOG_ERROR, 0, "cannot stop the HTTP server cleanly; exiting");
+        _exit(1);
+    }
+    d->closer_started = 1;
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    daemon_state *d = h->data;
+    if (d->signals++) {
+        log_msg(LOG_WARN, 0, "second %s: exiting now (running jobs resume at the next start)", strsignal(signum));
+        _exit(128 + signum);
+    }
+    log_msg(LOG_INFO, 0, "%s: stopping — no new jobs; running jobs checkpoint and stop after their current step",
+            strsignal(signum));
+    api_stop_accepting(d->api);
+    sched_stop(d->sched, on_sched_stopped, d);
+}
+
+int fisherd_serve(int argc, char **argv) {
+    serve_config cfg;
+    char msg[1024];
+    int rc = serve_config_parse(&cfg, argc, argv, msg, sizeof msg);
+    if (rc == 1) return 0;
+    if (rc) {
+        fprintf(stderr, "fisherd serve: %s\n", msg);
+        return 2;
+    }
+    log_set_level(cfg.log_level);
+    char db_path[PATH_MAX + 16];
+    snprintf(db_path, sizeof db_path, "%s/fisherd.db", cfg.data_dir);
+    if (cli_make_dir(cfg.data_dir)) return 1;
+    fisher_error err = {{0}};
+    store *db;
+    if (store_open(db_path, 0, &db, &err)) {
+        log_msg(LOG_ERROR, 0, "%s", err.msg);
+        return 1;
+    }
+    daemon_state d = {0};
+    uv_loop_init(&d.loop);
+    d.api = api_create(&cfg, db_path);
+    if (!d.api) {
+        log_msg(LOG_ERROR, 0, "out of memory");
+        store_close(db);
+        return 1;
+    }
+    sched_config sc = {.data_dir = cfg.data_dir, .max_jobs = cfg.max_jobs, .threads = cfg.threads,
+                       .on_records = api_on_records, .on_status = api_on_status, .ctx = d.api};
+    int failed = 0;
+    if (sched_start(&d.loop, db, &sc, &d.sched, &err)) {
+        log_msg(LOG_ERROR, 0, "%s", err.msg);
+        failed = 1;
+    }
+    api_set_sched(d.api, d.sched);
+    if (!failed && api_serve(d.api, &d.http, &err)) {
+        log_msg(LOG_ERROR, 0, "%s", err.msg);
+        failed = 1;
+    }
+    uv_signal_init(&d.loop, &d.sigint);
+    uv_signal_init(&d.loop, &d.sigterm);
+    uv_async_init(&d.loop, &d.http_stopped, on_http_stopped);
+    d.sigint.data = d.sigterm.data = d.http_stopped.data = &d;
+    if (failed) {
+        /* nothing runs yet that needs stopping: close what was opened */
+        if (d.sched) sched_stop(d.sched, NULL, NULL);
+        http_server_stop(d.http), d.http = NULL;
+        close_all(&d);
+    } else {
+        uv_signal_start(&d.sigint, on_signal, SIGINT);
+        uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+        log_msg(LOG_INFO, 0, "fisherd %s listening on http://%s%s%s:%u/ (data in %s, %d job(s) at once, %d thread(s) each)",
+                FISHERD_VERSION, strchr(cfg.host, ':') ? "[" : "", cfg.host, strchr(cfg.host, ':') ? "]" : "",
+                http_server_port(d.http), cfg.data_dir, cfg.max_jobs, cfg.threads);
+    }
+    uv_run(&d.loop, UV_RUN_DEFAULT);
+    sched_free(d.sched);
+    api_free(d.api);
+    uv_loop_close(&d.loop);
+    return failed;
+}

@@ -1,0 +1,702 @@
+/*
+ * scheduler.c — see scheduler.h.
+ *
+ * Threads and what they own:
+ *   loop thread   the store's write connection, the FIFO of waiting jobs,
+ *                 the list of running jobs (their threads are joined here)
+ *   worker        one per running job: fisher_job_run and its callbacks,
+ *                 which copy what they report into job_msg records and push
+ *                 them (blocking when the queue's budget is spent)
+ *   any thread    sched_submit / _cancel / _delete: a command on the
+ *                 command list, the doorbell, then a wait for the loop
+ *
+ * Design notes, as invariants:
+ *   1. Only the loop thread writes the store; a command's answer is the
+ *      store's own code and message.
+ *   2. A job's records reach the store in the order its worker pushed them,
+ *      and its completion (MSG_DONE) is the last of them: the status moves
+ *      only after everything it reported before is committed.
+ *   3. A running job is in `running` from its thread's creation until the
+ *      loop has joined it; `n_running` counts that list.
+ *   4. `cancel` is written by the loop, read by the worker between steps
+ *      (fisher_job_run polls it); `stop_reason` says whether a cancel was
+ *      the user's or the daemon's.
+ */
+#include "scheduler.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "job.h"
+#include "log.h"
+#include "record_queue.h"
+
+#define DEFAULT_QUEUE_BYTES (64u << 20)
+
+typedef struct running_job running_job;
+
+/* What a worker reports: a store record with the storage it points into,
+ * or (MSG_DONE) the end of the run. */
+typedef struct {
+    record_item item;                /* first: the queue links it */
+    enum { MSG_RECORD, MSG_DONE } kind;
+    running_job *job;
+    store_record rec;
+    void *owned;                     /* one allocation rec's pointers point into */
+    /* MSG_DONE */
+    int rc;
+    fisher_job_result result;
+    fisher_error err;
+} job_msg;
+
+struct running_job {
+    running_job *next;
+    sched *s;
+    int64_t id;
+    uv_thread_t thread;
+    volatile int cancel;
+    int stopped_by_daemon;
+    fisher_job_spec spec;
+    char out_dir[PATH_MAX];
+    int64_t chunks_live;             /* worker thread only, from on_method */
+};
+
+typedef struct command {
+    struct command *next;
+    enum { CMD_SUBMIT, CMD_CANCEL, CMD_DELETE } kind;
+    const sched_job *job;
+    int64_t id;
+    int rc, done;
+    fisher_error err;
+} command;
+
+struct sched {
+    uv_loop_t *loop;
+    uv_async_t doorbell;
+    store *db;
+    sched_config cfg;
+    char data_dir[PATH_MAX - 256];   /* room for /jobs/j_<id>/model.safetensors */
+    record_queue *records;
+    pthread_mutex_t lock;            /* commands, and `answered` */
+    pthread_cond_t answered;
+    command *commands;
+    int64_t *waiting;                /* FIFO of queued job ids (loop thread) */
+    size_t n_waiting, cap_waiting;
+    running_job *running;
+    int n_running;
+    int stopping;
+    void (*stopped)(void *ctx);
+    void *stopped_ctx;
+};
+
+static void ring(void *ctx) { uv_async_send(&((sched *)ctx)->doorbell); }
+
+/* ------------------------------------------------------------ the worker */
+
+static job_msg *msg_new(running_job *j, store_record_kind kind, size_t owned_bytes) {
+    job_msg *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    if (owned_bytes && !(m->owned = calloc(1, owned_bytes))) return free(m), NULL;
+    m->kind = MSG_RECORD, m->job = j;
+    m->rec.kind = kind, m->rec.job = j->id;
+    m->item.bytes = sizeof *m + owned_bytes;
+    return m;
+}
+
+static void msg_free(job_msg *m) {
+    if (!m) return;
+    free(m->owned);
+    free(m);
+}
+
+/* Queues m, or drops it when the queue is closed (the daemon is stopping
+ * and the loop no longer writes). */
+static void push(running_job *j, job_msg *m) {
+    if (!m) {
+        log_msg(LOG_ERROR, j->id, "out of memory: a record of the run is lost");
+        return;
+    }
+    if (record_queue_push(j->s->records, &m->item)) msg_free(m);
+}
+
+static void on_log(void *ctx, const char *line) {
+    running_job *j = ctx;
+    log_msg(LOG_INFO, j->id, "%s", line);
+}
+
+static void on_groups(void *ctx, const fisher_job_group *g, size_t n) {
+    running_job *j = ctx;
+    size_t text = 0;
+    for (size_t i = 0; i < n; i++)
+        text += strlen(g[i].key) + strlen(g[i].tensor) + strlen(g[i].layer) + strlen(g[i].layer_class) + 4;
+    job_msg *m = msg_new(j, STORE_REC_GROUPS, n * sizeof(store_group) + text);
+    if (m) {
+        store_group *out = m->owned;
+        char *at = (char *)(out + n);
+#define COPY(dst, src) (dst = at, at += strlen(src) + 1, memcpy((char *)dst, src, strlen(src) + 1))
+        for (size_t i = 0; i < n; i++) {
+            COPY(out[i].key, g[i].key);
+            COPY(out[i].tensor, g[i].tensor);
+            COPY(out[i].layer, g[i].layer);
+            COPY(out[i].layer_class, g[i].layer_class);
+            out[i].depth = g[i].depth, out[i].axis = g[i].axis;
+            out[i].start = g[i].start, out[i].end = g[i].end;
+            out[i].size = (int64_t)g[i].size, out[i].frozen_at = -1;
+        }
+#undef COPY
+        m->rec.groups.groups = out, m->rec.groups.n = n;
+    }
+    j->chunks_live = (int64_t)n;
+    push(j, m);
+}
+
+static void on_progress(void *ctx, const fisher_job_progress *p) {
+    running_job *j = ctx;
+    job_msg *m = msg_new(j, STORE_REC_PROGRESS, 0);
+    if (m)
+        m->rec.progress.step = p->step, m->rec.progress.steps = p->steps, m->rec.progress.loss = p->loss,
+        m->rec.progress.params_live = (int64_t)p->params_trainable,
+        m->rec.progress.chunks_live = j->chunks_live > 0 ? j->chunks_live : 0; /* 0: no groups (not "fisher") */
+    push(j, m);
+}
+
+static void on_method(void *ctx, int64_t step, const fisher_method_report *r, const fisher_chunk *chunks,
+                      size_t n_chunks) {
+    (void)chunks;
+    running_job *j = ctx;
+    j->chunks_live = (int64_t)r->chunks_live;
+    if (r->measured) {
+        size_t n = 0;
+        for (size_t c = 0; c < n_chunks; c++) n += !isnan(r->js[c]);
+        job_msg *m = msg_new(j, STORE_REC_DRIFT, n * (sizeof(int) + 2 * sizeof(double)));
+        if (m) {
+            double *js = m->owned, *js_ema = js + n;
+            int *idx = (int *)(js_ema + n);
+            size_t k = 0;
+            for (size_t c = 0; c < n_chunks; c++)
+                if (!isnan(r->js[c])) idx[k] = (int)c, js[k] = r->js[c], js_ema[k] = r->js_ema[c], k++;
+            m->rec.drift.step = step, m->rec.drift.n = n;
+            m->rec.drift.idx = idx, m->rec.drift.js = js, m->rec.drift.js_ema = js_ema;
+        }
+        push(j, m);
+    }
+    if (r->decided) {
+        job_msg *m = msg_new(j, STORE_REC_FREEZE, (r->n_frozen ? r->n_frozen : 1) * sizeof(int));
+        if (m) {
+            memcpy(m->owned, r->frozen, r->n_frozen * sizeof(int));
+            m->rec.freeze.step = step, m->rec.freeze.zero_fisher = r->zero_freeze;
+            m->rec.freeze.metric = j->spec.fisher.metric == FISHER_METRIC_MEAN_JS ? "mean_js" : "total_variation";
+            m->rec.freeze.mean = r->stats.mean, m->rec.freeze.std = r->stats.std;
+            m->rec.freeze.lambda = r->stats.lambda, m->rec.freeze.threshold = r->stats.threshold;
+            m->rec.freeze.frozen = m->owned, m->rec.freeze.n_frozen = r->n_frozen;
+            m->rec.freeze.chunks_live = (int64_t)r->chunks_live;
+            m->rec.freeze.params_live = (int64_t)r->params_live;
+        }
+        push(j, m);
+    }
+}
+
+static job_msg *eval_msg(running_job *j, const fisher_job_eval *e, int final) {
+    job_msg *m = msg_new(j, STORE_REC_EVAL, strlen(e->dataset) + 1);
+    if (!m) return NULL;
+    memcpy(m->owned, e->dataset, strlen(e->dataset) + 1);
+    m->rec.eval.step = e->step, m->rec.eval.dataset = m->owned, m->rec.eval.final = final;
+    m->rec.eval.loss = e->loss, m->rec.eval.iou = e->metrics.iou, m->rec.eval.f1 = e->metrics.f1;
+    m->rec.eval.accuracy = e->metrics.accuracy, m->rec.eval.precision = e->metrics.precision;
+    m->rec.eval.recall = e->metrics.recall;
+    return m;
+}
+
+static void on_eval(void *ctx, const fisher_job_eval *e) {
+    running_job *j = ctx;
+    push(j, eval_msg(j, e, 0));
+}
+
+static void on_checkpoint(void *ctx, int64_t step, const char *path) {
+    running_job *j = ctx;
+    job_msg *m = msg_new(j, STORE_REC_CHECKPOINT, strlen(path) + 1);
+    if (m) {
+        memcpy(m->owned, path, strlen(path) + 1);
+        m->rec.checkpoint.step = step, m->rec.checkpoint.path = m->owned;
+    }
+    push(j, m);
+}
+
+static void worker_main(void *arg) {
+    running_job *j = arg;
+    fisher_job_callbacks cb = {.ctx = j, .on_log = on_log, .on_groups = on_groups,
+                               .on_progress = on_progress, .on_eval = on_eval,
+                               .on_checkpoint = on_checkpoint, .on_method = on_method};
+    job_msg *done = calloc(1, sizeof *done);
+    fisher_job_result result;
+    fisher_error err = {{0}};
+    int rc = fisher_job_run(&j->spec, j->out_dir, &cb, &j->cancel, &result, &err);
+    if (!done) { /* nothing can be told: the loop learns it from the thread's end at stop */
+        log_msg(LOG_ERROR, j->id, "out of memory reporting the end of the run");
+        return;
+    }
+    done->kind = MSG_DONE, done->job = j, done->rc = rc, done->result = result, done->err = err;
+    done->item.bytes = 0; /* always accepted: an empty budget cannot hold back the last word */
+    /* the queue closes only at teardown, after every worker was joined */
+    if (record_queue_push(j->s->records, &done->item)) msg_free(done);
+}
+
+/* ------------------------------------------------------------ the loop side */
+
+static void set_status(sched *s, int64_t id, store_job_status to, const char *reason) {
+    fisher_error err = {{0}};
+    int rc = store_job_set_status(s->db, id, to, reason, store_now(), &err);
+    if (rc) {
+        log_msg(LOG_ERROR, id, "cannot record status %s: %s", store_job_status_name(to), err.msg);
+        return;
+    }
+    log_msg(LOG_INFO, id, "%s%s%s", store_job_status_name(to), reason ? ": " : "", reason ? reason : "");
+    if (s->cfg.on_status) s->cfg.on_status(s->cfg.ctx, id, to, reason);
+}
+
+static int waiting_push(sched *s, int64_t id) {
+    if (s->n_waiting == s->cap_waiting) {
+        size_t cap = s->cap_waiting ? 2 * s->cap_waiting : 16;
+        int64_t *w = realloc(s->waiting, cap * sizeof *w);
+        if (!w) return -1;
+        s->waiting = w, s->cap_waiting = cap;
+    }
+    s->waiting[s->n_waiting++] = id;
+    return 0;
+}
+
+static int waiting_remove(sched *s, int64_t id) {
+    for (size_t i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i] == id) {
+            memmove(s->waiting + i, s->waiting + i + 1, (s->n_waiting - i - 1) * sizeof *s->waiting);
+            s->n_waiting--;
+            return 1;
+        }
+    return 0;
+}
+
+/* The job's status and (optionally) its JSON; -1 when it cannot be read. */
+static int job_status(sched *s, int64_t id, store_job_status *st, json_t **job_out) {
+    json_t *job = NULL;
+    if (store_job_get(s->db, id, &job, NULL)) return -1;
+    int rc = store_job_status_parse(json_string_value(json_object_get(job, "status")), st);
+    if (job_out && !rc) *job_out = job;
+    else json_decref(job);
+    return rc;
+}
+
+/* Tries to start job id: 1 started, 0 keeps waiting, -1 left the queue
+ * (it failed to start or the job it waits for ended badly). */
+static int try_start_one(sched *s, int64_t id) {
+    json_t *job = NULL;
+    store_job_status st;
+    if (job_status(s, id, &st, &job)) return -1;
+    int result = -1;
+    char base_path[PATH_MAX] = "";
+    const char *wait = json_string_value(json_object_get(job, "wait_for_job"));
+    if (wait) {
+        int64_t wid;
+        store_job_status wst;
+        if (store_id_parse(wait, 'j', &wid) || job_status(s, wid, &wst, NULL)) {
+            set_status(s, id, STORE_JOB_FAILED, "the job whose model it needs is gone");
+            goto out;
+        }
+        if (wst == STORE_JOB_FAILED || wst == STORE_JOB_CANCELLED) {
+            char why[160];
+            snprintf(why, sizeof why, "the job whose model it needs, %s, %s", wait, store_job_status_name(wst));
+            set_status(s, id, STORE_JOB_FAILED, why);
+            goto out;
+        }
+        if (wst != STORE_JOB_SUCCEEDED) {
+            char why[160];
+            snprintf(why, sizeof why, "waits for the model of %s (%s)", wait, store_job_status_name(wst));
+            const char *now = json_string_value(json_object_get(job, "reason"));
+            if (!now || strcmp(now, why)) set_status(s, id, STORE_JOB_QUEUED, why);
+            result = 0;
+            goto out;
+        }
+        snprintf(base_path, sizeof base_path, "%s/jobs/%s/model.safetensors", s->data_dir, wait);
+    }
+    running_job *j = calloc(1, sizeof *j);
+    char *spec_text = json_dumps(json_object_get(job, "spec"), JSON_COMPACT);
+    char field[128];
+    fisher_error err = {{0}};
+    if (j) fisher_job_spec_defaults(&j->spec);
+    if (!j || !spec_text || fisher_job_spec_parse(&j->spec, spec_text, field, sizeof field, &err)) {
+        char why[600];
+        snprintf(why, sizeof why, "cannot start: %s", j && spec_text ? err.msg : "out of memory");
+        set_status(s, id, STORE_JOB_FAILED, why);
+        free(j), free(spec_text);
+        goto out;
+    }
+    free(spec_text);
+    if (base_path[0]) snprintf(j->spec.base_path, sizeof j->spec.base_path, "%s", base_path);
+    if (j->spec.threads > s->cfg.threads) j->spec.threads = s->cfg.threads;
+    j->s = s, j->id = id, j->chunks_live = -1;
+    snprintf(j->out_dir, sizeof j->out_dir, "%s/jobs/j_%lld", s->data_dir, (long long)id);
+    if (cli_make_dir(j->out_dir) || store_job_set_out_dir(s->db, id, j->out_dir, &err)) {
+        set_status(s, id, STORE_JOB_FAILED, "cannot create the job's folder under --data-dir");
+        free(j);
+        goto out;
+    }
+    if (st == STORE_JOB_INTERRUPTED) {
+        /* runs again from step 0 (resuming from its checkpoint is not built
+         * yet): what the first run wrote goes, so the history stays one run */
+        store_record rewind = {.kind = STORE_REC_REWIND, .job = id, .rewind = {.step = 0}};
+        if (store_write(s->db, &rewind, 1, &err))
+            log_msg(LOG_WARN, id, "cannot clear its earlier records: %s", err.msg);
+        set_status(s, id, STORE_JOB_QUEUED, "restarts from step 0");
+    }
+    set_status(s, id, STORE_JOB_RUNNING, NULL);
+    if (uv_thread_create(&j->thread, worker_main, j)) {
+        set_status(s, id, STORE_JOB_FAILED, "cannot create its thread");
+        free(j);
+        goto out;
+    }
+    j->next = s->running, s->running = j, s->n_running++;
+    result = 1;
+out:
+    json_decref(job);
+    return result;
+}
+
+/* Starts waiting jobs, oldest first, while slots are free. */
+static void try_start(sched *s) {
+    for (size_t i = 0; i < s->n_waiting && s->n_running < s->cfg.max_jobs && !s->stopping;) {
+        int64_t id = s->waiting[i];
+        int r = try_start_one(s, id);
+        if (r == 0) i++;
+        else waiting_remove(s, id);
+    }
+}
+
+/* The end of a run: its last records, its results, its model, its status. */
+static void finish(sched *s, job_msg *done) {
+    running_job *j = done->job;
+    uv_thread_join(&j->thread);
+    for (running_job **p = &s->running; *p; p = &(*p)->next)
+        if (*p == j) {
+            *p = j->next;
+            break;
+        }
+    s->n_running--;
+    fisher_job_result *r = &done->result;
+    if (done->rc) {
+        set_status(s, j->id, STORE_JOB_FAILED, done->err.msg);
+    } else if (r->cancelled) {
+        set_status(s, j->id, j->stopped_by_daemon ? STORE_JOB_INTERRUPTED : STORE_JOB_CANCELLED,
+                   j->stopped_by_daemon ? "the daemon stopped; it runs again at the next start" : "cancelled");
+    } else {
+        json_t *zs = json_array();
+        for (int i = 0; i < r->n_zero_shot; i++)
+            json_array_append_new(zs, json_pack("{s:s, s:f, s:f}", "dataset", r->zero_shot[i].dataset,
+                                                "iou", r->zero_shot[i].metrics.iou, "f1", r->zero_shot[i].metrics.f1));
+        json_t *res = json_pack("{s:I, s:b, s:I, s:{s:f, s:f, s:f}, s:o, s:f, s:I, s:I, s:f}",
+                                "steps_done", (json_int_t)r->steps_done, "stopped_early", r->stopped_early,
+                                "best_step", (json_int_t)r->best_step,
+                                "val", "iou", r->final_val.metrics.iou, "f1", r->final_val.metrics.f1,
+                                "loss", r->final_val.loss, "zero_shot", zs, "wall_seconds", r->wall_seconds,
+                                "parameters", (json_int_t)r->parameters,
+                                "params_trainable", (json_int_t)r->params_trainable,
+                                "params_trainable_mean", r->params_trainable_mean);
+        char *res_text = res ? json_dumps(res, JSON_COMPACT) : NULL;
+        json_decref(res);
+        char model_path[PATH_MAX + 32];
+        snprintf(model_path, sizeof model_path, "%s/model.safetensors", j->out_dir);
+        struct stat stt;
+        int64_t bytes = stat(model_path, &stt) ? 0 : (int64_t)stt.st_size;
+        job_msg *evals[1 + FISHER_MAX_ZERO_SHOT] = {0};
+        store_record recs[3 + FISHER_MAX_ZERO_SHOT];
+        size_t n = 0;
+        recs[n++] = (store_record){.kind = STORE_REC_RESULT, .job = j->id, .result = {res_text ? res_text : "{}"}};
+        evals[0] = eval_msg(j, &r->final_val, 1);
+        for (int i = 0; i < r->n_zero_shot; i++) evals[1 + i] = eval_msg(j, &r->zero_shot[i], 1);
+        for (int i = 0; i <= r->n_zero_shot; i++)
+            if (evals[i]) recs[n++] = evals[i]->rec;
+        recs[n++] = (store_record){.kind = STORE_REC_MODEL, .job = j->id,
+                                   .model = {j->spec.name, model_path, j->spec.base_config,
+                                             (int64_t)r->parameters, bytes, store_now(), NULL}};
+        fisher_error err = {{0}};
+        if (store_write(s->db, recs, n, &err)) {
+            set_status(s, j->id, STORE_JOB_FAILED, err.msg);
+        } else {
+            if (s->cfg.on_records) s->cfg.on_records(s->cfg.ctx, recs, n);
+            set_status(s, j->id, STORE_JOB_SUCCEEDED, NULL);
+        }
+        for (int i = 0; i <= r->n_zero_shot; i++) msg_free(evals[i]);
+        free(res_text);
+    }
+    free(j);
+}
+
+/* The records of a batch, up to (not including) a run's end, written in
+ * one transaction. A failed batch is retried record by record, so one bad
+ * record costs only itself. */
+static void write_batch(sched *s, job_msg **msgs, size_t n) {
+    if (!n) return;
+    store_record *recs = malloc(n * sizeof *recs);
+    fisher_error err = {{0}};
+    if (recs) {
+        for (size_t i = 0; i < n; i++) recs[i] = msgs[i]->rec;
+        if (!store_write(s->db, recs, n, &err)) {
+            if (s->cfg.on_records) s->cfg.on_records(s->cfg.ctx, recs, n);
+            free(recs);
+            return;
+        }
+        log_msg(LOG_WARN, 0, "a batch of %zu records failed (%s); writing them one by one", n, err.msg);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (store_write(s->db, &msgs[i]->rec, 1, &err))
+            log_msg(LOG_ERROR, msgs[i]->rec.job, "a record is lost: %s", err.msg);
+        else if (s->cfg.on_records)
+            s->cfg.on_records(s->cfg.ctx, &msgs[i]->rec, 1);
+    free(recs);
+}
+
+static void drain_records(sched *s) {
+    record_item *all = record_queue_take_all(s->records);
+    size_t cap = 0, n = 0;
+    for (record_item *it = all; it; it = it->next) cap++;
+    job_msg **batch = malloc((cap ? cap : 1) * sizeof *batch);
+    int any_done = 0;
+    for (record_item *it = all, *next; it; it = next) {
+        next = it->next;
+        job_msg *m = (job_msg *)it;
+        if (m->kind == MSG_RECORD && batch) {
+            batch[n++] = m;
+            continue;
+        }
+        if (m->kind == MSG_RECORD) { /* no memory for a batch: one at a time */
+            write_batch(s, &m, 1);
+            msg_free(m);
+            continue;
+        }
+        /* a run's end: what came before it is committed first (invariant 2) */
+        write_batch(s, batch, n);
+        for (size_t i = 0; i < n; i++) msg_free(batch[i]);
+        n = 0;
+        finish(s, m);
+        msg_free(m);
+        any_done = 1;
+    }
+    write_batch(s, batch, n);
+    for (size_t i = 0; i < n; i++) msg_free(batch[i]);
+    free(batch);
+    if (any_done) try_start(s);
+}
+
+static void run_command(sched *s, command *c) {
+    store_job_status st;
+    switch (c->kind) {
+    case CMD_SUBMIT: {
+        char why[96] = "";
+        if (c->job->wait_for_job)
+            snprintf(why, sizeof why, "waits for the model of j_%lld", (long long)c->job->wait_for_job);
+        store_job_new nj = {.name = c->job->name, .spec = c->job->spec_json, .base_model = c->job->base_model,
+                            .wait_for_job = c->job->wait_for_job, .reason = why[0] ? why : NULL,
+                            .created_at = store_now()};
+        c->rc = store_job_insert(s->db, &nj, &c->id, &c->err);
+        if (!c->rc && waiting_push(s, c->id)) {
+            set_status(s, c->id, STORE_JOB_FAILED, "out of memory queueing it");
+        } else if (!c->rc) {
+            log_msg(LOG_INFO, c->id, "queued: %s", c->job->name);
+            try_start(s);
+        }
+        break;
+    }
+    case CMD_CANCEL:
+        if (job_status(s, c->id, &st, NULL)) {
+            c->rc = STORE_NOT_FOUND;
+            fisher_errorf(&c->err, "no job j_%lld", (long long)c->id);
+            break;
+        }
+        if (store_job_status_terminal(st)) {
+            c->rc = STORE_CONFLICT;
+            fisher_errorf(&c->err, "job j_%lld already %s", (long long)c->id, store_job_status_name(st));
+            break;
+        }
+        c->rc = STORE_OK;
+        if (st == STORE_JOB_RUNNING) {
+            for (running_job *j = s->running; j; j = j->next)
+                if (j->id == c->id) j->cancel = 1; /* it becomes cancelled when it ends */
+        } else {
+            waiting_remove(s, c->id);
+            set_status(s, c->id, STORE_JOB_CANCELLED, "cancelled before it started");
+        }
+        break;
+    case CMD_DELETE:
+        c->rc = store_job_delete(s->db, c->id, &c->err);
+        if (!c->rc) log_msg(LOG_INFO, c->id, "deleted");
+        break;
+    }
+}
+
+static void on_doorbell(uv_async_t *h) {
+    sched *s = h->data;
+    drain_records(s);
+    pthread_mutex_lock(&s->lock);
+    command *cmds = s->commands;
+    s->commands = NULL;
+    pthread_mutex_unlock(&s->lock);
+    /* the list was pushed newest first: run in arrival order */
+    command *ordered = NULL;
+    while (cmds) {
+        command *next = cmds->next;
+        cmds->next = ordered, ordered = cmds, cmds = next;
+    }
+    for (command *c = ordered, *next; c; c = next) {
+        next = c->next;
+        if (s->stopping && c->kind == CMD_SUBMIT) {
+            c->rc = STORE_BUSY;
+            fisher_errorf(&c->err, "the daemon is stopping; submit again once it is back");
+        } else {
+            run_command(s, c);
+        }
+        pthread_mutex_lock(&s->lock);
+        c->done = 1;
+        pthread_cond_broadcast(&s->answered);
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (s->stopping && !s->n_running && s->stopped) {
+        void (*done)(void *) = s->stopped;
+        s->stopped = NULL;
+        done(s->stopped_ctx);
+    }
+}
+
+/* ------------------------------------------------------------ public */
+
+/* Every queued and interrupted job, oldest first. */
+static int load_waiting(sched *s, fisher_error *err) {
+    const char *statuses[] = {"queued", "interrupted"};
+    for (int k = 0; k < 2; k++) {
+        char cursor[64] = "";
+        for (;;) {
+            store_job_filter f = {.status = statuses[k], .cursor = cursor[0] ? cursor : NULL, .limit = 1000};
+            json_t *page;
+            int rc = store_jobs_list(s->db, &f, &page, err);
+            if (rc) return rc;
+            size_t i;
+            json_t *job;
+            json_array_foreach(json_object_get(page, "jobs"), i, job) {
+                int64_t id;
+                if (!store_id_parse(json_string_value(json_object_get(job, "id")), 'j', &id) && waiting_push(s, id)) {
+                    json_decref(page);
+                    return fisher_errorf(err, "out of memory loading the queue");
+                }
+            }
+            const char *next = json_string_value(json_object_get(page, "next_cursor"));
+            snprintf(cursor, sizeof cursor, "%s", next ? next : "");
+            json_decref(page);
+            if (!cursor[0]) break;
+        }
+    }
+    /* ids grow with submission: sorting them is oldest first */
+    for (size_t i = 1; i < s->n_waiting; i++)
+        for (size_t k = i; k > 0 && s->waiting[k - 1] > s->waiting[k]; k--) {
+            int64_t t = s->waiting[k];
+            s->waiting[k] = s->waiting[k - 1], s->waiting[k - 1] = t;
+        }
+    return 0;
+}
+
+int sched_start(uv_loop_t *loop, store *db, const sched_config *cfg, sched **out, fisher_error *err) {
+    *out = NULL;
+    sched *s = calloc(1, sizeof *s);
+    if (!s) return fisher_errorf(err, "out of memory starting the scheduler");
+    if (strlen(cfg->data_dir) >= sizeof s->data_dir) {
+        free(s);
+        store_close(db);
+        return fisher_errorf(err, "--data-dir is longer than %zu characters", sizeof s->data_dir - 1);
+    }
+    s->loop = loop, s->db = db, s->cfg = *cfg;
+    if (s->cfg.max_jobs < 1) s->cfg.max_jobs = 1;
+    if (s->cfg.threads < 1) s->cfg.threads = 1;
+    snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->answered, NULL);
+    s->records = record_queue_create(cfg->queue_bytes ? cfg->queue_bytes : DEFAULT_QUEUE_BYTES, ring, s);
+    if (!s->records || uv_async_init(loop, &s->doorbell, on_doorbell)) {
+        record_queue_free(s->records);
+        free(s);
+        store_close(db);
+        return fisher_errorf(err, "cannot set up the scheduler's queue");
+    }
+    s->doorbell.data = s;
+    size_t interrupted = 0;
+    if (store_jobs_interrupt_running(db, "the daemon stopped while it ran", store_now(), &interrupted, err) ||
+        load_waiting(s, err)) {
+        *out = s; /* the caller closes and frees */
+        return -1;
+    }
+    if (interrupted) log_msg(LOG_WARN, 0, "%zu job(s) were running when the daemon last stopped", interrupted);
+    log_msg(LOG_INFO, 0, "%zu job(s) waiting", s->n_waiting);
+    try_start(s);
+    *out = s;
+    return 0;
+}
+
+static int call(sched *s, command *c, fisher_error *err) {
+    pthread_mutex_lock(&s->lock);
+    c->next = s->commands, s->commands = c;
+    pthread_mutex_unlock(&s->lock);
+    uv_async_send(&s->doorbell);
+    pthread_mutex_lock(&s->lock);
+    while (!c->done) pthread_cond_wait(&s->answered, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    if (c->rc && err) *err = c->err;
+    return c->rc;
+}
+
+int sched_submit(sched *s, const sched_job *job, int64_t *id, fisher_error *err) {
+    command c = {.kind = CMD_SUBMIT, .job = job};
+    int rc = call(s, &c, err);
+    if (!rc) *id = c.id;
+    return rc;
+}
+
+int sched_cancel(sched *s, int64_t id, fisher_error *err) {
+    command c = {.kind = CMD_CANCEL, .id = id};
+    return call(s, &c, err);
+}
+
+int sched_delete(sched *s, int64_t id, fisher_error *err) {
+    command c = {.kind = CMD_DELETE, .id = id};
+    return call(s, &c, err);
+}
+
+void sched_stop(sched *s, void (*done)(void *ctx), void *ctx) {
+    s->stopping = 1;
+    s->stopped = done, s->stopped_ctx = ctx;
+    for (running_job *j = s->running; j; j = j->next) j->stopped_by_daemon = 1, j->cancel = 1;
+    uv_async_send(&s->doorbell); /* done() comes from the doorbell once nothing runs */
+}
+
+int sched_running(sched *s) { return s->n_running; }
+
+size_t sched_queued_bytes(sched *s) { return record_queue_bytes(s->records); }
+
+void sched_close(sched *s) {
+    if (s) uv_close((uv_handle_t *)&s->doorbell, NULL);
+}
+
+void sched_free(sched *s) {
+    if (!s) return;
+    record_queue_close(s->records);
+    for (record_item *it = record_queue_take_all(s->records), *next; it; it = next)
+        next = it->next, msg_free((job_msg *)it);
+    record_queue_free(s->records);
+    store_close(s->db);
+    pthread_cond_destroy(&s->answered);
+    pthread_mutex_destroy(&s->lock);
+    free(s->waiting);
+    free(s);
+}
