@@ -1,0 +1,346 @@
+"""Black-box tests of `fisherd serve`: the REST API over HTTP, as curl sees it.
+
+Each test starts build/fisherd serve (FISHERD overrides the path) on a free
+127.0.0.1 port with a temporary data dir, talks to it with urllib, and
+stops it by its PID. Jobs are tiny (SegFormer `tiny` at 32x32 on a few
+synthetic images), so they finish in well under a second of training.
+"""
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+FISHERD = os.path.abspath(os.environ.get("FISHERD", Path(__file__).resolve().parents[2] / "build" / "fisherd"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, data_dir, *extra):
+        self.data_dir, self.extra = Path(data_dir), extra
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = self.data_dir.parent / f"fisherd-{self.port}.log"
+        self.proc = None
+
+    def start(self):
+        self.logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([FISHERD, "serve", "--listen", f"127.0.0.1:{self.port}",
+                                      "--data-dir", str(self.data_dir), *self.extra],
+                                     stdout=self.logf, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fisherd exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("fisherd did not answer /healthz within 20 s")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"fisherd did not stop within {timeout} s after {sig!r}")
+        self.logf.close()
+        return self.proc.returncode
+
+    def request(self, method, path, body=None, headers=None, raw=False):
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        h = {"Content-Type": "application/json"} if data is not None else {}
+        h.update(headers or {})
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                payload = r.read()
+                status, hdrs = r.status, r.headers
+        except urllib.error.HTTPError as e:
+            payload, status, hdrs = e.read(), e.code, e.headers
+        if raw:
+            return status, payload, hdrs
+        return status, (json.loads(payload) if payload else None)
+
+    def get(self, path):
+        return self.request("GET", path)
+
+    def post(self, path, body):
+        return self.request("POST", path, body)
+
+    def wait_step(self, job, step, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            j = self.get(f"/api/v1/jobs/{job}")[1]
+            if j["progress"]["step"] >= step:
+                return j
+            time.sleep(0.05)
+        raise AssertionError(f"{job} did not reach step {step} in {timeout} s")
+
+    def wait(self, job, statuses=("succeeded", "failed", "cancelled"), timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, j = self.get(f"/api/v1/jobs/{job}")
+            assert status == 200, j
+            if j["status"] in statuses:
+                return j
+            time.sleep(0.1)
+        raise AssertionError(f"{job} still {j['status']} after {timeout} s")
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path / "var").start()
+    yield d
+    d.stop()
+
+
+def small_job(**over):
+    spec = {"name": "small", "image_size": 32, "batch_size": 2, "steps": 20, "strategy": "fisher",
+            "fisher": {"ema_interval": 2, "freeze_interval": 10},
+            "data": {"train": {"synthetic": {"domain": "concrete", "count": 16, "seed": 1}},
+                     "val": {"synthetic": {"domain": "concrete", "count": 4, "seed": 2}}}}
+    spec.update(over)
+    if spec.get("strategy") != "fisher":
+        spec.pop("fisher", None)
+    return spec
+
+
+def test_a_job_runs_and_everything_it_did_can_be_read_back(daemon):
+    status, job = daemon.post("/api/v1/jobs", small_job(name="cracks-fisher"))
+    assert status == 201, job
+    assert job["id"].startswith("j_") and job["status"] in ("queued", "running")
+    assert job["spec"]["strategy"] == "fisher" and job["spec"]["fisher"]["ema_interval"] == 2
+    done = daemon.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["step"] == 20 and done["result"]["steps_done"] == 20
+    assert [e["status"] for e in done["events"]] == ["queued", "running", "succeeded"]
+    assert done["evals"] and done["evals"][0]["dataset"] == "val"
+
+    status, groups = daemon.get(f"/api/v1/jobs/{job['id']}/groups")
+    assert status == 200
+    chunks = groups["groups"]
+    assert len(chunks) == done["chunks"]["total"] > 100
+    assert sum(g["size"] for g in chunks) == done["params"]["total"]
+    assert sum(g["live"] for g in chunks) == done["chunks"]["live"]
+
+    # every measurement is stored: steps 0, 2, …, 18 for a group that never froze
+    live = next(g for g in chunks if g["live"])
+    status, csv = daemon.request("GET", f"/api/v1/jobs/{job['id']}/drift?format=csv&group={live['key']}", raw=True)[:2]
+    assert status == 200
+    lines = csv.decode().strip().splitlines()
+    assert lines[0] == "key,idx,step,js,js_ema"
+    assert [int(l.split(",")[2]) for l in lines[1:]] == list(range(0, 20, 2))
+    status, series = daemon.get(f"/api/v1/jobs/{job['id']}/drift?group={live['key']}&max_points=4")
+    s = series["series"][0]
+    assert s["points"] == 10 and len(s["step"]) <= 4 and s["step"][0] == 0 and s["step"][-1] == 18
+
+    status, freezes = daemon.get(f"/api/v1/jobs/{job['id']}/freezes")
+    decisions = freezes["freezes"]
+    assert decisions and decisions[-1]["chunks_live"] == done["chunks"]["live"]
+    frozen_keys = {k for d in decisions for k in d["frozen_keys"]}
+    assert frozen_keys == {g["key"] for g in chunks if not g["live"]}
+
+    status, metrics = daemon.get(f"/api/v1/jobs/{job['id']}/metrics?name=loss&max_points=0")
+    assert metrics["metrics"]["loss"]["step"] == list(range(1, 21))
+
+    status, heat = daemon.get(f"/api/v1/jobs/{job['id']}/heatmap?max_points=4")
+    assert status == 200 and len(heat["groups"]) == len(chunks)
+    assert all(len(row) == len(heat["step_from"]) <= 4 for row in heat["values"])
+
+    status, body, hdrs = daemon.request("GET", f"/api/v1/jobs/{job['id']}/model", raw=True)
+    assert status == 200 and hdrs["Content-Type"] == "application/octet-stream"
+    header_len = struct.unpack("<Q", body[:8])[0]
+    header = json.loads(body[8:8 + header_len])
+    assert "decode_head.classifier.weight" in header
+
+    status, models = daemon.get("/api/v1/models")
+    assert any(m["job"] == job["id"] for m in models["models"])
+
+
+@pytest.mark.parametrize("spec, field, says", [
+    ({"nmae": "typo"}, "nmae", "unknown"),
+    ({"batch_size": "four"}, "batch_size", ""),
+    ({"batch_size": 0}, "batch_size", ""),
+    ({"optim": {"lr": -1}}, "optim.lr", ""),
+    ({"strategy": "lora"}, "strategy", "fisher"),
+    ({"strategy": "fisher", "fisher": {"estimator": "magic"}}, "fisher.estimator", "reference"),
+    ({"fisher": {"lambda": 2}}, "fisher", "only used with"),
+    ({"base_model": "m_99"}, "base_model", "no model m_99"),
+    ({"base_model": {"job": "j_99"}}, "base_model.job", "no job j_99"),
+    ({"base_model": {"path": "/etc/passwd"}}, "base_model.path", "register"),
+    ({"data": {"train": {"path": "/etc"}}}, "data.train.path", "--data-root"),
+    ({"data": {"train": {"synthetic": {"domain": "mars"}}}}, "data.train.synthetic.domain", "concrete"),
+])
+def test_bad_specs_get_a_400_that_names_the_field_and_nothing_is_stored(daemon, spec, field, says):
+    status, body = daemon.post("/api/v1/jobs", spec)
+    assert status == 400, body
+    err = body["error"]
+    assert err["field"] == field, err
+    assert says in err["message"], err
+    assert daemon.get("/api/v1/jobs")[1]["jobs"] == []
+
+
+def test_http_errors_have_the_right_status_and_shape(daemon):
+    status, body, _ = daemon.request("POST", "/api/v1/jobs", b"{not json", raw=True)
+    assert status == 400 and json.loads(body)["error"]["code"]
+    status, body, _ = daemon.request("POST", "/api/v1/jobs", b"{}", headers={"Content-Type": "text/plain"}, raw=True)
+    assert status == 415
+    status, body, _ = daemon.request("POST", "/api/v1/jobs", b"[" + b"1," * 200000 + b"1]", raw=True)
+    assert status == 413
+    status, body = daemon.get("/api/v1/nothing")
+    assert status == 404 and body["error"]["code"]
+    status, body, hdrs = daemon.request("PUT", "/api/v1/jobs", b"{}", raw=True)
+    assert status == 405 and "POST" in hdrs["Allow"]
+    status, body = daemon.get("/api/v1/jobs/j_12345")
+    assert status == 404 and "j_12345" in body["error"]["message"]
+    status, body = daemon.get("/api/v1/jobs/banana")
+    assert status == 404
+    status, body = daemon.get("/api/v1/jobs?limit=0")
+    assert status == 400 and body["error"]["field"] == "limit"
+    status, body = daemon.get("/api/v1/jobs?colour=red")
+    assert status == 400 and body["error"]["field"] == "colour"
+    status, body = daemon.get("/api/v1/jobs?status=sleeping")
+    assert status == 400
+
+
+def test_pagination_walks_every_job_once_newest_first_with_filters(daemon):
+    ids = []
+    for i in range(5):
+        # steps far beyond what runs: they wait queued behind the first
+        status, job = daemon.post("/api/v1/jobs", small_job(name=f"page-{i}", steps=100000))
+        ids.append(job["id"])
+    seen, cursor = [], None
+    while True:
+        status, page = daemon.get("/api/v1/jobs?limit=2" + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200 and len(page["jobs"]) <= 2
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == ids[::-1]
+    status, page = daemon.get("/api/v1/jobs?status=queued")
+    assert {j["id"] for j in page["jobs"]} == set(ids[1:])
+    status, page = daemon.get("/api/v1/jobs?name=PAGE-3")
+    assert [j["id"] for j in page["jobs"]] == [ids[3]]
+    for job in ids:
+        assert daemon.post(f"/api/v1/jobs/{job}/cancel", None)[0] == 202
+    for job in ids:
+        assert daemon.wait(job)["status"] == "cancelled"
+
+
+def test_cancel_and_delete(daemon):
+    status, job = daemon.post("/api/v1/jobs", small_job(steps=100000))
+    daemon.wait_step(job["id"], 3)
+    status, body = daemon.request("DELETE", f"/api/v1/jobs/{job['id']}")
+    assert status == 409, body  # a running job is cancelled first
+    assert daemon.post(f"/api/v1/jobs/{job['id']}/cancel", None)[0] == 202
+    done = daemon.wait(job["id"])
+    assert done["status"] == "cancelled" and done["checkpoint"]["step"] >= 3
+    assert daemon.post(f"/api/v1/jobs/{job['id']}/cancel", None)[0] == 409
+    assert daemon.request("DELETE", f"/api/v1/jobs/{job['id']}")[0] == 200
+    assert daemon.get(f"/api/v1/jobs/{job['id']}")[0] == 404
+    assert daemon.get(f"/api/v1/jobs/{job['id']}/groups")[0] == 404
+
+
+def test_a_job_waits_for_the_model_of_another(daemon):
+    status, first = daemon.post("/api/v1/jobs", small_job(name="pretrain", steps=60, strategy="full"))
+    status, second = daemon.post("/api/v1/jobs", small_job(name="finetune", base_model={"job": first["id"]}))
+    assert status == 201, second
+    assert second["wait_for_job"] == first["id"]
+    done = daemon.wait(second["id"])
+    assert done["status"] == "succeeded", done
+    first_done = daemon.get(f"/api/v1/jobs/{first['id']}")[1]
+    assert first_done["finished_at"] <= done["started_at"]
+    # a job that waits for a failed one fails, saying why
+    status, bad = daemon.post("/api/v1/jobs", small_job(name="doomed", steps=100000))
+    status, waiter = daemon.post("/api/v1/jobs", small_job(name="waiter", base_model={"job": bad["id"]}))
+    assert daemon.get(f"/api/v1/jobs/{waiter['id']}")[1]["reason"].startswith("waits for the model of")
+    daemon.post(f"/api/v1/jobs/{bad['id']}/cancel", None)
+    failed = daemon.wait(waiter["id"])
+    assert failed["status"] == "failed" and bad["id"] in failed["reason"], failed
+
+
+def test_sigterm_interrupts_and_the_next_start_runs_the_job_again(tmp_path):
+    d = Daemon(tmp_path / "var").start()
+    status, job = d.post("/api/v1/jobs", small_job(steps=400))
+    d.wait_step(job["id"], 5)
+    t0 = time.time()
+    assert d.stop(signal.SIGTERM) == 0
+    assert time.time() - t0 < 10
+    d2 = Daemon(tmp_path / "var")
+    d2.port, d2.base = d.port, d.base
+    d2.start()
+    try:
+        done = d2.wait(job["id"])
+        assert done["status"] == "succeeded", done
+        statuses = [e["status"] for e in done["events"]]
+        assert statuses[:3] == ["queued", "running", "interrupted"] and statuses[-1] == "succeeded"
+        # the replay left one history: every loss point once
+        metrics = d2.get(f"/api/v1/jobs/{job['id']}/metrics?name=loss&max_points=0")[1]
+        assert metrics["metrics"]["loss"]["step"] == list(range(1, 401))
+    finally:
+        d2.stop()
+
+
+def test_events_stream_until_the_job_ends(daemon):
+    status, job = daemon.post("/api/v1/jobs", small_job(steps=200))
+    req = urllib.request.Request(daemon.base + f"/api/v1/jobs/{job['id']}/events")
+    names = []
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        for raw in r:  # ends when the server closes the stream
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event:"):
+                names.append(line.split(":", 1)[1].strip())
+    assert names[0] == "job"
+    assert "progress" in names and "drift" in names and "freeze" in names
+    assert names[-1] == "status"
+    assert daemon.get(f"/api/v1/jobs/{job['id']}")[1]["status"] == "succeeded"
+
+
+def test_openapi_describes_every_route(daemon):
+    status, doc = daemon.get("/api/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    routes = Path(__file__).resolve().parents[2].joinpath("api", "api.c").read_text()
+    table = routes[routes.index("static const http_route routes[]"):]
+    import re
+    for method, path in re.findall(r'\{"(GET|POST|DELETE|PUT)", "([^"]+)"', table):
+        assert path in doc["paths"], f"{path} missing from api/openapi.json"
+        assert method.lower() in doc["paths"][path], f"{method} {path} missing from api/openapi.json"
+
+
+def test_a_newer_database_is_refused(tmp_path):
+    d = Daemon(tmp_path / "var").start()
+    d.stop()
+    import sqlite3
+    con = sqlite3.connect(tmp_path / "var" / "fisherd.db")
+    con.execute("PRAGMA user_version = 999")
+    con.commit()
+    con.close()
+    r = subprocess.run([FISHERD, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "var")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "newer" in r.stderr and "999" in r.stderr
+
+
+def test_listening_beyond_loopback_needs_a_token(tmp_path):
+    r = subprocess.run([FISHERD, "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path / "var")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "token" in r.stderr
