@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,8 @@
 #include <unistd.h>
 
 #include "job.h"
+#include "safetensors.h"
+#include "segformer.h"
 #include "log.h"
 #include "synth.h"
 #include "version.h"
@@ -28,6 +31,17 @@ typedef struct reader {
     struct reader *next;
     store *db;
 } reader;
+
+/* Requests by method, route and status, for /metrics. */
+typedef struct {
+    char method[8], route[48];
+    int status;
+    uint64_t count;
+} route_stat;
+
+#define MAX_ROUTE_STATS 128
+static const double LATENCY_S[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
+#define N_LATENCY (sizeof LATENCY_S / sizeof *LATENCY_S)
 
 typedef struct subscriber {
     struct subscriber *next;
@@ -44,8 +58,15 @@ struct api {
     pthread_mutex_t readers_lock;
     reader *idle;                   /* read-only connections not in use */
     pthread_mutex_t subs_lock;      /* held while sending, so on_close can unlink safely */
-    subscriber *subs;
+    subscriber *subs;               /* job 0: every job */
     size_t n_subs;
+    pthread_mutex_t stats_lock;     /* the counters /metrics reports */
+    uint64_t steps, drift_values, freezes;
+    route_stat routes[MAX_ROUTE_STATS];
+    size_t n_routes;
+    uint64_t latency[N_LATENCY + 1]; /* requests per bucket of LATENCY_S, then the rest */
+    double latency_sum;
+    uint64_t requests;
 };
 
 api *api_create(const serve_config *cfg, const char *db_path) {
@@ -56,6 +77,7 @@ api *api_create(const serve_config *cfg, const char *db_path) {
     a->started_at = store_now();
     pthread_mutex_init(&a->readers_lock, NULL);
     pthread_mutex_init(&a->subs_lock, NULL);
+    pthread_mutex_init(&a->stats_lock, NULL);
     return a;
 }
 
@@ -69,6 +91,7 @@ void api_free(api *a) {
     for (subscriber *s = a->subs, *next; s; s = next) next = s->next, free(s);
     pthread_mutex_destroy(&a->readers_lock);
     pthread_mutex_destroy(&a->subs_lock);
+    pthread_mutex_destroy(&a->stats_lock);
     free(a);
 }
 
@@ -210,8 +233,19 @@ static int get_healthz(http_request *req, void *app, fisher_error *err) {
                                                  store_now() - a->started_at));
 }
 
+static void appendf(text_buf *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void appendf(text_buf *t, const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0) text_sink(t, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
 static int get_metrics(http_request *req, void *app, fisher_error *err) {
     api *a = app;
+    if (only_params(req, (const char *const[]){NULL})) return 0;
     store *db = reader_get(a, err);
     if (!db) return -1;
     json_t *counts;
@@ -219,30 +253,48 @@ static int get_metrics(http_request *req, void *app, fisher_error *err) {
     reader_put(a, db);
     if (rc) return -1;
     text_buf t = {0};
-    char line[256];
-    text_sink(&t, "# HELP fisherd_jobs Jobs by status.\n# TYPE fisherd_jobs gauge\n", 61);
+    appendf(&t, "# HELP fisherd_jobs Jobs by status.\n# TYPE fisherd_jobs gauge\n");
     const char *status;
     json_t *n;
-    json_object_foreach(counts, status, n) {
-        int len = snprintf(line, sizeof line, "fisherd_jobs{status=\"%s\"} %lld\n", status,
-                           (long long)json_integer_value(n));
-        text_sink(&t, line, (size_t)len);
-    }
+    json_object_foreach(counts, status, n)
+        appendf(&t, "fisherd_jobs{status=\"%s\"} %lld\n", status, (long long)json_integer_value(n));
     json_decref(counts);
+    appendf(&t, "# HELP fisherd_jobs_training Jobs training now.\n# TYPE fisherd_jobs_training gauge\n"
+                "fisherd_jobs_training %d\n", a->sched ? sched_running(a->sched) : 0);
+    appendf(&t, "# HELP fisherd_record_queue_bytes Records waiting for the store.\n"
+                "# TYPE fisherd_record_queue_bytes gauge\nfisherd_record_queue_bytes %zu\n",
+            a->sched ? sched_queued_bytes(a->sched) : 0);
     pthread_mutex_lock(&a->subs_lock);
     size_t subs = a->n_subs;
     pthread_mutex_unlock(&a->subs_lock);
-    int len = snprintf(line, sizeof line,
-                       "# HELP fisherd_jobs_training Jobs training now.\n# TYPE fisherd_jobs_training gauge\n"
-                       "fisherd_jobs_training %d\n"
-                       "# HELP fisherd_record_queue_bytes Records waiting to be written.\n"
-                       "# TYPE fisherd_record_queue_bytes gauge\nfisherd_record_queue_bytes %zu\n",
-                       a->sched ? sched_running(a->sched) : 0, a->sched ? sched_queued_bytes(a->sched) : 0);
-    text_sink(&t, line, (size_t)len);
-    len = snprintf(line, sizeof line,
-                   "# HELP fisherd_event_streams Open event streams.\n# TYPE fisherd_event_streams gauge\n"
-                   "fisherd_event_streams %zu\n", subs);
-    text_sink(&t, line, (size_t)len);
+    appendf(&t, "# HELP fisherd_event_streams Open event streams.\n# TYPE fisherd_event_streams gauge\n"
+                "fisherd_event_streams %zu\n", subs);
+    pthread_mutex_lock(&a->stats_lock);
+    appendf(&t, "# HELP fisherd_training_steps_total Training steps done by every job (rate() = steps/s).\n"
+                "# TYPE fisherd_training_steps_total counter\nfisherd_training_steps_total %llu\n",
+            (unsigned long long)a->steps);
+    appendf(&t, "# HELP fisherd_drift_values_total Drift measurements stored (one per group per measurement).\n"
+                "# TYPE fisherd_drift_values_total counter\nfisherd_drift_values_total %llu\n",
+            (unsigned long long)a->drift_values);
+    appendf(&t, "# HELP fisherd_freeze_decisions_total Freeze decisions stored.\n"
+                "# TYPE fisherd_freeze_decisions_total counter\nfisherd_freeze_decisions_total %llu\n",
+            (unsigned long long)a->freezes);
+    appendf(&t, "# HELP fisherd_http_requests_total HTTP requests by method, route and status.\n"
+                "# TYPE fisherd_http_requests_total counter\n");
+    for (size_t i = 0; i < a->n_routes; i++)
+        appendf(&t, "fisherd_http_requests_total{method=\"%s\",route=\"%s\",status=\"%d\"} %llu\n",
+                a->routes[i].method, a->routes[i].route, a->routes[i].status, (unsigned long long)a->routes[i].count);
+    appendf(&t, "# HELP fisherd_http_request_seconds HTTP request latency.\n"
+                "# TYPE fisherd_http_request_seconds histogram\n");
+    uint64_t cum = 0;
+    for (size_t i = 0; i < N_LATENCY; i++) {
+        cum += a->latency[i];
+        appendf(&t, "fisherd_http_request_seconds_bucket{le=\"%g\"} %llu\n", LATENCY_S[i], (unsigned long long)cum);
+    }
+    appendf(&t, "fisherd_http_request_seconds_bucket{le=\"+Inf\"} %llu\n"
+                "fisherd_http_request_seconds_sum %.6f\nfisherd_http_request_seconds_count %llu\n",
+            (unsigned long long)a->requests, a->latency_sum, (unsigned long long)a->requests);
+    pthread_mutex_unlock(&a->stats_lock);
     if (!t.buf) return fisher_errorf(err, "out of memory");
     return http_respond_buffer(req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len);
 }
@@ -693,6 +745,80 @@ static int get_model(http_request *req, void *app, fisher_error *err) {
     return http_respond_json(req, 200, out);
 }
 
+#define MODEL_MAX_BODY (512u << 20)
+
+/* An upload: the body is the safetensors file itself. It is written under
+ * <data-dir>/models, loaded as fisherd would load a base model (header,
+ * every tensor's name, dtype and shape against the architecture in its
+ * metadata), and registered only if that succeeds; otherwise removed. */
+static int post_model(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    if (a->refusing) return http_respond_error(req, 503, NULL, NULL, "the daemon is stopping");
+    if (only_params(req, (const char *const[]){"name", NULL})) return 0;
+    const char *ct = http_content_type(req);
+    if (!ct || strncmp(ct, "application/octet-stream", 24))
+        return http_respond_error(req, 415, NULL, NULL,
+                                  "send the safetensors file as the body with Content-Type: application/octet-stream");
+    size_t len;
+    const char *body = http_body(req, &len);
+    if (!len) return http_respond_error(req, 400, "invalid_model", NULL, "the body is empty: send a safetensors file");
+    const char *name = http_query(req, "name");
+    if (!name) name = "upload";
+    if (!*name || strlen(name) > 120)
+        return http_respond_error(req, 400, "invalid_parameter", "name", "name must be 1 to 120 characters");
+    char dir[PATH_MAX + 16], path[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/models", a->cfg.data_dir);
+    if (mkdir(dir, 0755) && errno != EEXIST) return fisher_errorf(err, "cannot create %s: %s", dir, strerror(errno));
+    snprintf(path, sizeof path, "%s/upload-XXXXXX.safetensors", dir);
+    int fd = mkstemps(path, 12);
+    if (fd < 0) return fisher_errorf(err, "cannot create a file in %s: %s", dir, strerror(errno));
+    size_t done = 0;
+    while (done < len) {
+        ssize_t w = write(fd, body + done, len - done);
+        if (w <= 0) {
+            close(fd), unlink(path);
+            return fisher_errorf(err, "cannot write %s: %s", path, strerror(errno));
+        }
+        done += (size_t)w;
+    }
+    if (fsync(fd) || close(fd)) {
+        unlink(path);
+        return fisher_errorf(err, "cannot write %s", path);
+    }
+    fisher_error e = {{0}};
+    fisher_segformer *m = fisher_model_load(path, NULL, NULL, NULL, &e);
+    if (!m) {
+        unlink(path);
+        /* the message names the temp file; what matters is what is wrong with the upload */
+        const char *why = strstr(e.msg, ".safetensors: ");
+        return http_respond_error(req, 400, "invalid_model", NULL, "not a model fisherd can load: %s",
+                                  why ? why + 14 : e.msg);
+    }
+    int64_t params = (int64_t)fisher_segformer_params(m)->total;
+    fisher_segformer_free(m);
+    fisher_safetensors *st = fisher_safetensors_open(path, NULL);
+    char *config = st && fisher_safetensors_metadata(st, "config") ? strdup(fisher_safetensors_metadata(st, "config")) : NULL;
+    fisher_safetensors_close(st);
+    int64_t id;
+    int rc = sched_register_model(a->sched, name, path, config, params, (int64_t)len, &id, &e);
+    free(config);
+    if (rc) {
+        unlink(path);
+        return respond_store_error(req, rc, &e);
+    }
+    store *db = reader_get(a, err);
+    json_t *model = NULL;
+    if (!db || store_model_get(db, id, &model, err)) {
+        if (db) reader_put(a, db);
+        return -1;
+    }
+    reader_put(a, db);
+    char location[64];
+    snprintf(location, sizeof location, "/api/v1/models/m_%lld", (long long)id);
+    http_add_header(req, "Location", location);
+    return http_respond_json(req, 201, model);
+}
+
 static int is_dataset(const char *dir) {
     char sub[PATH_MAX + 16];
     struct stat st;
@@ -789,6 +915,38 @@ static int get_events(http_request *req, void *app, fisher_error *err) {
     return 0;
 }
 
+/* Every job's events; first a "jobs" event with the newest jobs as they
+ * are now, so a client that connects late starts from the current state. */
+static int get_all_events(http_request *req, void *app, fisher_error *err) {
+    api *a = app;
+    if (only_params(req, (const char *const[]){NULL})) return 0;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *jobs;
+    store_job_filter f = {.limit = 100};
+    int rc = store_jobs_list(db, &f, &jobs, err);
+    reader_put(a, db);
+    if (rc) return -1;
+    char *snapshot = json_dumps(jobs, JSON_COMPACT);
+    json_decref(jobs);
+    subscriber *sub = calloc(1, sizeof *sub);
+    if (!snapshot || !sub) {
+        free(snapshot), free(sub);
+        return fisher_errorf(err, "out of memory");
+    }
+    http_sse *sse = http_respond_sse(req, unsubscribe, a);
+    if (!sse) {
+        free(snapshot), free(sub);
+        return fisher_errorf(err, "cannot open the event stream");
+    }
+    pthread_mutex_lock(&a->subs_lock);
+    sub->job = 0, sub->sse = sse, sub->next = a->subs, a->subs = sub, a->n_subs++;
+    http_sse_send(sse, "jobs", snapshot, NULL);
+    pthread_mutex_unlock(&a->subs_lock);
+    free(snapshot);
+    return 0;
+}
+
 /* One record as an SSE event (name, JSON data); NULL when it has none. */
 static json_t *record_event(const store_record *r, const char **name) {
     switch (r->kind) {
@@ -836,18 +994,28 @@ static json_t *record_event(const store_record *r, const char **name) {
 
 void api_on_records(void *ctx, const store_record *recs, size_t n) {
     api *a = ctx;
+    pthread_mutex_lock(&a->stats_lock);
+    for (size_t i = 0; i < n; i++) {
+        a->steps += recs[i].kind == STORE_REC_PROGRESS;
+        a->drift_values += recs[i].kind == STORE_REC_DRIFT ? recs[i].drift.n : 0;
+        a->freezes += recs[i].kind == STORE_REC_FREEZE;
+    }
+    pthread_mutex_unlock(&a->stats_lock);
     pthread_mutex_lock(&a->subs_lock);
     for (size_t i = 0; i < n && a->subs; i++) {
         int any = 0;
-        for (subscriber *s = a->subs; s && !any; s = s->next) any = s->job == recs[i].job;
+        for (subscriber *s = a->subs; s && !any; s = s->next) any = !s->job || s->job == recs[i].job;
         if (!any) continue;
         const char *name;
         json_t *ev = record_event(&recs[i], &name);
+        char job[32];
+        snprintf(job, sizeof job, "j_%lld", (long long)recs[i].job);
+        if (ev) json_object_set_new(ev, "job", json_string(job));
         char *data = ev ? json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
         json_decref(ev);
         if (data)
             for (subscriber *s = a->subs; s; s = s->next)
-                if (s->job == recs[i].job) http_sse_send(s->sse, name, data, NULL);
+                if (!s->job || s->job == recs[i].job) http_sse_send(s->sse, name, data, NULL);
         free(data);
     }
     pthread_mutex_unlock(&a->subs_lock);
@@ -855,15 +1023,18 @@ void api_on_records(void *ctx, const store_record *recs, size_t n) {
 
 void api_on_status(void *ctx, int64_t job, store_job_status status, const char *reason) {
     api *a = ctx;
-    json_t *ev = json_pack("{s:s, s:s?}", "status", store_job_status_name(status), "reason", reason);
+    char id[32];
+    snprintf(id, sizeof id, "j_%lld", (long long)job);
+    json_t *ev = json_pack("{s:s, s:s, s:s?}", "job", id, "status", store_job_status_name(status), "reason", reason);
     char *data = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
     json_decref(ev);
     pthread_mutex_lock(&a->subs_lock);
     for (subscriber *s = a->subs; s; s = s->next)
-        if (s->job == job) {
+        if (!s->job || s->job == job) {
             if (data) http_sse_send(s->sse, "status", data, NULL);
-            /* updates stop when the job ends */
-            if (store_job_status_terminal(status) || status == STORE_JOB_INTERRUPTED) http_sse_close(s->sse);
+            /* a job's own stream stops when the job ends; the all-jobs stream goes on */
+            if (s->job && (store_job_status_terminal(status) || status == STORE_JOB_INTERRUPTED))
+                http_sse_close(s->sse);
         }
     pthread_mutex_unlock(&a->subs_lock);
     free(data);
@@ -887,16 +1058,56 @@ static const http_route routes[] = {
     {"GET", "/api/v1/jobs/{id}/metrics", get_metrics_series, 0, 0},
     {"GET", "/api/v1/jobs/{id}/events", get_events, 0, 0},
     {"GET", "/api/v1/jobs/{id}/model", get_model_of_job, 0, 0},
+    {"GET", "/api/v1/events", get_all_events, 0, 0},
     {"GET", "/api/v1/models", get_models, 0, 0},
+    {"POST", "/api/v1/models", post_model, 0, MODEL_MAX_BODY},
     {"GET", "/api/v1/models/{id}", get_model, 0, 0},
     {"GET", "/api/v1/datasets", get_datasets, 0, 0},
 };
 
+/* The route a path belongs to, for /metrics: ids become {id}, so the
+ * label set stays small whatever clients ask for; the dashboard's files
+ * are one route, "static". */
+static void route_of(const char *path, char *out, size_t len) {
+    if (strncmp(path, "/api/", 5) && strcmp(path, "/healthz") && strcmp(path, "/metrics")) {
+        snprintf(out, len, "static");
+        return;
+    }
+    size_t o = 0;
+    for (const char *p = path; *p && o + 1 < len;) {
+        const char *end = strchr(p + 1, '/');
+        size_t seg = end ? (size_t)(end - p) : strlen(p);
+        int id = seg > 3 && (p[1] == 'j' || p[1] == 'm') && p[2] == '_';
+        for (size_t i = 3; id && i < seg; i++) id = p[i] >= '0' && p[i] <= '9';
+        int n = id ? snprintf(out + o, len - o, "/{id}") : snprintf(out + o, len - o, "%.*s", (int)seg, p);
+        o += n > 0 ? (size_t)n : 0;
+        p += seg;
+    }
+    out[o < len ? o : len - 1] = 0;
+}
+
 static void access_log(void *ctx, const char *method, const char *path, int status, uint64_t bytes,
                        double ms) {
-    (void)ctx;
+    api *a = ctx;
     log_msg(status >= 500 ? LOG_WARN : LOG_DEBUG, 0, "%s %s %d %llu bytes %.1f ms", method, path, status,
             (unsigned long long)bytes, ms);
+    char route[48];
+    route_of(path, route, sizeof route);
+    pthread_mutex_lock(&a->stats_lock);
+    size_t i = 0;
+    while (i < a->n_routes && (a->routes[i].status != status || strcmp(a->routes[i].route, route) ||
+                               strcmp(a->routes[i].method, method)))
+        i++;
+    if (i == a->n_routes && i < MAX_ROUTE_STATS) {
+        snprintf(a->routes[i].method, sizeof a->routes[i].method, "%s", method);
+        snprintf(a->routes[i].route, sizeof a->routes[i].route, "%s", route);
+        a->routes[i].status = status, a->n_routes++;
+    }
+    if (i < a->n_routes) a->routes[i].count++;
+    size_t b = 0;
+    while (b < N_LATENCY && ms / 1000 > LATENCY_S[b]) b++;
+    a->latency[b]++, a->latency_sum += ms / 1000, a->requests++;
+    pthread_mutex_unlock(&a->stats_lock);
 }
 
 static void error_log(void *ctx, const char *msg) {

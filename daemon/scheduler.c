@@ -71,8 +71,9 @@ struct running_job {
 
 typedef struct command {
     struct command *next;
-    enum { CMD_SUBMIT, CMD_CANCEL, CMD_DELETE } kind;
+    enum { CMD_SUBMIT, CMD_CANCEL, CMD_DELETE, CMD_REGISTER_MODEL } kind;
     const sched_job *job;
+    const store_record *model;     /* CMD_REGISTER_MODEL */
     int64_t id;
     int rc, done;
     fisher_error err;
@@ -536,6 +537,13 @@ static void run_command(sched *s, command *c) {
         c->rc = store_job_delete(s->db, c->id, &c->err);
         if (!c->rc) log_msg(LOG_INFO, c->id, "deleted");
         break;
+    case CMD_REGISTER_MODEL: {
+        const store_record *m = c->model;
+        c->rc = store_model_register(s->db, m->model.name, m->model.path, m->model.config, m->model.parameters,
+                                     m->model.bytes, 0, m->model.created_at, &c->id, &c->err);
+        if (!c->rc) log_msg(LOG_INFO, 0, "registered model m_%lld from an upload: %s", (long long)c->id, m->model.path);
+        break;
+    }
     }
 }
 
@@ -671,6 +679,15 @@ int sched_cancel(sched *s, int64_t id, fisher_error *err) {
 int sched_delete(sched *s, int64_t id, fisher_error *err) {
     command c = {.kind = CMD_DELETE, .id = id};
     return call(s, &c, err);
+}
+
+int sched_register_model(sched *s, const char *name, const char *path, const char *config,
+                         int64_t parameters, int64_t bytes, int64_t *id, fisher_error *err) {
+    store_record m = {.kind = STORE_REC_MODEL, .model = {name, path, config, parameters, bytes, store_now(), NULL}};
+    command c = {.kind = CMD_REGISTER_MODEL, .model = &m};
+    int rc = call(s, &c, err);
+    if (!rc) *id = c.id;
+    return rc;
 }
 
 void sched_stop(sched *s, void (*done)(void *ctx), void *ctx) {

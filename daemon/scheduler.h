@@ -67,6 +67,9 @@ typedef struct {
 int sched_submit(sched *s, const sched_job *job, int64_t *id, fisher_error *err);
 int sched_cancel(sched *s, int64_t id, fisher_error *err);
 int sched_delete(sched *s, int64_t id, fisher_error *err);
+/* Registers weights already validated and in place at path (an upload). */
+int sched_register_model(sched *s, const char *name, const char *path, const char *config,
+                         int64_t parameters, int64_t bytes, int64_t *id, fisher_error *err);
 
 /* On the loop thread: refuse new work, ask every running job to stop after
  * its current step (it checkpoints and becomes interrupted), then call
