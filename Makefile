@@ -3,7 +3,7 @@
 #   make deps     install the Debian packages building and testing need (root)
 #   make          build/libfisher.a, build/libfisher.so, build/fisherd
 #   make test     deps, build, unit + parity tests, then again under ASan+UBSan
-#   make run      the best fisherd can do so far: a short `tiny` training run
+#   make run      the daemon on 127.0.0.1:8080 (REST API, dashboard), data in ./var
 #   make bench    one training step, C vs PyTorch, side by side
 #   make fixtures regenerate the PyTorch golden files (needs python3-torch)
 #   make clean
@@ -123,9 +123,11 @@ test: deps
 	$(MAKE) integration
 	$(MAKE) unit-asan
 
+# The daemon in the foreground on 127.0.0.1:8080, data in ./var (Ctrl-C
+# stops it; jobs it was running continue at the next start).
 run: deps
 	$(MAKE) all
-	$(BUILD)/fisherd train --config tiny --steps 300 --batch 4 --image-size 64 --lr 1e-3
+	$(BUILD)/fisherd serve --data-dir var --web-root web
 
 # The training-step benchmark, C vs PyTorch, interleaved (minutes; pass
 # BENCH_ARGS=--quick for a one-round look at the two small cases). The C half
