@@ -223,6 +223,15 @@ static int text_sink(void *ctx, const char *data, size_t len) {
     return 0;
 }
 
+/* Job id as JSON, through a pooled reader: a STORE_* code with e. */
+static int read_job_json(api *a, int64_t id, json_t **job, fisher_error *e) {
+    store *db = reader_get(a, e);
+    if (!db) return STORE_ERROR;
+    int rc = store_job_get(db, id, job, e);
+    reader_put(a, db);
+    return rc;
+}
+
 /* ------------------------------------------------------------ health, metrics, openapi */
 
 static int get_healthz(http_request *req, void *app, fisher_error *err) {
@@ -492,14 +501,11 @@ static int post_job(http_request *req, void *app, fisher_error *err) {
         rc = respond_store_error(req, src, &e);
         goto out;
     }
-    store *db = reader_get(a, err);
-    json_t *created = NULL;
-    if (!db || store_job_get(db, id, &created, err)) {
-        if (db) reader_put(a, db);
+    json_t *created;
+    if (read_job_json(a, id, &created, err)) {
         rc = -1;
         goto out;
     }
-    reader_put(a, db);
     char location[64];
     snprintf(location, sizeof location, "/api/v1/jobs/j_%lld", (long long)id);
     http_add_header(req, "Location", location);
@@ -652,15 +658,13 @@ static int get_metrics_series(http_request *req, void *app, fisher_error *err) {
 }
 
 static int get_model_of_job(http_request *req, void *app, fisher_error *err) {
+    (void)err;
     api *a = app;
     int64_t id;
     if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
-    store *db = reader_get(a, err);
-    if (!db) return -1;
     json_t *job;
     fisher_error e = {{0}};
-    int rc = store_job_get(db, id, &job, &e);
-    reader_put(a, db);
+    int rc = read_job_json(a, id, &job, &e);
     if (rc) return respond_store_error(req, rc, &e);
     const char *st = json_string_value(json_object_get(job, "status"));
     const char *dir = json_string_value(json_object_get(job, "out_dir"));
@@ -689,13 +693,8 @@ static int post_cancel(http_request *req, void *app, fisher_error *err) {
     fisher_error e = {{0}};
     int rc = sched_cancel(a->sched, id, &e);
     if (rc) return respond_store_error(req, rc, &e);
-    store *db = reader_get(a, err);
-    json_t *job = NULL;
-    if (!db || store_job_get(db, id, &job, err)) {
-        if (db) reader_put(a, db);
-        return -1;
-    }
-    reader_put(a, db);
+    json_t *job;
+    if (read_job_json(a, id, &job, err)) return -1;
     return http_respond_json(req, 202, job);
 }
 
@@ -878,41 +877,43 @@ static void unsubscribe(http_sse *sse, void *ctx) {
     pthread_mutex_unlock(&a->subs_lock);
 }
 
+/* Turns the response into an event stream of job (0: every job), whose
+ * first event is `snapshot` (taken: decref'd here); with close_after the
+ * stream ends after it. Subscribed before the snapshot goes out, so no
+ * record can fall between the two. */
+static int subscribe(http_request *req, api *a, int64_t job, const char *event, json_t *snapshot,
+                     int close_after, fisher_error *err) {
+    char *text = json_dumps(snapshot, JSON_COMPACT);
+    json_decref(snapshot);
+    subscriber *sub = calloc(1, sizeof *sub);
+    http_sse *sse = text && sub ? http_respond_sse(req, unsubscribe, a) : NULL;
+    if (!sse) {
+        free(text), free(sub);
+        return fisher_errorf(err, "cannot open the event stream: out of memory");
+    }
+    pthread_mutex_lock(&a->subs_lock);
+    sub->job = job, sub->sse = sse, sub->next = a->subs, a->subs = sub, a->n_subs++;
+    http_sse_send(sse, event, text, NULL);
+    if (close_after) http_sse_close(sse);
+    pthread_mutex_unlock(&a->subs_lock);
+    free(text);
+    return 0;
+}
+
 static int get_events(http_request *req, void *app, fisher_error *err) {
     api *a = app;
     int64_t id;
     if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
-    store *db = reader_get(a, err);
-    if (!db) return -1;
     json_t *job;
     fisher_error e = {{0}};
-    int rc = store_job_get(db, id, &job, &e);
-    reader_put(a, db);
+    int rc = read_job_json(a, id, &job, &e);
     if (rc) return respond_store_error(req, rc, &e);
     json_object_del(job, "spec");
     store_job_status st;
+    /* a finished job has nothing more to say: its stream ends after the snapshot */
     int terminal = !store_job_status_parse(json_string_value(json_object_get(job, "status")), &st) &&
                    store_job_status_terminal(st);
-    char *snapshot = json_dumps(job, JSON_COMPACT);
-    json_decref(job);
-    subscriber *sub = calloc(1, sizeof *sub);
-    if (!snapshot || !sub) {
-        free(snapshot), free(sub);
-        return fisher_errorf(err, "out of memory");
-    }
-    http_sse *sse = http_respond_sse(req, unsubscribe, a);
-    if (!sse) {
-        free(snapshot), free(sub);
-        return fisher_errorf(err, "cannot open the event stream");
-    }
-    /* subscribe before the snapshot goes out, so no record falls between */
-    pthread_mutex_lock(&a->subs_lock);
-    sub->job = id, sub->sse = sse, sub->next = a->subs, a->subs = sub, a->n_subs++;
-    http_sse_send(sse, "job", snapshot, NULL);
-    if (terminal) http_sse_close(sse); /* a finished job has nothing more to say */
-    pthread_mutex_unlock(&a->subs_lock);
-    free(snapshot);
-    return 0;
+    return subscribe(req, a, id, "job", job, terminal, err);
 }
 
 /* Every job's events; first a "jobs" event with the newest jobs as they
@@ -927,24 +928,7 @@ static int get_all_events(http_request *req, void *app, fisher_error *err) {
     int rc = store_jobs_list(db, &f, &jobs, err);
     reader_put(a, db);
     if (rc) return -1;
-    char *snapshot = json_dumps(jobs, JSON_COMPACT);
-    json_decref(jobs);
-    subscriber *sub = calloc(1, sizeof *sub);
-    if (!snapshot || !sub) {
-        free(snapshot), free(sub);
-        return fisher_errorf(err, "out of memory");
-    }
-    http_sse *sse = http_respond_sse(req, unsubscribe, a);
-    if (!sse) {
-        free(snapshot), free(sub);
-        return fisher_errorf(err, "cannot open the event stream");
-    }
-    pthread_mutex_lock(&a->subs_lock);
-    sub->job = 0, sub->sse = sse, sub->next = a->subs, a->subs = sub, a->n_subs++;
-    http_sse_send(sse, "jobs", snapshot, NULL);
-    pthread_mutex_unlock(&a->subs_lock);
-    free(snapshot);
-    return 0;
+    return subscribe(req, a, 0, "jobs", jobs, 0, err);
 }
 
 /* One record as an SSE event (name, JSON data); NULL when it has none. */

@@ -209,6 +209,17 @@ static uint32_t bracket_rank(bracket *b, size_t r, int *ok) {
     return r < b->inside ? kth_smallest(b->buf, b->inside, r) : b->hi;
 }
 
+/* The four order statistics of the two percentiles from their brackets:
+ * 0, or -1 when one fell outside (or a bracket overflowed). */
+static int percentile_keys(bracket *b, const pct_at *lo, const pct_at *hi, uint32_t *out) {
+    int ok = 1;
+    out[0] = bracket_rank(&b[0], lo->k, &ok);
+    out[1] = bracket_rank(&b[0], lo->k1, &ok);
+    out[2] = bracket_rank(&b[1], hi->k, &ok);
+    out[3] = bracket_rank(&b[1], hi->k1, &ok);
+    return ok ? 0 : -1;
+}
+
 #define SAMPLE 2048   /* keys sampled to bracket a rank, at most */
 #define MARGIN 24     /* sample positions either side of the estimate (≈ 5 sigma at q = 1 %) */
 #define FEW 2048      /* below this many keys plain selection is as fast */
@@ -250,13 +261,9 @@ static int order_stats(const both *a, const pct_at *lo, const pct_at *hi, uint32
     *max_key = 0;
     brackets_scan(br, a->ref, a->n_ref, max_key);
     brackets_scan(br, a->cur, a->n_cur, max_key);
-    int ok = 1;
-    out[0] = bracket_rank(&br[0], lo->k, &ok);
-    out[1] = bracket_rank(&br[0], lo->k1, &ok);
-    out[2] = bracket_rank(&br[1], hi->k, &ok);
-    out[3] = bracket_rank(&br[1], hi->k1, &ok);
+    int missed = percentile_keys(br, lo, hi, out);
     free(buf);
-    if (ok) return 0;
+    if (!missed) return 0;
     uint32_t *work = malloc(a->n * sizeof *work);
     if (!work) return -1;
     order_stats_all(a, lo, hi, work, out, max_key);
@@ -402,31 +409,35 @@ static void brackets_around(fisher_drift_brackets *p, uint32_t c0, uint32_t c1) 
     }
 }
 
-/* Order statistics from the EMA's stored brackets plus a scan of cur (n):
- * 0 with out[] and *max_key, or -1 when a needed rank fell outside its
- * bracket, a bracket overflowed, or memory ran out. */
-static int order_stats_predicted(const fisher_drift_brackets *p, const float *cur, size_t n,
-                                 const pct_at *lo, const pct_at *hi, uint32_t *out, uint32_t *max_key) {
-    /* per bracket, one array: the EMA's inside keys, then cur's */
-    size_t cur_cap = n / 16 + 64, len[2] = {p->b[0].inside + cur_cap, p->b[1].inside + cur_cap};
+/* all[2] = the EMA's stored brackets, each with its gathered keys copied
+ * into a new array with room for n / 16 more (cur's). Returns that
+ * allocation (free it), or NULL when out of memory. */
+static uint32_t *brackets_with_room(const fisher_drift_brackets *p, size_t n, bracket *all) {
+    size_t room = n / 16 + 64, len[2] = {p->b[0].inside + room, p->b[1].inside + room};
     uint32_t *work = malloc((len[0] + len[1]) * sizeof *work);
-    if (!work) return -1;
-    bracket all[2];
+    if (!work) return NULL;
     for (int j = 0; j < 2; j++) {
         uint32_t *buf = work + (j ? len[0] : 0);
         memcpy(buf, p->b[j].buf, p->b[j].inside * sizeof *buf);
         all[j] = p->b[j];
         all[j].buf = buf, all[j].cap = len[j];
     }
+    return work;
+}
+
+/* Order statistics from the EMA's stored brackets plus a scan of cur (n):
+ * 0 with out[] and *max_key, or -1 when a needed rank fell outside its
+ * bracket, a bracket overflowed, or memory ran out. */
+static int order_stats_predicted(const fisher_drift_brackets *p, const float *cur, size_t n,
+                                 const pct_at *lo, const pct_at *hi, uint32_t *out, uint32_t *max_key) {
+    bracket all[2];
+    uint32_t *work = brackets_with_room(p, n, all);
+    if (!work) return -1;
     *max_key = p->max_key;
     brackets_scan(all, cur, n, max_key);
-    int ok = 1;
-    out[0] = bracket_rank(&all[0], lo->k, &ok);
-    out[1] = bracket_rank(&all[0], lo->k1, &ok);
-    out[2] = bracket_rank(&all[1], hi->k, &ok);
-    out[3] = bracket_rank(&all[1], hi->k1, &ok);
+    int missed = percentile_keys(all, lo, hi, out);
     free(work);
-    return ok ? 0 : -1;
+    return missed;
 }
 
 /* count_keys over ema (n) and cur (n) at once, replacing each ema[i] by
@@ -692,18 +703,11 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
 
     /* the order statistics: the EMA's stored brackets plus cur's rows */
     pct_at lo = percentile_at(2 * n, 0.01), hi = percentile_at(2 * n, 0.99);
-    size_t cur_cap = n / 16 + 64, len[2] = {p->b[0].inside + cur_cap, p->b[1].inside + cur_cap};
-    uint32_t *work = malloc((len[0] + len[1]) * sizeof *work);
+    bracket all[2];
+    uint32_t *work = brackets_with_room(p, n, all);
     if (!work) {
         rc = fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
         goto out;
-    }
-    bracket all[2];
-    for (int j = 0; j < 2; j++) {
-        uint32_t *buf = work + (j ? len[0] : 0);
-        memcpy(buf, p->b[j].buf, p->b[j].inside * sizeof *buf);
-        all[j] = p->b[j];
-        all[j].buf = buf, all[j].cap = len[j];
     }
     for (size_t r = 0; r < R; r++)
         for (int j = 0; j < 2; j++) {
@@ -714,13 +718,9 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
         }
     uint32_t ord[4], max_key = p->max_key, cur_max = key_of(s_max * h_max);
     max_key = cur_max > max_key ? cur_max : max_key;
-    int ok = 1;
-    ord[0] = bracket_rank(&all[0], lo.k, &ok);
-    ord[1] = bracket_rank(&all[0], lo.k1, &ok);
-    ord[2] = bracket_rank(&all[1], hi.k, &ok);
-    ord[3] = bracket_rank(&all[1], hi.k1, &ok);
+    int missed = percentile_keys(all, &lo, &hi, ord);
     free(work);
-    if (!ok || max_key >= KEY_INF) goto out; /* the array route decides (and widens) */
+    if (missed || max_key >= KEY_INF) goto out; /* the array route decides (and widens) */
     double low = lerp(log_of_key(ord[0]), log_of_key(ord[1]), lo.t);
     double high = lerp(log_of_key(ord[2]), log_of_key(ord[3]), hi.t);
     if (high <= low) high = low + 1e-3;
