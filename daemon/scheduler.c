@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "job.h"
@@ -40,6 +41,7 @@
 #include "record_queue.h"
 
 #define DEFAULT_QUEUE_BYTES (64u << 20)
+#define DEFAULT_CHECKPOINT_INTERVAL 200
 
 typedef struct running_job running_job;
 
@@ -64,6 +66,7 @@ struct running_job {
     uv_thread_t thread;
     volatile int cancel;
     int stopped_by_daemon;
+    int resume;                      /* continue from out_dir's checkpoint */
     fisher_job_spec spec;
     char out_dir[PATH_MAX];
     int64_t chunks_live;             /* worker thread only, from on_method */
@@ -150,12 +153,13 @@ static void on_groups(void *ctx, const fisher_job_group *g, size_t n) {
             COPY(out[i].layer_class, g[i].layer_class);
             out[i].depth = g[i].depth, out[i].axis = g[i].axis;
             out[i].start = g[i].start, out[i].end = g[i].end;
-            out[i].size = (int64_t)g[i].size, out[i].frozen_at = -1;
+            out[i].size = (int64_t)g[i].size, out[i].frozen_at = g[i].frozen_at;
         }
 #undef COPY
         m->rec.groups.groups = out, m->rec.groups.n = n;
     }
-    j->chunks_live = (int64_t)n;
+    j->chunks_live = 0;
+    for (size_t i = 0; i < n; i++) j->chunks_live += g[i].frozen_at < 0;
     push(j, m);
 }
 
@@ -239,7 +243,7 @@ static void worker_main(void *arg) {
     job_msg *done = calloc(1, sizeof *done);
     fisher_job_result result;
     fisher_error err = {{0}};
-    int rc = fisher_job_run(&j->spec, j->out_dir, &cb, &j->cancel, &result, &err);
+    int rc = (j->resume ? fisher_job_resume : fisher_job_run)(&j->spec, j->out_dir, &cb, &j->cancel, &result, &err);
     if (!done) { /* nothing can be told: the loop learns it from the thread's end at stop */
         log_msg(LOG_ERROR, j->id, "out of memory reporting the end of the run");
         return;
@@ -341,6 +345,8 @@ static int try_start_one(sched *s, int64_t id) {
     free(spec_text);
     if (base_path[0]) snprintf(j->spec.base_path, sizeof j->spec.base_path, "%s", base_path);
     if (j->spec.threads > s->cfg.threads) j->spec.threads = s->cfg.threads;
+    /* a daemon's job checkpoints as it goes, so a crash loses at most this many steps */
+    if (!j->spec.checkpoint_interval) j->spec.checkpoint_interval = DEFAULT_CHECKPOINT_INTERVAL;
     j->s = s, j->id = id, j->chunks_live = -1;
     snprintf(j->out_dir, sizeof j->out_dir, "%s/jobs/j_%lld", s->data_dir, (long long)id);
     if (cli_make_dir(j->out_dir) || store_job_set_out_dir(s->db, id, j->out_dir, &err)) {
@@ -349,12 +355,20 @@ static int try_start_one(sched *s, int64_t id) {
         goto out;
     }
     if (st == STORE_JOB_INTERRUPTED) {
-        /* runs again from step 0 (resuming from its checkpoint is not built
-         * yet): what the first run wrote goes, so the history stays one run */
-        store_record rewind = {.kind = STORE_REC_REWIND, .job = id, .rewind = {.step = 0}};
+        /* it continues from its last checkpoint, or from step 0 without one;
+         * what it recorded after that point goes, since the run writes those
+         * steps again: the history stays one run */
+        json_t *ck = json_object_get(job, "checkpoint");
+        const char *path = json_string_value(json_object_get(ck, "path"));
+        int64_t at = json_integer_value(json_object_get(ck, "step"));
+        j->resume = path && !access(path, R_OK) && at > 0;
+        store_record rewind = {.kind = STORE_REC_REWIND, .job = id, .rewind = {.step = j->resume ? at : 0}};
         if (store_write(s->db, &rewind, 1, &err))
-            log_msg(LOG_WARN, id, "cannot clear its earlier records: %s", err.msg);
-        set_status(s, id, STORE_JOB_QUEUED, "restarts from step 0");
+            log_msg(LOG_WARN, id, "cannot clear its records after step %lld: %s", (long long)rewind.rewind.step,
+                    err.msg);
+        char why[96];
+        snprintf(why, sizeof why, "continues from step %lld", (long long)rewind.rewind.step);
+        set_status(s, id, STORE_JOB_QUEUED, why);
     }
     set_status(s, id, STORE_JOB_RUNNING, NULL);
     if (uv_thread_create(&j->thread, worker_main, j)) {

@@ -16,9 +16,13 @@
  *   queued -> queued         it waits for another job's model (reason says)
  *   queued -> failed         the job it waits for failed, or it cannot start
  *   running -> succeeded | failed | cancelled   the run ends
- *   running -> interrupted   the daemon stops (sched_stop) under it
- *   interrupted -> queued    at start-up: it runs again from its last
- *                            checkpoint's step... (see sched_start)
+ *   running -> interrupted   the daemon stops (sched_stop) under it, or
+ *                            died (sched_start finds it still running)
+ *   interrupted -> queued    it continues from its last checkpoint (a stop
+ *      -> running            writes one; a job checkpoints every 200 steps
+ *                            unless its spec says otherwise) exactly as if
+ *                            never stopped, its records after that step
+ *                            rewound; without a checkpoint, from step 0
  */
 #ifndef FISHERD_SCHEDULER_H
 #define FISHERD_SCHEDULER_H

@@ -335,3 +335,100 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r,
     r->chunks_live = fm->chunks_live, r->params_live = fm->params_live;
     return 0;
 }
+
+/* ------------------------------------------------------------ checkpoints */
+
+enum { STATE_LIVE, STATE_FROZEN_AT, STATE_MEASURED, STATE_JS_EMA, STATE_TV, STATE_JS_SUM, STATE_JS_COUNT,
+       STATE_LAST_STEP, STATE_LAST_VALUE, STATE_COLUMNS };
+
+static size_t estimator_len(const fisher_method *fm) {
+    const fisher_layer *layers;
+    size_t n = fisher_segformer_layers(fm->model, &layers), len = 0;
+    for (size_t l = 0; l < n; l++) len += layers[l].h_len + layers[l].s_len;
+    return len;
+}
+
+int fisher_method_snapshot(const fisher_method *fm, fisher_st_tensor *tensors, size_t *n, void **scratch,
+                           fisher_error *err) {
+    size_t ema_len = 0;
+    for (size_t c = 0; c < fm->n_chunks; c++)
+        if (fm->chunks[c].live && fm->drift[c].measured) ema_len += fm->drift[c].n;
+    size_t state_bytes = fm->n_chunks * STATE_COLUMNS * sizeof(double);
+    char *buf = malloc(state_bytes + (ema_len ? ema_len : 1) * sizeof(float));
+    if (!buf) return fisher_errorf(err, "out of memory saving the Fisher tracking state");
+    double *state = (double *)buf;
+    float *ema = (float *)(buf + state_bytes), *at = ema;
+    for (size_t c = 0; c < fm->n_chunks; c++) {
+        const fisher_chunk *ch = &fm->chunks[c];
+        const fisher_chunk_drift *d = &fm->drift[c];
+        double *row = state + c * STATE_COLUMNS;
+        row[STATE_LIVE] = ch->live, row[STATE_FROZEN_AT] = (double)ch->frozen_at;
+        row[STATE_MEASURED] = ch->live && d->measured;
+        row[STATE_JS_EMA] = d->js_ema, row[STATE_TV] = d->total_variation, row[STATE_JS_SUM] = d->js_sum;
+        row[STATE_JS_COUNT] = (double)d->js_count, row[STATE_LAST_STEP] = (double)d->last_step;
+        row[STATE_LAST_VALUE] = d->last_value;
+        if (row[STATE_MEASURED]) memcpy(at, d->ema_F, d->n * sizeof *at), at += d->n;
+    }
+    size_t k = 0;
+    tensors[k++] = (fisher_st_tensor){.name = "method.chunks", .dtype = FISHER_DTYPE_F64, .ndim = 2,
+                                      .shape = {(int64_t)fm->n_chunks, STATE_COLUMNS}, .data = state};
+    tensors[k++] = (fisher_st_tensor){.name = "method.ema_F", .dtype = FISHER_DTYPE_F32, .ndim = 1,
+                                      .shape = {(int64_t)ema_len}, .data = ema};
+    tensors[k++] = (fisher_st_tensor){.name = "method.estimator", .dtype = FISHER_DTYPE_F32, .ndim = 1,
+                                      .shape = {(int64_t)estimator_len(fm)}, .data = fm->est};
+    if (fm->empirical)
+        tensors[k++] = (fisher_st_tensor){.name = "method.empirical", .dtype = FISHER_DTYPE_F32, .ndim = 1,
+                                          .shape = {(int64_t)fisher_segformer_params(fm->model)->total},
+                                          .data = fm->empirical};
+    *n = k, *scratch = buf;
+    return 0;
+}
+
+int fisher_method_restore(fisher_method *fm, const fisher_safetensors *st, fisher_error *err) {
+    int64_t shape[FISHER_ST_MAX_DIMS] = {(int64_t)fm->n_chunks, STATE_COLUMNS};
+    double *state = malloc(fm->n_chunks * STATE_COLUMNS * sizeof *state);
+    float *ema = NULL;
+    int rc = -1;
+    if (!state) {
+        fisher_errorf(err, "out of memory restoring the Fisher tracking state");
+        goto out;
+    }
+    if (fisher_safetensors_read_f64(st, "method.chunks", state, 2, shape, err)) goto out;
+    size_t ema_len = 0;
+    for (size_t c = 0; c < fm->n_chunks; c++)
+        if (state[c * STATE_COLUMNS + STATE_MEASURED] != 0) ema_len += fm->chunks[c].size;
+    shape[0] = (int64_t)ema_len;
+    if (!(ema = malloc((ema_len ? ema_len : 1) * sizeof *ema))) {
+        fisher_errorf(err, "out of memory restoring the Fisher tracking state");
+        goto out;
+    }
+    if (fisher_safetensors_read_f32(st, "method.ema_F", ema, 1, shape, err)) goto out;
+    shape[0] = (int64_t)estimator_len(fm);
+    if (fisher_safetensors_read_f32(st, "method.estimator", fm->est, 1, shape, err)) goto out;
+    shape[0] = (int64_t)fisher_segformer_params(fm->model)->total;
+    if (fm->empirical && fisher_safetensors_read_f32(st, "method.empirical", fm->empirical, 1, shape, err))
+        goto out;
+    const float *at = ema;
+    for (size_t c = 0; c < fm->n_chunks; c++) {
+        const double *row = state + c * STATE_COLUMNS;
+        if (row[STATE_LIVE] == 0) {
+            freeze_chunk(fm, c, (int64_t)row[STATE_FROZEN_AT]);
+            continue;
+        }
+        if (row[STATE_MEASURED] == 0) continue;
+        fisher_chunk_drift *d = &fm->drift[c];
+        if (!(d->ema_F = malloc(fm->chunks[c].size * sizeof *d->ema_F))) {
+            fisher_errorf(err, "out of memory restoring the Fisher tracking state");
+            goto out;
+        }
+        memcpy(d->ema_F, at, fm->chunks[c].size * sizeof *at), at += fm->chunks[c].size;
+        d->n = fm->chunks[c].size, d->measured = 1;
+        d->js_ema = row[STATE_JS_EMA], d->total_variation = row[STATE_TV], d->js_sum = row[STATE_JS_SUM];
+        d->js_count = (int64_t)row[STATE_JS_COUNT], d->last_step = (int64_t)row[STATE_LAST_STEP];
+        d->last_value = row[STATE_LAST_VALUE];
+    }
+    rc = 0;
+out:
+    free(state), free(ema);
+    return rc;
+}

@@ -27,6 +27,7 @@
 
 #include "drift.h"
 #include "error.h"
+#include "safetensors.h"
 #include "segformer.h"
 
 typedef enum {
@@ -107,5 +108,30 @@ void fisher_method_tensor_live(const fisher_method *fm, uint8_t *per_tensor);
 
 /* The Fisher of chunk c under the current estimator state, into out (size). */
 void fisher_method_chunk_fisher(const fisher_method *fm, size_t c, float *out);
+
+/* ---- checkpoints: the method's whole state, so a run resumes exactly ----
+ *
+ * Tensors written by fisher_method_snapshot and read back by
+ * fisher_method_restore (names under "method."):
+ *   method.chunks     F64 (chunks, 9): live, frozen_at, measured, js_ema,
+ *                     total_variation, js_sum, js_count, last_step, last_value
+ *   method.ema_F      F32 (Σ sizes of measured live chunks): their Fisher EMAs,
+ *                     in chunk order
+ *   method.estimator  F32: every layer's running H and S
+ *   method.empirical  F32 (parameters): empirical estimator only
+ * The predicted percentile brackets (drift.c) are not state: they only
+ * speed up a measurement, whose result does not depend on them. */
+#define FISHER_METHOD_TENSORS 4
+
+/* Fills tensors[0..*n) (at most FISHER_METHOD_TENSORS) for a checkpoint;
+ * they point into fm and into *scratch (malloc'd: free it after writing).
+ * Valid until the next step. Returns 0, or -1 with err (out of memory). */
+int fisher_method_snapshot(const fisher_method *fm, fisher_st_tensor *tensors, size_t *n, void **scratch,
+                           fisher_error *err);
+/* Restores a snapshot into a method fresh from fisher_method_create on the
+ * same model and config: frozen chunks freeze again (at their step), live
+ * ones get their drift state. Returns 0, or -1 with err naming what does
+ * not fit (another model, another slicing). */
+int fisher_method_restore(fisher_method *fm, const fisher_safetensors *st, fisher_error *err);
 
 #endif

@@ -158,22 +158,34 @@ static int report_groups(const fisher_job_callbacks *cb, const fisher_trainer *t
         const fisher_chunk *c = &chunks[i];
         const fisher_layer *l = &layers[c->layer];
         g[i] = (fisher_job_group){c->key, tab->tensors[c->tensor].name, l->name, layer_class_name(l->cls),
-                                 l->depth, c->axis, c->start, c->end, c->size};
+                                 l->depth, c->axis, c->start, c->end, c->size, c->frozen_at};
     }
     cb->on_groups(cb->ctx, g, n);
     free(g);
     return 0;
 }
 
-/* The checkpoint: weights, buffers, the optimiser's moments per tensor, and
- * the step, so a run can continue exactly where it stopped. */
-static int write_checkpoint(const fisher_trainer *t, const fisher_job_spec *s, int64_t step,
-                            const char *path, fisher_error *err) {
+/* What the loop of fisher_job_run carries from step to step besides the
+ * trainer; a checkpoint keeps it so a resumed run continues the same run. */
+typedef struct {
+    double best_loss, trainable_sum;
+    int evals_without_gain;
+    int64_t last_eval, best_step;
+    float *best, *best_buf;        /* the best weights and buffers (early stopping only) */
+    size_t n_params, n_bufs;
+} run_state;
+
+/* The checkpoint: weights, buffers, the optimiser's moments per tensor, the
+ * method's state (fisher_method_snapshot), the loop's (run_state) and the
+ * step, so a run can continue exactly where it stopped (fisher_job_resume). */
+static int write_checkpoint(const fisher_trainer *t, const fisher_job_spec *s, const run_state *rs,
+                            int64_t step, const char *path, fisher_error *err) {
     const fisher_tensor_table *tab = fisher_segformer_params(t->model);
-    size_t n = 2 * (size_t)tab->count;
+    size_t n = 2 * (size_t)tab->count + FISHER_METHOD_TENSORS + 2;
     fisher_st_tensor *extra = calloc(n, sizeof *extra);
     char (*names)[FISHER_NAME_MAX + 32] = calloc(n, sizeof *names);
     char *spec_json = fisher_job_spec_to_json(s);
+    void *method_scratch = NULL;
     int rc = -1;
     if (!extra || !names || !spec_json) {
         fisher_errorf(err, "out of memory writing checkpoint %s", path);
@@ -189,15 +201,82 @@ static int write_checkpoint(const fisher_trainer *t, const fisher_job_spec *s, i
             for (int d = 0; d < e->ndim; d++) extra[j].shape[d] = e->shape[d];
         }
     }
-    char step_s[32], opt_step_s[32], size_s[16];
+    size_t k = 2 * (size_t)tab->count;
+    if (t->method) {
+        size_t m;
+        if (fisher_method_snapshot(t->method, extra + k, &m, &method_scratch, err)) goto out;
+        k += m;
+    }
+    if (rs->best) {
+        extra[k++] = (fisher_st_tensor){.name = "run.best_params", .dtype = FISHER_DTYPE_F32, .ndim = 1,
+                                        .shape = {(int64_t)rs->n_params}, .data = rs->best};
+        extra[k++] = (fisher_st_tensor){.name = "run.best_buffers", .dtype = FISHER_DTYPE_F32, .ndim = 1,
+                                        .shape = {(int64_t)rs->n_bufs}, .data = rs->best_buf};
+    }
+    char step_s[32], opt_step_s[32], size_s[16], run_s[256];
     snprintf(step_s, sizeof step_s, "%lld", (long long)step);
     snprintf(opt_step_s, sizeof opt_step_s, "%lld", (long long)t->opt.step);
     snprintf(size_s, sizeof size_s, "%d", s->image_size);
-    fisher_st_meta meta[] = {{"step", step_s}, {"optimizer_step", opt_step_s},
-                             {"image_size", size_s}, {"job", spec_json}};
-    rc = fisher_segformer_save_with(t->model, path, extra, n, meta, sizeof meta / sizeof *meta, err);
+    /* %.17g: doubles read back exactly */
+    snprintf(run_s, sizeof run_s, "{\"best_loss\":%.17g,\"trainable_sum\":%.17g,\"evals_without_gain\":%d,"
+             "\"last_eval\":%lld,\"best_step\":%lld}", isfinite(rs->best_loss) ? rs->best_loss : 1e308,
+             rs->trainable_sum, rs->evals_without_gain, (long long)rs->last_eval, (long long)rs->best_step);
+    fisher_st_meta meta[] = {{"step", step_s}, {"optimizer_step", opt_step_s}, {"image_size", size_s},
+                             {"job", spec_json}, {"run", run_s}};
+    rc = fisher_segformer_save_with(t->model, path, extra, k, meta, sizeof meta / sizeof *meta, err);
 out:
-    free(spec_json), free(names), free(extra);
+    free(spec_json), free(names), free(extra), free(method_scratch);
+    return rc;
+}
+
+/* Reads what write_checkpoint wrote back into m, t and rs; *step gets the
+ * checkpoint's step. The spec must be the one that wrote it. */
+static int read_checkpoint(fisher_segformer *m, fisher_trainer *t, const fisher_job_spec *s, run_state *rs,
+                           const char *path, int64_t *step, fisher_error *err) {
+    fisher_safetensors *st = fisher_safetensors_open(path, err);
+    if (!st) return -1;
+    int rc = -1;
+    char *spec_json = fisher_job_spec_to_json(s), *written_json = NULL;
+    const char *job = fisher_safetensors_metadata(st, "job"), *run = fisher_safetensors_metadata(st, "run");
+    const char *step_s = fisher_safetensors_metadata(st, "step"), *opt_s = fisher_safetensors_metadata(st, "optimizer_step");
+    if (!job || !run || !step_s || !opt_s) {
+        fisher_errorf(err, "%s: not a checkpoint this version of fisherd can resume from", path);
+        goto out;
+    }
+    /* the same run: every field but how it is executed (threads, checkpoint interval) */
+    fisher_job_spec written;
+    fisher_job_spec_defaults(&written);
+    if (fisher_job_spec_parse(&written, job, NULL, 0, NULL) == 0) {
+        written.threads = s->threads, written.checkpoint_interval = s->checkpoint_interval;
+        written_json = fisher_job_spec_to_json(&written);
+    }
+    if (!spec_json || !written_json || strcmp(written_json, spec_json)) {
+        fisher_errorf(err, "%s was written by a different job spec: resume with the spec that wrote it", path);
+        goto out;
+    }
+    long long last_eval, best_step;
+    if (sscanf(run, "{\"best_loss\":%lf,\"trainable_sum\":%lf,\"evals_without_gain\":%d,\"last_eval\":%lld,"
+                    "\"best_step\":%lld}", &rs->best_loss, &rs->trainable_sum, &rs->evals_without_gain,
+               &last_eval, &best_step) != 5) {
+        fisher_errorf(err, "%s: its \"run\" metadata is damaged", path);
+        goto out;
+    }
+    if (rs->best_loss >= 1e308) rs->best_loss = INFINITY;
+    rs->last_eval = last_eval, rs->best_step = best_step;
+    *step = strtoll(step_s, NULL, 10);
+    if (fisher_segformer_load(m, st, 0, err) ||
+        fisher_trainer_restore(t, st, *step, strtoll(opt_s, NULL, 10), err))
+        goto out;
+    if (rs->best) {
+        int64_t np = (int64_t)rs->n_params, nb = (int64_t)rs->n_bufs;
+        if (fisher_safetensors_read_f32(st, "run.best_params", rs->best, 1, &np, err) ||
+            fisher_safetensors_read_f32(st, "run.best_buffers", rs->best_buf, 1, &nb, err))
+            goto out;
+    }
+    rc = 0;
+out:
+    free(spec_json), free(written_json);
+    fisher_safetensors_close(st);
     return rc;
 }
 
@@ -228,7 +307,7 @@ static void say_decision(const fisher_job_callbacks *cb, const fisher_trainer *t
             r->params_live, 100.0 * (double)r->params_live / (double)total);
 }
 
-int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
+static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, const fisher_job_callbacks *cb,
                    const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
     memset(res, 0, sizeof *res);
     double t_start = fisher_now_seconds();
@@ -237,7 +316,8 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
     fisher_dataset *train = NULL, *val = NULL;
     fisher_loader *loader = NULL;
     fisher_trainer t = {0};
-    float *images = NULL, *masks = NULL, *best = NULL, *best_buf = NULL;
+    float *images = NULL, *masks = NULL;
+    run_state rs = {.best_loss = INFINITY, .last_eval = -1};
     char ckpt_path[PATH_MAX + 32], model_path[PATH_MAX + 32];
     snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
@@ -260,15 +340,24 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
     if (fisher_trainer_init(&t, m, B, H, W, s->optim, s->dice_weight, s->strategy, &s->fisher, err))
         goto out;
     size_t n_params = fisher_segformer_params(m)->total, n_bufs = fisher_segformer_buffers(m)->total;
+    rs.n_params = n_params, rs.n_bufs = n_bufs;
     images = malloc((size_t)B * H * W * 3 * sizeof(float));
     masks = malloc(t.n_logits * sizeof(float));
     if (s->patience) {
-        best = malloc(n_params * sizeof(float));
-        best_buf = malloc(n_bufs * sizeof(float));
+        rs.best = malloc(n_params * sizeof(float));
+        rs.best_buf = malloc(n_bufs * sizeof(float));
     }
-    if (!images || !masks || (s->patience && (!best || !best_buf))) {
+    if (!images || !masks || (s->patience && (!rs.best || !rs.best_buf))) {
         fisher_errorf(err, "out of memory for the training batch");
         goto out;
+    }
+    int64_t step = 0;
+    if (resume) {
+        if (read_checkpoint(m, &t, s, &rs, ckpt_path, &step, err)) goto out;
+        /* the final evaluation's numbers are not kept: evaluate again if needed */
+        if (rs.last_eval == step) rs.last_eval = -1;
+        res->best_step = rs.best_step;
+        say(cb, "resumed from %s at step %lld", ckpt_path, (long long)step);
     }
     say(cb, "%s: strategy %s, %zu of %zu parameters train, %lld steps (%lld per epoch), batch %d at %dx%d",
         s->name, fisher_strategy_name(s->strategy), t.params_trainable, res->parameters,
@@ -281,9 +370,6 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
     }
 
     if (t.method && cb && cb->on_groups && report_groups(cb, &t, err)) goto out;
-    double best_loss = INFINITY, trainable_sum = 0;
-    int evals_without_gain = 0;
-    int64_t step = 0, last_eval = -1;
     fisher_job_eval ev;
     for (; step < total; step++) {
         if (cancel && *cancel) {
@@ -295,7 +381,7 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
         if (fisher_loader_batch(loader, step, images, masks, err) < 0 ||
             fisher_trainer_step(&t, images, masks, &loss, err))
             goto out;
-        trainable_sum += (double)t.params_trainable;
+        rs.trainable_sum += (double)t.params_trainable;
         if (t.method && cb && cb->on_method && (t.report.measured || t.report.decided)) {
             const fisher_chunk *chunks;
             size_t n_chunks = fisher_method_chunks(t.method, &chunks);
@@ -314,16 +400,16 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
         }
         if ((step + 1) % eval_every == 0 || step + 1 == total) {
             if (evaluate_on(m, val, s, step + 1, "val", cb, &ev, err)) goto out;
-            last_eval = step + 1;
-            if (ev.loss < best_loss) {
-                best_loss = ev.loss, res->best_step = step + 1, evals_without_gain = 0;
-                if (best) {
-                    memcpy(best, fisher_segformer_param_data(m), n_params * sizeof(float));
-                    memcpy(best_buf, fisher_segformer_buffer_data(m), n_bufs * sizeof(float));
+            rs.last_eval = step + 1;
+            if (ev.loss < rs.best_loss) {
+                rs.best_loss = ev.loss, rs.best_step = res->best_step = step + 1, rs.evals_without_gain = 0;
+                if (rs.best) {
+                    memcpy(rs.best, fisher_segformer_param_data(m), n_params * sizeof(float));
+                    memcpy(rs.best_buf, fisher_segformer_buffer_data(m), n_bufs * sizeof(float));
                 }
-            } else if (s->patience && ++evals_without_gain >= s->patience) {
+            } else if (s->patience && ++rs.evals_without_gain >= s->patience) {
                 say(cb, "early stop after step %lld: val loss has not improved for %d evaluations "
-                    "(best %.4f at step %lld)", (long long)step + 1, s->patience, best_loss,
+                    "(best %.4f at step %lld)", (long long)step + 1, s->patience, rs.best_loss,
                     (long long)res->best_step);
                 res->stopped_early = 1;
                 step++;
@@ -333,27 +419,27 @@ int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_j
             if (fisher_segformer_prepare(m, B, H, W, err)) goto out;
         }
         if (s->checkpoint_interval && (step + 1) % s->checkpoint_interval == 0) {
-            if (write_checkpoint(&t, s, step + 1, ckpt_path, err)) goto out;
+            if (write_checkpoint(&t, s, &rs, step + 1, ckpt_path, err)) goto out;
             if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step + 1, ckpt_path);
         }
     }
     res->steps_done = step;
     res->params_trainable = t.params_trainable;
-    res->params_trainable_mean = step ? trainable_sum / (double)step : (double)t.params_trainable;
-    if (write_checkpoint(&t, s, step, ckpt_path, err)) goto out;
+    res->params_trainable_mean = step ? rs.trainable_sum / (double)step : (double)t.params_trainable;
+    if (write_checkpoint(&t, s, &rs, step, ckpt_path, err)) goto out;
     if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step, ckpt_path);
     if (res->cancelled) {
         say(cb, "cancelled after step %lld; checkpoint %s", (long long)step, ckpt_path);
         rc = 0;
         goto out;
     }
-    if (best && res->best_step && res->best_step != step) {
-        memcpy(fisher_segformer_param_data(m), best, n_params * sizeof(float));
-        memcpy(fisher_segformer_buffer_data(m), best_buf, n_bufs * sizeof(float));
+    if (rs.best && res->best_step && res->best_step != step) {
+        memcpy(fisher_segformer_param_data(m), rs.best, n_params * sizeof(float));
+        memcpy(fisher_segformer_buffer_data(m), rs.best_buf, n_bufs * sizeof(float));
         say(cb, "restored the best weights (step %lld)", (long long)res->best_step);
-        last_eval = -1; /* the final numbers must be the restored model's */
+        rs.last_eval = -1; /* the final numbers must be the restored model's */
     }
-    if (last_eval == step) res->final_val = ev;
+    if (rs.last_eval == step) res->final_val = ev;
     else if (evaluate_on(m, val, s, step, "val", cb, &res->final_val, err)) goto out;
     if (write_model(m, s, model_path, err)) goto out;
     say(cb, "weights: %s", model_path);
@@ -373,6 +459,16 @@ out:
     fisher_dataset_close(train);
     fisher_dataset_close(val);
     fisher_segformer_free(m);
-    free(images), free(masks), free(best), free(best_buf);
+    free(images), free(masks), free(rs.best), free(rs.best_buf);
     return rc;
+}
+
+int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
+                   const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
+    return run_job(s, out_dir, 0, cb, cancel, res, err);
+}
+
+int fisher_job_resume(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
+                      const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
+    return run_job(s, out_dir, 1, cb, cancel, res, err);
 }

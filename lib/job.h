@@ -117,6 +117,7 @@ typedef struct {
     int depth;                     /* the layer's position in the forward pass, 0 = first */
     int axis, start, end;          /* the index range along axis */
     size_t size;                   /* elements */
+    int64_t frozen_at;             /* the step it froze, -1 while live (a resumed run has some) */
 } fisher_job_group;
 
 typedef struct {
@@ -163,5 +164,17 @@ fisher_segformer *fisher_model_load(const char *path, int *image_size, fisher_no
  * checkpoint (result->cancelled = 1). Returns 0, or -1 with err set. */
 int fisher_job_run(const fisher_job_spec *spec, const char *out_dir, const fisher_job_callbacks *cb,
                    const volatile int *cancel, fisher_job_result *result, fisher_error *err);
+
+/* The same run continued from out_dir/checkpoint.safetensors, which a run
+ * of this very spec wrote (at its checkpoint_interval, or when cancelled):
+ * weights, optimiser, the method's tracking state and the loop's
+ * bookkeeping are restored, and the run goes on from the checkpoint's step
+ * exactly as if it had never stopped — the same batches, the same drift,
+ * the same freeze decisions, the same weights. Callbacks report only the
+ * steps after the checkpoint (and on_groups again). Returns as
+ * fisher_job_run; a missing checkpoint, or one another spec wrote, is an
+ * error saying so. */
+int fisher_job_resume(const fisher_job_spec *spec, const char *out_dir, const fisher_job_callbacks *cb,
+                      const volatile int *cancel, fisher_job_result *result, fisher_error *err);
 
 #endif

@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -233,4 +234,25 @@ out:
     fisher_trainer_free(&t);
     free(images), free(masks);
     return step;
+}
+
+int fisher_trainer_restore(fisher_trainer *t, const fisher_safetensors *st, int64_t step, int64_t opt_step,
+                           fisher_error *err) {
+    const fisher_tensor_table *tab = fisher_segformer_params(t->model);
+    for (int i = 0; i < tab->count; i++) {
+        const fisher_tensor *e = &tab->tensors[i];
+        for (int k = 0; k < 2; k++) {
+            char name[FISHER_NAME_MAX + 32];
+            snprintf(name, sizeof name, "optimizer.%s.%s", k ? "exp_avg_sq" : "exp_avg", e->name);
+            if (fisher_safetensors_read_f32(st, name, (k ? t->opt.v : t->opt.m) + e->offset, e->ndim, e->shape, err))
+                return -1;
+        }
+    }
+    t->opt.step = opt_step;
+    if (t->method) {
+        if (fisher_method_restore(t->method, st, err)) return -1;
+        after_freezing(t);
+    }
+    t->step = step;
+    return 0;
 }

@@ -123,4 +123,12 @@ int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher
 /* Monotonic seconds, for step timings. */
 double fisher_now_seconds(void);
 
+/* Continues a trainer fresh from fisher_trainer_init (on a model whose
+ * weights were loaded from the same checkpoint) where the checkpoint st
+ * left off: AdamW's moments ("optimizer.exp_avg.<tensor>", "...exp_avg_sq...")
+ * and step count, the method's state (fisher_method_restore), and the step.
+ * Returns 0, or -1 with err naming what does not fit. */
+int fisher_trainer_restore(fisher_trainer *t, const fisher_safetensors *st, int64_t step, int64_t opt_step,
+                           fisher_error *err);
+
 #endif

@@ -301,24 +301,55 @@ def test_a_job_waits_for_the_model_of_another(daemon):
     assert failed["status"] == "failed" and bad["id"] in failed["reason"], failed
 
 
-def test_sigterm_interrupts_and_the_next_start_runs_the_job_again(tmp_path):
+def restart(d):
+    again = Daemon(d.data_dir)
+    again.port, again.base = d.port, d.base
+    return again.start()
+
+
+def assert_one_continuous_history(d, job, steps):
+    done = d.wait(job)
+    assert done["status"] == "succeeded", done
+    statuses = [e["status"] for e in done["events"]]
+    assert statuses[:3] == ["queued", "running", "interrupted"] and statuses[-2:] == ["running", "succeeded"]
+    # every loss point once, every drift measurement once, in order
+    metrics = d.get(f"/api/v1/jobs/{job}/metrics?name=loss&max_points=0")[1]
+    assert metrics["metrics"]["loss"]["step"] == list(range(1, steps + 1))
+    key = next(g["key"] for g in d.get(f"/api/v1/jobs/{job}/groups")[1]["groups"] if g["live"])
+    series = d.get(f"/api/v1/jobs/{job}/drift?group={key}&max_points=0")[1]["series"][0]
+    assert series["step"] == list(range(0, steps, 2))
+    return done
+
+
+def test_sigterm_stops_within_10_s_and_the_next_start_resumes_the_job(tmp_path):
     d = Daemon(tmp_path / "var").start()
     status, job = d.post("/api/v1/jobs", small_job(steps=400))
     d.wait_step(job["id"], 5)
     t0 = time.time()
     assert d.stop(signal.SIGTERM) == 0
     assert time.time() - t0 < 10
-    d2 = Daemon(tmp_path / "var")
-    d2.port, d2.base = d.port, d.base
-    d2.start()
+    stopped = None
+    d2 = restart(d)
     try:
-        done = d2.wait(job["id"])
-        assert done["status"] == "succeeded", done
-        statuses = [e["status"] for e in done["events"]]
-        assert statuses[:3] == ["queued", "running", "interrupted"] and statuses[-1] == "succeeded"
-        # the replay left one history: every loss point once
-        metrics = d2.get(f"/api/v1/jobs/{job['id']}/metrics?name=loss&max_points=0")[1]
-        assert metrics["metrics"]["loss"]["step"] == list(range(1, 401))
+        done = assert_one_continuous_history(d2, job["id"], 400)
+        resumed = [e for e in done["events"] if e["status"] == "queued" and e["reason"]]
+        assert resumed and resumed[-1]["reason"].startswith("continues from step ")
+        stopped = int(resumed[-1]["reason"].split()[-1])
+        assert 5 <= stopped < 400, stopped  # from where it stopped, not from the start
+    finally:
+        d2.stop()
+
+
+def test_sigkill_then_restart_resumes_from_the_last_checkpoint(tmp_path):
+    d = Daemon(tmp_path / "var").start()
+    status, job = d.post("/api/v1/jobs", small_job(steps=400, checkpoint_interval=50))
+    d.wait_step(job["id"], 120)
+    d.stop(signal.SIGKILL)
+    d2 = restart(d)
+    try:
+        done = assert_one_continuous_history(d2, job["id"], 400)
+        reason = [e for e in done["events"] if e["status"] == "queued" and e["reason"]][-1]["reason"]
+        assert reason in ("continues from step 100", "continues from step 150", "continues from step 200"), reason
     finally:
         d2.stop()
 

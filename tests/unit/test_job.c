@@ -218,6 +218,106 @@ static void test_fisher_job_reports_groups(void **state) {
     assert_false(l.bad_index);
 }
 
+/* What a run reported, step by step, to compare two runs exactly. */
+typedef struct {
+    double js[64][512];            /* [step][chunk] */
+    int measured[64], decided[64];
+    size_t live_after[64];
+    int64_t cancel_at;
+    volatile int cancel;
+} run_log;
+
+static void log_run_method(void *ctx, int64_t step, const fisher_method_report *r, const fisher_chunk *chunks,
+                           size_t n) {
+    (void)chunks;
+    run_log *l = ctx;
+    if (step >= 64 || n > 512) fail_msg("run too long for the log");
+    l->measured[step] = r->measured, l->decided[step] = r->decided, l->live_after[step] = r->chunks_live;
+    for (size_t c = 0; c < n; c++) l->js[step][c] = r->js[c];
+}
+
+static void log_run_progress(void *ctx, const fisher_job_progress *p) {
+    run_log *l = ctx;
+    if (p->step == l->cancel_at) l->cancel = 1;
+}
+
+static float *model_params(const char *dir, size_t *n) {
+    char path[160];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    fisher_error err = {{0}};
+    fisher_segformer *m = fisher_model_load(path, NULL, NULL, NULL, &err);
+    if (!m) fail_msg("%s", err.msg);
+    *n = fisher_segformer_params(m)->total;
+    float *p = malloc(*n * sizeof *p);
+    memcpy(p, fisher_segformer_param_data(m), *n * sizeof *p);
+    fisher_segformer_free(m);
+    return p;
+}
+
+/* A run stopped after step 5 and resumed from its checkpoint ends exactly
+ * where the same run without a stop ends: every drift value of every step,
+ * every freeze decision, the final weights bit for bit (with early-stopping
+ * bookkeeping and best weights carried across). */
+static void test_resume_continues_the_same_run(void **state) {
+    (void)state;
+    fisher_job_spec s = small_job();
+    s.strategy = FISHER_STRATEGY_FISHER;
+    s.steps = 14;
+    s.fisher.ema_interval = 1, s.fisher.freeze_interval = 4, s.fisher.lambda = 0.5;
+    s.eval_interval = 3, s.patience = 10;
+    static run_log straight, resumed;
+    memset(&straight, 0, sizeof straight), memset(&resumed, 0, sizeof resumed);
+    straight.cancel_at = resumed.cancel_at = -1;
+    char dir_a[80], dir_b[80];
+    snprintf(dir_a, sizeof dir_a, "%s/a", out_dir), snprintf(dir_b, sizeof dir_b, "%s/b", out_dir);
+    mkdir(dir_a, 0755), mkdir(dir_b, 0755);
+    fisher_job_result r;
+    fisher_error err = {{0}};
+    fisher_job_callbacks cb = {.on_method = log_run_method, .on_progress = log_run_progress};
+    cb.ctx = &straight;
+    if (fisher_job_run(&s, dir_a, &cb, &straight.cancel, &r, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(r.steps_done, 14);
+    cb.ctx = &resumed;
+    resumed.cancel_at = 5;
+    if (fisher_job_run(&s, dir_b, &cb, &resumed.cancel, &r, &err)) fail_msg("%s", err.msg);
+    assert_true(r.cancelled);
+    assert_int_equal(r.steps_done, 5);
+    resumed.cancel = 0, resumed.cancel_at = -1;
+    if (fisher_job_resume(&s, dir_b, &cb, &resumed.cancel, &r, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(r.steps_done, 14);
+    int decisions = 0;
+    for (int step = 0; step < 14; step++) {
+        assert_int_equal(resumed.measured[step], straight.measured[step]);
+        assert_int_equal(resumed.decided[step], straight.decided[step]);
+        assert_int_equal(resumed.live_after[step], straight.live_after[step]);
+        decisions += straight.decided[step];
+        for (int c = 0; c < 512; c++)
+            if (memcmp(&resumed.js[step][c], &straight.js[step][c], sizeof(double)))
+                fail_msg("step %d chunk %d: resumed js %.17g, straight %.17g", step, c, resumed.js[step][c],
+                         straight.js[step][c]);
+    }
+    size_t na, nb;
+    float *pa = model_params(dir_a, &na), *pb = model_params(dir_b, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(pa, pb, na * sizeof *pa);
+    printf("  stopped at 5, resumed to 14: %d freeze decisions and %zu weights identical; %zu chunks live\n",
+           decisions, na, straight.live_after[13]);
+    assert_true(decisions >= 3);
+    free(pa), free(pb);
+    /* a checkpoint is only for the spec that wrote it */
+    s.fisher.lambda = 0.7;
+    assert_int_equal(fisher_job_resume(&s, dir_b, NULL, NULL, &r, &err), -1);
+    printf("  another spec: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "different job spec"));
+    const char *files[] = {"model.safetensors", "checkpoint.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char path[160];
+        snprintf(path, sizeof path, "%s/%s", dir_a, files[i]), unlink(path);
+        snprintf(path, sizeof path, "%s/%s", dir_b, files[i]), unlink(path);
+    }
+    rmdir(dir_a), rmdir(dir_b);
+}
+
 static void test_early_stopping(void **state) {
     (void)state;
     fisher_job_spec s = small_job();
@@ -270,7 +370,8 @@ int main(void) {
         cmocka_unit_test(test_spec_round_trip),
         cmocka_unit_test(test_run_writes_model_and_checkpoint),
         cmocka_unit_test(test_cancel_still_checkpoints),
-        cmocka_unit_test(test_fisher_job_reports_groups), cmocka_unit_test(test_early_stopping),
+        cmocka_unit_test(test_fisher_job_reports_groups),
+        cmocka_unit_test(test_resume_continues_the_same_run), cmocka_unit_test(test_early_stopping),
         cmocka_unit_test(test_missing_folder_fails_with_path),
     };
     return cmocka_run_group_tests_name("job", tests, setup, teardown);
