@@ -151,12 +151,6 @@ const uint8_t *fisher_method_live_mask(const fisher_method *fm) { return fm->liv
 
 size_t fisher_method_params_live(const fisher_method *fm) { return fm->params_live; }
 
-void fisher_method_tensor_live(const fisher_method *fm, uint8_t *per_tensor) {
-    memset(per_tensor, 0, (size_t)fisher_segformer_params(fm->model)->count);
-    for (size_t c = 0; c < fm->n_chunks; c++)
-        if (fm->chunks[c].live) per_tensor[fm->chunks[c].tensor] = 1;
-}
-
 /* ------------------------------------------------------------ the Fisher */
 
 /* Runs the statement for every element of chunk ch, in a fixed order, with

@@ -103,9 +103,6 @@ void fisher_method_freeze(fisher_method *fm, size_t c, int64_t step);
 /* Elements of all live chunks. */
 size_t fisher_method_params_live(const fisher_method *fm);
 
-/* per_tensor[i] = 1 when tensor i still has a live chunk, else 0. */
-void fisher_method_tensor_live(const fisher_method *fm, uint8_t *per_tensor);
-
 /* The Fisher of chunk c under the current estimator state, into out (size). */
 void fisher_method_chunk_fisher(const fisher_method *fm, size_t c, float *out);
 

@@ -35,14 +35,44 @@ void fisher_linear_slice_forward(float *out, const float *inp, const float *weig
                 accumulate ? 1.0f : 0.0f, out, OC);
 }
 
+/* Runs of live rows. A row mask (n entries, nonzero = live; NULL = all
+ * live) becomes its maximal runs [lo, hi), in order; returns how many.
+ * runs needs room for (n + 1) / 2 of them. */
+typedef struct {
+    int lo, hi;
+} row_run;
+
+static int row_runs(row_run *runs, const uint8_t *rows, int n) {
+    if (!rows) {
+        runs[0] = (row_run){0, n};
+        return n > 0;
+    }
+    int k = 0;
+    for (int o = 0; o < n;) {
+        while (o < n && !rows[o]) o++;
+        if (o == n) break;
+        int lo = o;
+        while (o < n && rows[o]) o++;
+        runs[k++] = (row_run){lo, o};
+    }
+    return k;
+}
+
 void fisher_linear_slice_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                                  const float *weight, int ldw, int R, int IC, int OC) {
+                                  const float *weight, const uint8_t *live_rows, int ldw, int R,
+                                  int IC, int OC) {
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, IC, OC, 1.0f, dout, OC, weight,
                     ldw, 1.0f, dinp, IC);
-    if (dweight)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, R, 1.0f, dout, OC, inp, IC,
-                    1.0f, dweight, ldw);
+    if (!dweight) return;
+    /* one product per run of live rows: dweight[lo:hi] += dout[:, lo:hi]ᵀ · inp */
+    row_run runs[(OC + 1) / 2];
+    int n_runs = row_runs(runs, live_rows, OC);
+    for (int i = 0; i < n_runs; i++) {
+        int lo = runs[i].lo, n = runs[i].hi - lo;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, IC, R, 1.0f, dout + lo, OC, inp,
+                    IC, 1.0f, dweight + (size_t)lo * ldw, ldw);
+    }
 }
 
 /* Every row of out (R, C) += bias (C). */
@@ -70,8 +100,9 @@ static void add_column_sums(float *acc, const float *m, int R, int C, int ld) {
 }
 
 void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, int R, int IC, int OC) {
-    fisher_linear_slice_backward(dinp, dweight, dout, inp, weight, IC, R, IC, OC);
+                            const float *inp, const float *weight, const uint8_t *live_rows,
+                            int R, int IC, int OC) {
+    fisher_linear_slice_backward(dinp, dweight, dout, inp, weight, live_rows, IC, R, IC, OC);
     if (dbias) add_column_sums(dbias, dout, R, OC, OC);
 }
 
@@ -88,6 +119,10 @@ void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const flo
  *
  * Depthwise convolutions (groups == C == OC) take a direct loop instead:
  * one-column GEMMs per channel would be all overhead.
+ *
+ * With live rows the weight gradient is one sgemm per (run of live output
+ * channels, group it overlaps) into the matching rows of dwperm, and only
+ * those rows are permuted back; im2col is skipped when no row is live.
  */
 
 int fisher_conv2d_dims_init(fisher_conv2d_dims *d, int B, int H, int W, int C, int OC, int KH,
@@ -130,10 +165,11 @@ static void conv_permute_weight(float *wperm, const float *weight, const fisher_
                 wperm[((size_t)o * taps + t) * cg + ci] = weight[((size_t)o * cg + ci) * taps + t];
 }
 
-/* weight (OC, Cg, KH, KW) += dwperm (OC, KH, KW, Cg). */
-static void conv_unpermute_add(float *dweight, const float *dwperm, const fisher_conv2d_dims *d) {
+/* weight (OC, Cg, KH, KW) += dwperm (OC, KH, KW, Cg), rows [lo, hi) only. */
+static void conv_unpermute_add(float *dweight, const float *dwperm, int lo, int hi,
+                               const fisher_conv2d_dims *d) {
     int cg = d->C / d->groups, taps = d->KH * d->KW;
-    for (int o = 0; o < d->OC; o++)
+    for (int o = lo; o < hi; o++)
         for (int ci = 0; ci < cg; ci++)
             for (int t = 0; t < taps; t++)
                 dweight[((size_t)o * cg + ci) * taps + t] += dwperm[((size_t)o * taps + t) * cg + ci];
@@ -224,7 +260,7 @@ static void conv_depthwise_forward(float *out, float *wt, const float *inp, cons
  * reverse), then dweight/dbias summed over output positions. */
 static void conv_depthwise_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                                     const float *dout, const float *inp, const float *weight,
-                                    const fisher_conv2d_dims *d) {
+                                    const uint8_t *live_rows, const fisher_conv2d_dims *d) {
     int C = d->C, taps = d->KH * d->KW, s = d->stride, p = d->pad;
     size_t work = (size_t)d->B * d->OH * d->OW * C * taps;
     float *wt = scratch, *dwt = scratch + (size_t)taps * C;
@@ -249,7 +285,12 @@ static void conv_depthwise_backward(float *dinp, float *dweight, float *dbias, f
                     }
                 }
     }
-    if (!dweight && !dbias) return;
+    if (dbias) add_column_sums(dbias, dout, d->B * d->OH * d->OW, C, C);
+    if (!dweight) return;
+    /* a row of the weight is a channel: only the live channels' taps are summed */
+    row_run runs[(C + 1) / 2];
+    int n_runs = row_runs(runs, live_rows, C);
+    if (!n_runs) return;
     size_t nw = (size_t)taps * C;
     memset(dwt, 0, nw * sizeof *dwt);
 #pragma omp parallel for collapse(2) schedule(static) reduction(+ : dwt[:nw]) if (work > PAR_MIN)
@@ -265,14 +306,14 @@ static void conv_depthwise_backward(float *dinp, float *dweight, float *dbias, f
                         if (iw < 0 || iw >= d->W) continue;
                         const float *x = inp + (((size_t)b * d->H + ih) * d->W + iw) * C;
                         float *dw_t = dwt + (size_t)(ki * d->KW + kj) * C;
-                        for (int c = 0; c < C; c++) dw_t[c] += g[c] * x[c];
+                        for (int r = 0; r < n_runs; r++)
+                            for (int c = runs[r].lo; c < runs[r].hi; c++) dw_t[c] += g[c] * x[c];
                     }
                 }
             }
-    if (dweight)
-        for (int c = 0; c < C; c++)
+    for (int r = 0; r < n_runs; r++)
+        for (int c = runs[r].lo; c < runs[r].hi; c++)
             for (int t = 0; t < taps; t++) dweight[(size_t)c * taps + t] += dwt[(size_t)t * C + c];
-    if (dbias) add_column_sums(dbias, dout, d->B * d->OH * d->OW, C, C);
 }
 
 void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
@@ -299,9 +340,9 @@ void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const f
 
 void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                             const float *dout, const float *inp, const float *weight,
-                            const fisher_conv2d_dims *d) {
+                            const uint8_t *live_rows, const fisher_conv2d_dims *d) {
     if (conv_is_depthwise(d)) {
-        conv_depthwise_backward(dinp, dweight, dbias, scratch, dout, inp, weight, d);
+        conv_depthwise_backward(dinp, dweight, dbias, scratch, dout, inp, weight, live_rows, d);
         return;
     }
     int G = d->groups, ocg = d->OC / G, kg = (d->C / G) * d->KH * d->KW;
@@ -310,17 +351,26 @@ void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
     float *col = scratch + 2 * (size_t)d->OC * kg;
     int pointwise = conv_is_pointwise(d);
     if (dbias) add_column_sums(dbias, dout, rows, d->OC, d->OC);
-    if (dweight) {
+    row_run runs[(d->OC + 1) / 2];
+    int n_runs = dweight ? row_runs(runs, live_rows, d->OC) : 0;
+    if (n_runs) {
         const float *a = inp;
         if (!pointwise) {
             conv_im2col(col, inp, d);
             a = col;
         }
-        for (int g = 0; g < G; g++)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ocg, kg, rows, 1.0f,
-                        dout + (size_t)g * ocg, d->OC, a + (size_t)g * kg, G * kg, 0.0f,
-                        dwperm + (size_t)g * ocg * kg, kg);
-        conv_unpermute_add(dweight, dwperm, d);
+        /* per run of live rows, per group it overlaps: dwperm[lo:hi] of
+         * rows o = g·OCg + local reads group g's columns of col */
+        for (int i = 0; i < n_runs; i++)
+            for (int g = runs[i].lo / ocg; g < G && g * ocg < runs[i].hi; g++) {
+                int lo = runs[i].lo > g * ocg ? runs[i].lo : g * ocg;
+                int hi = runs[i].hi < (g + 1) * ocg ? runs[i].hi : (g + 1) * ocg;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, hi - lo, kg, rows, 1.0f,
+                            dout + lo, d->OC, a + (size_t)g * kg, G * kg, 0.0f,
+                            dwperm + (size_t)lo * kg, kg);
+            }
+        for (int i = 0; i < n_runs; i++)
+            conv_unpermute_add(dweight, dwperm, runs[i].lo, runs[i].hi, d);
     }
     if (dinp) {
         conv_permute_weight(wperm, weight, d);
@@ -821,30 +871,31 @@ void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratc
 
 void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scratch,
                          const float *dout, const float *inp, const fisher_esa_cache *cache,
-                         const fisher_esa_params *w, const fisher_esa_dims *d,
-                         const fisher_esa_stats *stats) {
+                         const fisher_esa_params *w, const fisher_esa_rows *live_rows,
+                         const fisher_esa_dims *d, const fisher_esa_stats *stats) {
     int B = d->B, N = d->N, M = d->M, C = d->C;
     size_t nc = (size_t)B * N * C, mc = (size_t)B * M * C;
     const fisher_esa_cache *a = cache;
+    const fisher_esa_rows all = {0}, *lr = live_rows ? live_rows : &all;
     float *dq = scratch, *dctx = dq + nc, *dk = dctx + nc, *dv = dk + mc;
     float *dsr_ln = dv + mc, *dsr = dsr_ln + mc, *att_scratch = dsr + mc;
     memset(scratch, 0, (2 * nc + 4 * mc) * sizeof *scratch);
-    fisher_linear_backward(dctx, grad->o_w, grad->o_b, dout, a->ctx, w->o_w, B * N, C, C);
+    fisher_linear_backward(dctx, grad->o_w, grad->o_b, dout, a->ctx, w->o_w, lr->o_w, B * N, C, C);
     fisher_attention_backward(dq, dk, dv, att_scratch, dctx, a->q, a->k, a->v, a->att, B, N, M, C,
                               d->NH);
     int reduced = d->sr > 1;
     /* without reduction, keys and values read the input itself */
     float *dkv = reduced ? dsr_ln : dinp;
     const float *kv_src = reduced ? a->sr_ln : inp;
-    fisher_linear_backward(dkv, grad->k_w, grad->k_b, dk, kv_src, w->k_w, B * M, C, C);
-    fisher_linear_backward(dkv, grad->v_w, grad->v_b, dv, kv_src, w->v_w, B * M, C, C);
+    fisher_linear_backward(dkv, grad->k_w, grad->k_b, dk, kv_src, w->k_w, lr->k_w, B * M, C, C);
+    fisher_linear_backward(dkv, grad->v_w, grad->v_b, dv, kv_src, w->v_w, lr->v_w, B * M, C, C);
     if (reduced) {
         fisher_layernorm_backward(dsr, grad->sr_ln_w, grad->sr_ln_b, dsr_ln, a->sr, w->sr_ln_w,
                                   a->sr_mean, a->sr_rstd, B * M, C);
         fisher_conv2d_backward(dinp, grad->sr_w, grad->sr_b, esa_conv_scratch(scratch, d), dsr, inp,
-                               w->sr_w, &d->sr_conv);
+                               w->sr_w, lr->sr_w, &d->sr_conv);
     }
-    fisher_linear_backward(dinp, grad->q_w, grad->q_b, dq, inp, w->q_w, B * N, C, C);
+    fisher_linear_backward(dinp, grad->q_w, grad->q_b, dq, inp, w->q_w, lr->q_w, B * N, C, C);
     if (!stats) return;
     const fisher_esa_stats *st = stats;
     if (st->o_H) fisher_stats_linear(st->o_H, st->o_S, a->ctx, dout, B * N, C, C, 1);

@@ -3,7 +3,7 @@
  * backward pair of free functions in the style of llm.c:
  *
  *     layer_forward(out, cache..., inp, weights..., dims...)
- *     layer_backward(dinp, dweight..., dout, inp, cache..., weights..., dims...)
+ *     layer_backward(dinp, dweight..., dout, inp, cache..., weights..., live_rows, dims...)
  *
  * Outputs first, then inputs, then sizes. Backward ACCUMULATES (+=) into
  * every gradient buffer it is given, so one zero_grad clears a whole model
@@ -11,6 +11,16 @@
  * be NULL: that gradient is not computed (this is how back-propagation stops
  * below the earliest trainable layer, and how frozen tensors skip their
  * weight-gradient GEMM).
+ *
+ * Live rows. Freezing goes by blocks of weight rows (axis 0: output features
+ * of a Linear, output channels of a Conv2d), so the weight-gradient half of
+ * a backward takes `live_rows`, one byte per row of the weight (OC entries;
+ * weight rows, not the R of the legend), nonzero for the rows to compute.
+ * It computes those rows only — one product per run of consecutive live
+ * rows — and does not touch the others: they keep what the gradient buffer
+ * held (zero, after zero_grad). NULL means every row. The input gradient
+ * always takes every row, and the bias gradient is computed whole (it is OC
+ * sums; a frozen bias is skipped by passing NULL).
  *
  * Layout. Activations are channels-last everywhere: an image batch is
  * (B, H, W, C) and a token sequence is (B, N, C) with N = H·W — the same
@@ -29,20 +39,25 @@
 #define FISHER_LAYERS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* ---- Linear: out (R, OC) = inp (R, IC) · weight (OC, IC)ᵀ + bias (OC) ---- */
 void fisher_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                            int R, int IC, int OC);
-/* dinp (R, IC) += dout·weight; dweight (OC, IC) += doutᵀ·inp; dbias += Σ_rows dout. */
+/* dinp (R, IC) += dout·weight; dweight (OC, IC) += doutᵀ·inp on the rows
+ * live_rows (OC) marks (NULL: all); dbias (OC) += Σ_rows dout. */
 void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, int R, int IC, int OC);
+                            const float *inp, const float *weight, const uint8_t *live_rows,
+                            int R, int IC, int OC);
 /* The same without bias, for a block of IC columns of a wider weight whose
  * rows are ldw floats apart (one input block of a layer that reads a
- * concatenation). Forward overwrites out, or adds to it when accumulate. */
+ * concatenation; live_rows (OC) are the wide weight's rows). Forward
+ * overwrites out, or adds to it when accumulate. */
 void fisher_linear_slice_forward(float *out, const float *inp, const float *weight, int ldw,
                                  int R, int IC, int OC, int accumulate);
 void fisher_linear_slice_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                                  const float *weight, int ldw, int R, int IC, int OC);
+                                  const float *weight, const uint8_t *live_rows, int ldw, int R,
+                                  int IC, int OC);
 
 /* ---- Conv2d, channels-last, stride/padding/groups (depthwise included) ---- */
 typedef struct {
@@ -61,9 +76,11 @@ size_t fisher_conv2d_scratch_floats(const fisher_conv2d_dims *d);
 
 void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
                            const float *bias, const fisher_conv2d_dims *d);
+/* live_rows (OC): the output channels whose dweight rows (Cg, KH, KW) are
+ * computed, NULL for all; a grouped conv's runs may cross group edges. */
 void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                             const float *dout, const float *inp, const float *weight,
-                            const fisher_conv2d_dims *d);
+                            const uint8_t *live_rows, const fisher_conv2d_dims *d);
 
 /* ---- LayerNorm over the last axis: (R, C) -> (R, C); caches mean, rstd (R) ---- */
 void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
@@ -160,6 +177,12 @@ typedef struct {
     float *o_w, *o_b;
 } fisher_esa_params;
 
+/* The live rows (C each; see the top of this file) of the weight gradients
+ * of the backward: NULL fields, or a NULL struct, mean every row. */
+typedef struct {
+    const uint8_t *q_w, *k_w, *v_w, *sr_w, *o_w;
+} fisher_esa_rows;
+
 /* What the forward keeps for the backward. */
 typedef struct {
     float *q;                                /* (B, N, C) */
@@ -176,12 +199,13 @@ size_t fisher_esa_scratch_floats(const fisher_esa_dims *d);
 
 void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratch, const float *inp,
                         const fisher_esa_params *w, const fisher_esa_dims *d);
-/* stats may be NULL; otherwise each non-NULL pointer in it receives that
- * sub-layer's Fisher statistics (fisher_stats_*). */
+/* live_rows may be NULL (every row of every weight gradient). stats may be
+ * NULL; otherwise each non-NULL pointer in it receives that sub-layer's
+ * Fisher statistics (fisher_stats_*). */
 void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scratch,
                          const float *dout, const float *inp, const fisher_esa_cache *cache,
-                         const fisher_esa_params *w, const fisher_esa_dims *d,
-                         const fisher_esa_stats *stats);
+                         const fisher_esa_params *w, const fisher_esa_rows *live_rows,
+                         const fisher_esa_dims *d, const fisher_esa_stats *stats);
 
 /* ---- Bilinear resize, align_corners=False (PyTorch's interpolate) ----
  * inp (B, H, W, C) -> out (B, OH, OW, C). */

@@ -265,6 +265,9 @@ struct fisher_segformer {
     float *stats_data;                       /* every layer's H and S */
     int collect_stats;
     uint8_t *trainable;                      /* per tensor: 0 = its gradient is never needed */
+    const uint8_t **rows_of;                 /* per tensor: its live rows (layers.h), into
+                                              * live_rows; NULL when every row is live */
+    uint8_t *live_rows;                      /* per tensor, one byte per index of axis 0 */
     int earliest;                            /* depth of the first layer with a trainable tensor */
     float *param_data, *grad_data, *buffer_data;
     int64_t num_batches_tracked;
@@ -294,6 +297,11 @@ static float *P(fisher_segformer *m, int i) {
  * backward then skips its weight-gradient work (FISHERADAPTUNE.md §8). */
 static float *G(fisher_segformer *m, int i) {
     return i == NONE || !m->trainable[i] ? NULL : m->grad_data + m->params.tensors[i].offset;
+}
+/* The rows of a weight's gradient that hold a live element, for the layer's
+ * backward (layers.h, "Live rows"); NULL when every row does. */
+static const uint8_t *LIVE(const fisher_segformer *m, int i) {
+    return i == NONE ? NULL : m->rows_of[i];
 }
 
 /* Whether some layer before the one owning tensor w trains, so that the
@@ -431,7 +439,11 @@ static int finish_layers(fisher_segformer *m, fisher_error *err) {
     if (m->trainable) memset(m->trainable, 1, (size_t)m->params.count);
     m->earliest = 0;
     m->stats_data = calloc(total, sizeof(float));
-    if (!m->layer_of || !m->stats_data || !m->trainable)
+    size_t rows = 0;
+    for (int i = 0; i < m->params.count; i++) rows += (size_t)m->params.tensors[i].shape[0];
+    m->rows_of = calloc((size_t)m->params.count, sizeof *m->rows_of); /* all rows live */
+    m->live_rows = malloc(rows);
+    if (!m->layer_of || !m->stats_data || !m->trainable || !m->rows_of || !m->live_rows)
         return fisher_errorf(err, "out of memory building the model");
     float *at = m->stats_data;
     for (int i = 0; i < m->n_layers; i++) {
@@ -495,6 +507,8 @@ void fisher_segformer_free(fisher_segformer *m) {
     free(m->layers);
     free(m->layer_of);
     free(m->trainable);
+    free(m->rows_of);
+    free(m->live_rows);
     free(m->stats_data);
     free(m->param_data);
     free(m->grad_data);
@@ -516,10 +530,25 @@ size_t fisher_segformer_layers(const fisher_segformer *m, const fisher_layer **l
 
 void fisher_segformer_collect_stats(fisher_segformer *m, int on) { m->collect_stats = on; }
 
-void fisher_segformer_set_trainable(fisher_segformer *m, const uint8_t *per_tensor) {
+void fisher_segformer_set_live(fisher_segformer *m, const uint8_t *live) {
     m->earliest = INT_MAX;
+    uint8_t *rows = m->live_rows;
     for (int i = 0; i < m->params.count; i++) {
-        m->trainable[i] = per_tensor ? per_tensor[i] != 0 : 1;
+        const fisher_tensor *t = &m->params.tensors[i];
+        size_t n_rows = (size_t)t->shape[0], len = t->numel / n_rows, n_live = n_rows;
+        if (live) {
+            n_live = 0;
+            for (size_t r = 0; r < n_rows; r++) {
+                const uint8_t *e = live + t->offset + r * len;
+                size_t k = 0;
+                while (k < len && !e[k]) k++;
+                rows[r] = k < len; /* one live element makes the row live */
+                n_live += rows[r];
+            }
+        }
+        m->trainable[i] = n_live > 0;
+        m->rows_of[i] = n_live > 0 && n_live < n_rows ? rows : NULL;
+        rows += n_rows;
         int depth = m->layers[m->layer_of[i]].depth;
         if (m->trainable[i] && depth < m->earliest) m->earliest = depth;
     }
@@ -919,24 +948,26 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
     fisher_layer *l;
     if ((l = stats_for(m, p->fc2_w))) fisher_stats_linear(l->H, l->S, a->h3, dres, B * N, Hd, C, 1);
     zero(dh3, nh);
-    fisher_linear_backward(dh3, G(m, p->fc2_w), G(m, p->fc2_b), dres, a->h3, P(m, p->fc2_w), B * N,
-                           Hd, C);
+    fisher_linear_backward(dh3, G(m, p->fc2_w), G(m, p->fc2_b), dres, a->h3, P(m, p->fc2_w),
+                           LIVE(m, p->fc2_w), B * N, Hd, C);
     zero(dh2, nh);
     fisher_gelu_backward(dh2, dh3, a->h2, nh);
     if ((l = stats_for(m, p->dw_w))) fisher_stats_conv(l->H, l->S, a->h1, dh2, &sa->dw, 1);
     zero(dh1, nh); /* dh3 is spent: its buffer now collects dh1 */
     fisher_conv2d_backward(dh1, G(m, p->dw_w), G(m, p->dw_b), g->conv, dh2, a->h1, P(m, p->dw_w),
-                           &sa->dw);
+                           LIVE(m, p->dw_w), &sa->dw);
     if ((l = stats_for(m, p->fc1_w))) fisher_stats_linear(l->H, l->S, a->ln2, dh1, B * N, C, Hd, 1);
     zero(g->ln, nc);
     fisher_linear_backward(g->ln, G(m, p->fc1_w), G(m, p->fc1_b), dh1, a->ln2, P(m, p->fc1_w),
-                           B * N, C, Hd);
+                           LIVE(m, p->fc1_w), B * N, C, Hd);
     if ((l = stats_for(m, p->ln2_w))) fisher_stats_layernorm(l->H, l->S, a->x1, g->ln, B, N, C);
     fisher_layernorm_backward(dres, G(m, p->ln2_w), G(m, p->ln2_b), g->ln, a->x1, P(m, p->ln2_w),
                               a->ln2_mean, a->ln2_rstd, B * N, C);
 
     /* attention: x1 = x + esa(ln1(x)) */
     fisher_esa_params w = esa_params(m, p, P), dw = esa_params(m, p, G);
+    fisher_esa_rows rows = {.q_w = LIVE(m, p->q_w), .k_w = LIVE(m, p->k_w), .v_w = LIVE(m, p->v_w),
+                            .sr_w = LIVE(m, p->sr_w), .o_w = LIVE(m, p->o_w)};
     fisher_esa_stats st = {0}, *stp = NULL;
     if (m->collect_stats) {
         fisher_layer *q = stats_for(m, p->q_w), *k = stats_for(m, p->k_w), *v = stats_for(m, p->v_w);
@@ -949,7 +980,8 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
         stp = &st;
     }
     zero(g->ln, nc);
-    fisher_esa_backward(g->ln, &dw, m->esa_scratch, dres, a->ln1, &a->esa, &w, &sa->esa, stp);
+    fisher_esa_backward(g->ln, &dw, m->esa_scratch, dres, a->ln1, &a->esa, &w, &rows, &sa->esa,
+                        stp);
     if ((l = stats_for(m, p->ln1_w))) fisher_stats_layernorm(l->H, l->S, x, g->ln, B, N, C);
     fisher_layernorm_backward(dres, G(m, p->ln1_w), G(m, p->ln1_b), g->ln, x, P(m, p->ln1_w),
                               a->ln1_mean, a->ln1_rstd, B * N, C);
@@ -1000,7 +1032,7 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
     int flows = flows_below(m, m->cls_w);
     if (flows) zero(g->relu, nd);
     fisher_linear_backward(flows ? g->relu : NULL, G(m, m->cls_w), G(m, m->cls_b), g->logits,
-                           m->relu, P(m, m->cls_w), B * N0, D, L);
+                           m->relu, P(m, m->cls_w), LIVE(m, m->cls_w), B * N0, D, L);
     if (!flows) return 0;
     zero(g->bn, nd);
     fisher_relu_backward(g->bn, g->relu, m->relu, nd);
@@ -1026,15 +1058,15 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         }
         if (to_lc) zero(g->lc[s], (size_t)B * sa->N * D);
         fisher_linear_slice_backward(to_lc ? g->lc[s] : NULL, dfuse_w ? dfuse_w + col : NULL, dz,
-                                     m->lc[s], P(m, m->fuse_w) + col, FISHER_STAGES * D,
-                                     B * sa->N, D, D);
+                                     m->lc[s], P(m, m->fuse_w) + col, LIVE(m, m->fuse_w),
+                                     FISHER_STAGES * D, B * sa->N, D, D);
         if (!to_lc) continue;
         if ((l = stats_for(m, m->lc_w[s])))
             fisher_stats_linear(l->H, l->S, sa->out, g->lc[s], B * sa->N, c->hidden_sizes[s], D, 1);
         if (to_encoder) zero(g->stage_out[s], (size_t)B * sa->N * c->hidden_sizes[s]);
         fisher_linear_backward(to_encoder ? g->stage_out[s] : NULL, G(m, m->lc_w[s]),
-                               G(m, m->lc_b[s]), g->lc[s], sa->out, P(m, m->lc_w[s]), B * sa->N,
-                               c->hidden_sizes[s], D);
+                               G(m, m->lc_b[s]), g->lc[s], sa->out, P(m, m->lc_w[s]),
+                               LIVE(m, m->lc_w[s]), B * sa->N, c->hidden_sizes[s], D);
     }
     if (!to_encoder) return 0;
 
@@ -1067,7 +1099,7 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         if ((l = stats_for(m, sp->patch_w))) fisher_stats_conv(l->H, l->S, inp, g->patch, &sa->patch, 1);
         fisher_conv2d_backward(s && flows_below(m, sp->patch_w) ? g->stage_out[s - 1] : NULL,
                                G(m, sp->patch_w), G(m, sp->patch_b), g->conv, g->patch, inp,
-                               P(m, sp->patch_w), &sa->patch);
+                               P(m, sp->patch_w), LIVE(m, sp->patch_w), &sa->patch);
     }
     return 0;
 }

@@ -142,12 +142,20 @@ size_t fisher_segformer_layers(const fisher_segformer *m, const fisher_layer **l
  * from the activations and output gradients it already holds. */
 void fisher_segformer_collect_stats(fisher_segformer *m, int on);
 
-/* Which tensors train (per_tensor[i] != 0; NULL: all). The backward then
- * computes no gradient for the others (their weight-gradient products are
- * skipped), collects statistics only for layers that train, and stops
- * propagating below the earliest layer that does. Gradients of tensors that
- * do not train are left untouched. */
-void fisher_segformer_set_trainable(fisher_segformer *m, const uint8_t *per_tensor);
+/* Which parameter elements train: live[e] != 0 for element e of the
+ * parameter layout (the method's live mask, a recipe's mask), NULL for all.
+ * From then on the backward (FISHERADAPTUNE.md §8)
+ *   - computes a weight's gradient only on its rows (axis-0 indices) that
+ *     hold a live element, one GEMM per run of such rows (layers.h);
+ *   - computes no gradient at all for a tensor without a live element;
+ *   - collects statistics only for layers that train;
+ *   - stops propagating below the earliest layer that trains.
+ * Gradient entries it skips are left untouched (zero after zero_grad), so
+ * only the live elements' gradients mean anything. A partly live row
+ * (column chunks) is computed whole; biases and norm parameters are
+ * computed whole when any of their elements is live. live is read during
+ * the call only; it costs one pass over it, so call it when it changes. */
+void fisher_segformer_set_live(fisher_segformer *m, const uint8_t *live);
 
 /* Bytes of activation memory held after prepare (for reports). */
 size_t fisher_segformer_activation_bytes(const fisher_segformer *m);

@@ -50,11 +50,16 @@ static int recipe_trains(const fisher_segformer *m, fisher_strategy s, int ti) {
     return 0;
 }
 
+/* The elements that train: the method's live ones, the recipe's, or all (NULL). */
+static const uint8_t *live_mask(const fisher_trainer *t) {
+    return t->method ? fisher_method_live_mask(t->method) : t->trainable;
+}
+
 /* What AdamW updates, as runs: every element (full), the recipe's, or the
  * method's live ones. */
 static void refresh_ranges(fisher_trainer *t) {
     size_t n = fisher_segformer_params(t->model)->total;
-    const uint8_t *mask = t->method ? fisher_method_live_mask(t->method) : t->trainable;
+    const uint8_t *mask = live_mask(t);
     if (!mask) {
         t->ranges[0] = (fisher_range){0, n};
         t->n_ranges = 1;
@@ -64,10 +69,10 @@ static void refresh_ranges(fisher_trainer *t) {
 }
 
 /* Everything that follows chunks freezing (FISHERADAPTUNE.md §6, §8): their
- * moments zeroed, AdamW's runs and the model's trainable tensors updated. */
+ * moments zeroed, AdamW's runs updated, and the model to be told before the
+ * next backward which rows and tensors still need gradients. */
 static void after_freezing(fisher_trainer *t) {
     fisher_adamw_zero_frozen(&t->opt, fisher_method_live_mask(t->method));
-    fisher_method_tensor_live(t->method, t->tensor_trains);
     t->model_told = 0;
     refresh_ranges(t);
     t->params_trainable = fisher_method_params_live(t->method);
@@ -89,12 +94,10 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
     t->dlogits = malloc(t->n_logits * sizeof(float));
     if (!t->dlogits) return fisher_errorf(err, "out of memory for a batch of %d at %dx%d", B, H, W);
     if (fisher_adamw_init(&t->opt, tab->total, optim, err)) goto fail;
-    if (!(t->tensor_trains = malloc((size_t)tab->count)) ||
-        !(t->ranges = malloc((tab->total / 2 + 1) * sizeof *t->ranges))) {
+    if (!(t->ranges = malloc((tab->total / 2 + 1) * sizeof *t->ranges))) {
         fisher_errorf(err, "out of memory");
         goto fail;
     }
-    memset(t->tensor_trains, 1, (size_t)tab->count);
     if (strategy == FISHER_STRATEGY_FISHER) {
         fisher_method_config defaults = fisher_method_defaults();
         if (!(t->method = fisher_method_create(m, method ? method : &defaults, err))) goto fail;
@@ -105,8 +108,7 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
         }
         t->params_trainable = 0;
         for (int i = 0; i < tab->count; i++) {
-            t->tensor_trains[i] = (uint8_t)recipe_trains(m, strategy, i);
-            if (!t->tensor_trains[i]) continue;
+            if (!recipe_trains(m, strategy, i)) continue;
             memset(t->trainable + tab->tensors[i].offset, 1, tab->tensors[i].numel);
             t->params_trainable += tab->tensors[i].numel;
         }
@@ -121,10 +123,10 @@ fail:
 void fisher_trainer_free(fisher_trainer *t) {
     if (t->model) {
         fisher_segformer_collect_stats(t->model, 0);
-        fisher_segformer_set_trainable(t->model, NULL);
+        fisher_segformer_set_live(t->model, NULL);
     }
-    free(t->tensor_trains), free(t->ranges);
-    t->tensor_trains = NULL, t->ranges = NULL;
+    free(t->ranges);
+    t->ranges = NULL;
     fisher_adamw_free(&t->opt);
     fisher_method_free(t->method);
     free(t->trainable);
@@ -137,7 +139,7 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
                         fisher_error *err) {
     fisher_segformer *m = t->model;
     if (!t->model_told) { /* what needs gradients; NULL (all) for the plain computation */
-        fisher_segformer_set_trainable(m, t->skip_frozen_work ? t->tensor_trains : NULL);
+        fisher_segformer_set_live(m, t->skip_frozen_work ? live_mask(t) : NULL);
         t->model_told = 1;
     }
     fisher_segformer_collect_stats(m, t->method && fisher_method_needs_stats(t->method, t->step));

@@ -53,11 +53,11 @@ typedef struct {
     fisher_method_report report; /* what the method decided at the last step */
     uint8_t *trainable;        /* fixed recipes: 1 per trainable element; NULL for full */
     size_t params_trainable;   /* elements that train now */
-    int skip_frozen_work;      /* 1 (default): frozen tensors cost no gradient work (§8);
-                                * 0: the plain masked computation, for comparison
-                                * (set it before the first step) */
-    uint8_t *tensor_trains;    /* per tensor: does it still train */
-    int model_told;            /* the model knows tensor_trains as it is now */
+    int skip_frozen_work;      /* 1 (default): frozen rows and tensors cost no gradient
+                                * work (§8, fisher_segformer_set_live); 0: the plain
+                                * masked computation, for comparison (set it before
+                                * the first step) */
+    int model_told;            /* the model knows the live mask as it is now */
     fisher_range *ranges;      /* the runs of elements AdamW updates */
     size_t n_ranges;
     int64_t step;              /* steps taken */
@@ -83,9 +83,9 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
                         fisher_error *err);
 
 /* Freezes the given chunks now (strategy fisher only), with everything a
- * decision does: moments zeroed, gradient work of whole frozen tensors
- * skipped from the next step. For imposing a freezing schedule (benchmarks,
- * tests). Returns 0, or -1 for another strategy. */
+ * decision does: moments zeroed, gradient work of the frozen rows (and of
+ * tensors frozen whole) skipped from the next step. For imposing a freezing
+ * schedule (benchmarks, tests). Returns 0, or -1 for another strategy. */
 int fisher_trainer_freeze(fisher_trainer *t, const size_t *chunks, size_t n, fisher_error *err);
 
 /* Evaluates m in inference mode (BatchNorm on running statistics) over

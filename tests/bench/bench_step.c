@@ -10,6 +10,12 @@
  *
  *     bench_step --config mit-b0 --size 128 --batch 4 --threads 2 --warmup 2 --reps 5
  *
+ * With --strategy fisher, chunks can be frozen before timing, two ways:
+ * --frozen F freezes the fraction F of all chunks the way the method does,
+ * earliest layers first (whole tensors freeze, back-propagation stops
+ * early); --frozen-spread F takes the same share F of every tensor's row
+ * chunks, so tensors stay partly live and only row-level skipping can pay.
+ *
  * Prints ONE JSON line on stdout (the driver parses it):
  *     {"impl":"c","config":"mit-b0","size":128,"batch":4,"threads":2,
  *      "step_ms":[...reps values...],"maxrss_mb":...,"sgemm_gflops":...,"sgemm_n":...}
@@ -53,12 +59,15 @@ typedef struct {
     const char *strategy;      /* full | fisher | decoder | norm | bitfit */
     long ema_interval;         /* fisher: steps between drift measurements */
     double frozen;             /* fisher: fraction of chunks frozen before timing, earliest layers first */
+    double frozen_spread;      /* fisher: fraction of chunks frozen before timing, that share of
+                                * every tensor's chunks */
 } bench_args;
 
 
 static void usage(FILE *out) {
     fprintf(out, "usage: bench_step --config NAME --size N --batch B --threads T --warmup W "
-                 "--reps R [--strategy S] [--ema-interval N] [--frozen FRACTION]\n");
+                 "--reps R [--strategy S] [--ema-interval N] [--frozen FRACTION | "
+                 "--frozen-spread FRACTION]\n");
 }
 
 /* Returns 0, or 2 (the exit status) after printing what was wrong. */
@@ -68,10 +77,11 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         {"batch", required_argument, 0, 'b'},  {"threads", required_argument, 0, 't'},
         {"warmup", required_argument, 0, 'w'}, {"reps", required_argument, 0, 'r'},
         {"strategy", required_argument, 0, 'S'}, {"ema-interval", required_argument, 0, 'E'},
-        {"frozen", required_argument, 0, 'F'}, {"help", no_argument, 0, 'h'},
+        {"frozen", required_argument, 0, 'F'}, {"frozen-spread", required_argument, 0, 'P'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    *a = (bench_args){"tiny", 64, 8, 1, 2, 5, "full", 1, 0.0};
+    *a = (bench_args){"tiny", 64, 8, 1, 2, 5, "full", 1, 0.0, 0.0};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -90,6 +100,12 @@ static int parse_args(bench_args *a, int argc, char **argv) {
             a->frozen = f;
             break;
         }
+        case 'P': {
+            float f;
+            bad = cli_parse_float("--frozen-spread", optarg, 0, 0.99, &f);
+            a->frozen_spread = f;
+            break;
+        }
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return 2;
         }
@@ -103,8 +119,12 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         fprintf(stderr, "bench_step: unknown --strategy '%s'\n", a->strategy);
         return 2;
     }
-    if (a->frozen > 0 && strcmp(a->strategy, "fisher") != 0) {
-        fprintf(stderr, "bench_step: --frozen needs --strategy fisher\n");
+    if ((a->frozen > 0 || a->frozen_spread > 0) && strcmp(a->strategy, "fisher") != 0) {
+        fprintf(stderr, "bench_step: --frozen and --frozen-spread need --strategy fisher\n");
+        return 2;
+    }
+    if (a->frozen > 0 && a->frozen_spread > 0) {
+        fprintf(stderr, "bench_step: --frozen and --frozen-spread are alternatives\n");
         return 2;
     }
     return 0;
@@ -171,13 +191,14 @@ static int print_result(const bench_args *a, const double *ms, double maxrss_mb,
                         double sgemm_gflops, int sgemm_n, size_t trainable, size_t parameters) {
     json_t *steps = json_array();
     for (long i = 0; i < a->reps; i++) json_array_append_new(steps, json_real(ms[i]));
-    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:o, s:f, s:f, s:i, s:s, s:i, s:f, s:I, s:I}",
+    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:o, s:f, s:f, s:i, s:s, s:i, s:f, s:f, s:I, "
+                          "s:I}",
                           "impl", "c", "config", a->config, "size", (int)a->size, "batch",
                           (int)a->batch, "threads", (int)a->threads, "step_ms", steps, "maxrss_mb",
                           maxrss_mb, "sgemm_gflops", sgemm_gflops, "sgemm_n", sgemm_n, "strategy",
                           a->strategy, "ema_interval", (int)a->ema_interval, "frozen", a->frozen,
-                          "params_trainable", (json_int_t)trainable, "parameters",
-                          (json_int_t)parameters);
+                          "frozen_spread", a->frozen_spread, "params_trainable",
+                          (json_int_t)trainable, "parameters", (json_int_t)parameters);
     /* Six significant digits: the timer resolves microseconds at best. */
     char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6))
                    : NULL;
@@ -213,6 +234,7 @@ int main(int argc, char **argv) {
     float *masks = malloc(nlab * sizeof(float));
     double *ms = malloc((size_t)a.reps * sizeof(double));
     size_t *order = NULL;
+    double *rank = NULL;
     rc = 1;
     if (!images || !masks || !ms) {
         fprintf(stderr, "bench_step: out of memory for a batch of %d at %dx%d\n", B, H, W);
@@ -223,27 +245,45 @@ int main(int argc, char **argv) {
     /* The step is the trainer's, the one fisherd runs: with --strategy fisher
      * that includes the Fisher statistics and, every --ema-interval steps,
      * the drift of every live chunk; decisions are kept out of the timed
-     * steps (freeze interval beyond them) so the freezing is what --frozen says. */
+     * steps (freeze interval beyond them) so the freezing is what --frozen or
+     * --frozen-spread says. */
     fisher_method_config method = fisher_method_defaults();
     method.ema_interval = a.ema_interval;
     method.freeze_interval = 1000000000;
     if (fisher_trainer_init(&t, m, B, H, W, fisher_adamw_defaults(), FISHER_DICE_WEIGHT_DEFAULT,
                             (fisher_strategy)fisher_strategy_parse(a.strategy), &method, &err))
         goto fail;
-    if (a.frozen > 0) { /* the way the method freezes: the earliest layers first */
+    if (a.frozen > 0 || a.frozen_spread > 0) {
         const fisher_chunk *chunks;
         const fisher_layer *layers;
-        size_t n = fisher_method_chunks(t.method, &chunks), k = (size_t)(a.frozen * (double)n);
+        size_t n = fisher_method_chunks(t.method, &chunks);
+        double fraction = a.frozen > 0 ? a.frozen : a.frozen_spread;
         fisher_segformer_layers(m, &layers);
-        if (!(order = malloc(n * sizeof *order))) goto out;
-        for (size_t i = 0; i < n; i++) order[i] = i;
-        for (size_t i = 1; i < n; i++) /* insertion sort by forward depth: n is a few hundred */
-            for (size_t j = i; j > 0 && layers[chunks[order[j - 1]].layer].depth >
-                                        layers[chunks[order[j]].layer].depth; j--) {
+        if (!(order = malloc(n * sizeof *order)) || !(rank = malloc(n * sizeof *rank))) goto out;
+        /* --frozen, the way the method freezes: by forward depth, earliest
+         * layers first. --frozen-spread: by a chunk's place in its tensor,
+         * (i + 1/2) / blocks, so every tensor loses the same share of its
+         * blocks, then by depth; i counts from a block that rotates with the
+         * tensor, so the frozen blocks fall at the edges in some tensors and
+         * inside in others (one or two live runs of rows). */
+        for (size_t c = 0, first = 0; c < n; c++) {
+            if (chunks[c].tensor != chunks[first].tensor) first = c;
+            size_t blocks = 0;
+            while (first + blocks < n && chunks[first + blocks].tensor == chunks[first].tensor)
+                blocks++;
+            size_t i = (c - first + (size_t)chunks[c].tensor) % blocks;
+            rank[c] = a.frozen > 0 ? 0.0 : ((double)i + 0.5) / (double)blocks;
+            order[c] = c;
+        }
+#define BEFORE(x, y) (rank[x] < rank[y] || (rank[x] == rank[y] && \
+                      layers[chunks[x].layer].depth < layers[chunks[y].layer].depth))
+        for (size_t i = 1; i < n; i++) /* insertion sort: n is a few hundred */
+            for (size_t j = i; j > 0 && BEFORE(order[j], order[j - 1]); j--) {
                 size_t tmp = order[j];
                 order[j] = order[j - 1], order[j - 1] = tmp;
             }
-        if (fisher_trainer_freeze(&t, order, k, &err)) goto fail;
+#undef BEFORE
+        if (fisher_trainer_freeze(&t, order, (size_t)(fraction * (double)n), &err)) goto fail;
     }
 
     fisher_rng rng;
@@ -288,6 +328,6 @@ fail:
 out:
     fisher_trainer_free(&t);
     fisher_segformer_free(m);
-    free(images), free(masks), free(ms), free(order);
+    free(images), free(masks), free(ms), free(order), free(rank);
     return rc;
 }

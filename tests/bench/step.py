@@ -266,16 +266,25 @@ AMORTISED = (50, 300)   # the small example's and the SegFormer config's ema_int
 FROZEN = (0.0, 0.25, 0.5, 0.75, 0.9)
 
 
+def frozen_name(fraction, spread):
+    return f"fisher, {int(100 * fraction)}% frozen" + (" spread" if spread and fraction else "")
+
+
 def fisher_section(binary, rounds, reps):
-    """Two markdown tables: the overhead of drift tracking over `full`, and
-    the step time as chunks freeze (earliest layers first)."""
+    """Markdown tables: the overhead of drift tracking over `full`, and the
+    step time as chunks freeze — earliest layers first (whole tensors freeze,
+    back-propagation stops early), and spread (every tensor loses the same
+    share of its row chunks: only skipping frozen rows can pay)."""
     config, size, batch, threads = FISHER_CASE
     variants = [("full", ["--strategy", "full"])]
     variants += [(f"fisher, ema_interval {e}", ["--strategy", "fisher", "--ema-interval", str(e)])
                  for e in EMA_INTERVALS]
-    variants += [(f"fisher, {int(100 * f)}% frozen",
+    variants += [(frozen_name(f, False),
                   ["--strategy", "fisher", "--ema-interval", "1000000000", "--frozen", str(f)])
                  for f in FROZEN]
+    variants += [(frozen_name(f, True),
+                  ["--strategy", "fisher", "--ema-interval", "1000000000", "--frozen-spread", str(f)])
+                 for f in FROZEN if f > 0]
     times = {name: [] for name, _ in variants}
     trainable = {}
     for r in range(rounds):  # interleaved, like the main table
@@ -299,19 +308,25 @@ def fisher_section(binary, rounds, reps):
     for n in AMORTISED:
         lines.append(f"| fisher, ema_interval {n} (amortised: full + measurement / {n}) | — | "
                      f"{mean['full'] + measure / n:.1f} | {100 * measure / n / mean['full']:+.1f}% |")
-    lines += ["", "| chunks frozen (earliest layers first) | parameters training | median ms | "
-              "vs 0% frozen |", "|--:|--:|--:|--:|"]
-    base = med[f"fisher, {int(100 * FROZEN[0])}% frozen"]
+    lines += ["", "| chunks frozen | earliest layers first: parameters training | median ms | "
+              "vs 0% frozen | spread over tensors: parameters training | median ms | vs 0% frozen |",
+              "|--:|--:|--:|--:|--:|--:|--:|"]
+    base = med[frozen_name(FROZEN[0], False)]
     for f in FROZEN:
-        name = f"fisher, {int(100 * f)}% frozen"
-        lines.append(f"| {int(100 * f)}% | {100 * trainable[name]:.1f}% | {med[name]:.1f} | "
-                     f"{med[name] / base:.2f} |")
+        row = f"| {int(100 * f)}% |"
+        for spread in (False, True):
+            name = frozen_name(f, spread)
+            row += f" {100 * trainable[name]:.1f}% | {med[name]:.1f} | {med[name] / base:.2f} |"
+        lines.append(row)
     lines += ["", f"- Overhead rows: mean step time over {rounds} round(s) of {reps} steps — with "
               "ema_interval N one step in N measures every chunk's drift, so the mean is what a run "
               "pays; 'vs full' compares means; the amortised rows add one measurement's measured cost "
               "(ema_interval 1 minus full) every N steps. Freezing rows: drift measurement off "
-              "(ema_interval 10^9) to isolate what freezing saves; chunks frozen in forward-depth "
-              "order, the way the method freezes early encoder layers first."]
+              "(ema_interval 10^9) to isolate what freezing saves. Earliest layers first: chunks "
+              "frozen in forward-depth order, the way the method freezes early encoder layers "
+              "first (whole tensors freeze, back-propagation stops early). Spread: every tensor "
+              "loses the same share of its row chunks (--frozen-spread), so tensors stay partly "
+              "live and only skipping the weight-gradient rows of frozen chunks saves time."]
     return "\n".join(lines) + "\n"
 
 

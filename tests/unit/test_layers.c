@@ -60,12 +60,12 @@ static void test_linear(void **state) {
     float *dw = zeros((size_t)OC * IC), *db = zeros(OC);
     fisher_linear_forward(out, inp, w, b, R, IC, OC);
     check("linear", "out", out, (size_t)R * OC);
-    fisher_linear_backward(dinp, dw, db, dout, inp, w, R, IC, OC);
+    fisher_linear_backward(dinp, dw, db, dout, inp, w, NULL, R, IC, OC);
     check("linear", "dinp", dinp, (size_t)R * IC);
     check("linear", "dweight", dw, (size_t)OC * IC);
     check("linear", "dbias", db, OC);
     /* backward accumulates: a second call doubles every gradient */
-    fisher_linear_backward(dinp, dw, db, dout, inp, w, R, IC, OC);
+    fisher_linear_backward(dinp, dw, db, dout, inp, w, NULL, R, IC, OC);
     float *want = get("linear", "dbias", OC);
     for (int i = 0; i < OC; i++) want[i] *= 2;
     assert_close("linear.dbias accumulated twice", db, want, OC, RTOL, ATOL);
@@ -90,7 +90,7 @@ static void run_conv(const conv_case *cc) {
     float *scratch = zeros(fisher_conv2d_scratch_floats(&d));
     fisher_conv2d_forward(out, scratch, inp, w, b, &d);
     check(cc->name, "out", out, n_out);
-    fisher_conv2d_backward(dinp, dw, cc->bias ? db : NULL, scratch, dout, inp, w, &d);
+    fisher_conv2d_backward(dinp, dw, cc->bias ? db : NULL, scratch, dout, inp, w, NULL, &d);
     check(cc->name, "dinp", dinp, n_in);
     check(cc->name, "dweight", dw, n_w);
     if (cc->bias) check(cc->name, "dbias", db, d.OC);
@@ -111,6 +111,129 @@ static void test_conv_dims_reject(void **s) {
     assert_int_equal(fisher_conv2d_dims_init(&d, 1, 2, 2, 4, 4, 7, 7, 4, 0, 1), -1); /* empty */
     assert_int_equal(fisher_conv2d_dims_init(&d, 1, 7, 7, 4, 4, 7, 7, 4, 3, 1), 0);
     assert_int_equal(d.OH, 2);
+}
+
+/* ---- Live rows (layers.h): weight gradients of some rows only ---- */
+
+static uint64_t lcg = 2024;
+
+/* n values uniform in [-0.5, 0.5) from one fixed stream. */
+static float *randoms(size_t n) {
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        lcg = lcg * 6364136223846793005u + 1442695040888963407u,
+        x[i] = (float)(lcg >> 40) / (1 << 24) - 0.5f;
+    return x;
+}
+
+/* Row masks over 12 rows: runs at both edges, in the middle and across the
+ * edges of 4 groups of 3 (the grouped conv); none; all. */
+static const char *const row_patterns[] = {"011100111001", "100000000011", "000000000000",
+                                           "111111111111"};
+enum { MASK_ROWS = 12 };
+
+static void mask_of(uint8_t *live, const char *pattern) {
+    for (int o = 0; o < MASK_ROWS; o++) live[o] = pattern[o] == '1';
+}
+
+/* A weight gradient of MASK_ROWS rows, len floats each, computed with the
+ * row mask live onto pre (masked) against the full one computed onto zeros
+ * (full): live rows must hold pre + full, the others exactly pre, bit for
+ * bit. Returns the frozen rows seen. */
+static int check_live_rows(const char *name, const float *masked, const float *pre,
+                           const float *full, const uint8_t *live, int len) {
+    int frozen = 0;
+    size_t n = (size_t)MASK_ROWS * len;
+    float *want = malloc(n * sizeof *want);
+    for (int o = 0; o < MASK_ROWS; o++) {
+        const float *got = masked + (size_t)o * len, *p = pre + (size_t)o * len;
+        for (int j = 0; j < len; j++)
+            want[(size_t)o * len + j] = p[j] + (live[o] ? full[(size_t)o * len + j] : 0);
+        if (live[o]) continue;
+        frozen++;
+        if (memcmp(got, p, (size_t)len * sizeof *got) != 0)
+            fail_msg("%s: frozen row %d was written", name, o);
+    }
+    assert_close(name, masked, want, n, 1e-5, 1e-6);
+    free(want);
+    return frozen;
+}
+
+static void test_linear_live_rows(void **s) {
+    (void)s;
+    int R = 37, IC = 9, OC = MASK_ROWS, ldw = 3 * IC; /* a middle column block of a wider weight */
+    float *inp = randoms((size_t)R * IC), *dout = randoms((size_t)R * OC);
+    float *w = randoms((size_t)OC * ldw), *pre = randoms((size_t)OC * ldw);
+    for (size_t k = 0; k < sizeof row_patterns / sizeof *row_patterns; k++) {
+        uint8_t live[MASK_ROWS];
+        mask_of(live, row_patterns[k]);
+        char name[96];
+        /* the plain linear: dweight and dbias, rows IC apart */
+        float *dw = malloc((size_t)OC * IC * sizeof *dw), *dw_full = zeros((size_t)OC * IC);
+        memcpy(dw, pre, (size_t)OC * IC * sizeof *dw);
+        float *dinp = zeros((size_t)R * IC), *dinp_full = zeros((size_t)R * IC);
+        float *db = zeros(OC), *db_full = zeros(OC);
+        fisher_linear_backward(dinp, dw, db, dout, inp, w, live, R, IC, OC);
+        fisher_linear_backward(dinp_full, dw_full, db_full, dout, inp, w, NULL, R, IC, OC);
+        snprintf(name, sizeof name, "linear %s dweight", row_patterns[k]);
+        check_live_rows(name, dw, pre, dw_full, live, IC);
+        assert_memory_equal(dinp, dinp_full, (size_t)R * IC * sizeof *dinp);
+        assert_memory_equal(db, db_full, OC * sizeof *db); /* biases are computed whole */
+        /* the slice: columns [IC, 2·IC) of an (OC, 3·IC) weight */
+        float *ws = malloc((size_t)OC * ldw * sizeof *ws), *ws_full = zeros((size_t)OC * ldw);
+        memcpy(ws, pre, (size_t)OC * ldw * sizeof *ws);
+        fisher_linear_slice_backward(NULL, ws + IC, dout, inp, w + IC, live, ldw, R, IC, OC);
+        fisher_linear_slice_backward(NULL, ws_full + IC, dout, inp, w + IC, NULL, ldw, R, IC, OC);
+        snprintf(name, sizeof name, "linear slice %s dweight", row_patterns[k]);
+        check_live_rows(name, ws, pre, ws_full, live, ldw); /* other columns: pre + 0 */
+        free(dw), free(dw_full), free(dinp), free(dinp_full), free(db), free(db_full);
+        free(ws), free(ws_full);
+    }
+    free(inp), free(dout), free(w), free(pre);
+}
+
+static void test_conv_live_rows(void **s) {
+    (void)s;
+    static const conv_case cases[] = { /* OC = 12 throughout */
+        {"patch 7x7 s4 p3", 2, 19, 23, 3, MASK_ROWS, 7, 4, 3, 1, 1},
+        {"dense 3x3 s2 p1", 2, 9, 12, 5, MASK_ROWS, 3, 2, 1, 1, 1},
+        {"grouped G=4 3x3", 2, 6, 7, 8, MASK_ROWS, 3, 1, 1, 4, 0},
+        {"depthwise 3x3", 2, 7, 5, MASK_ROWS, MASK_ROWS, 3, 1, 1, MASK_ROWS, 1},
+        {"threaded depthwise", 4, 32, 31, MASK_ROWS, MASK_ROWS, 3, 1, 1, MASK_ROWS, 1},
+        {"pointwise 1x1", 2, 5, 6, 7, MASK_ROWS, 1, 1, 0, 1, 0},
+        {"sr 4x4 s4", 2, 8, 12, 6, MASK_ROWS, 4, 4, 0, 1, 1},
+    };
+    int frozen_rows = 0;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const conv_case *cc = &cases[c];
+        fisher_conv2d_dims d;
+        assert_int_equal(fisher_conv2d_dims_init(&d, cc->B, cc->H, cc->W, cc->C, cc->OC, cc->K,
+                                                 cc->K, cc->stride, cc->pad, cc->groups), 0);
+        int len = (d.C / d.groups) * d.KH * d.KW;
+        size_t n_in = (size_t)d.B * d.H * d.W * d.C, n_out = (size_t)d.B * d.OH * d.OW * d.OC;
+        size_t n_w = (size_t)d.OC * len;
+        float *inp = randoms(n_in), *dout = randoms(n_out), *w = randoms(n_w), *pre = randoms(n_w);
+        float *scratch = zeros(fisher_conv2d_scratch_floats(&d));
+        for (size_t k = 0; k < sizeof row_patterns / sizeof *row_patterns; k++) {
+            uint8_t live[MASK_ROWS];
+            mask_of(live, row_patterns[k]);
+            float *dw = malloc(n_w * sizeof *dw), *dw_full = zeros(n_w);
+            memcpy(dw, pre, n_w * sizeof *dw);
+            float *dinp = zeros(n_in), *dinp_full = zeros(n_in);
+            float *db = zeros(d.OC), *db_full = zeros(d.OC);
+            fisher_conv2d_backward(dinp, dw, cc->bias ? db : NULL, scratch, dout, inp, w, live, &d);
+            fisher_conv2d_backward(dinp_full, dw_full, cc->bias ? db_full : NULL, scratch, dout, inp,
+                                   w, NULL, &d);
+            char name[96];
+            snprintf(name, sizeof name, "conv %s %s dweight", cc->name, row_patterns[k]);
+            frozen_rows += check_live_rows(name, dw, pre, dw_full, live, len);
+            assert_memory_equal(dinp, dinp_full, n_in * sizeof *dinp);
+            assert_memory_equal(db, db_full, d.OC * sizeof *db);
+            free(dw), free(dw_full), free(dinp), free(dinp_full), free(db), free(db_full);
+        }
+        free(inp), free(dout), free(w), free(pre), free(scratch);
+    }
+    printf("  %d frozen conv weight rows left untouched\n", frozen_rows);
 }
 
 /* fisher_stats_conv against the definition, written out as the direct loop
@@ -310,7 +433,7 @@ static void test_efficient_self_attention(void **s) {
     };
     fisher_esa_forward(out, &cache, scratch, hidden, &w, &d);
     check("esa", "out", out, nc);
-    fisher_esa_backward(dhidden, &g, scratch, dout, hidden, &cache, &w, &d, NULL);
+    fisher_esa_backward(dhidden, &g, scratch, dout, hidden, &cache, &w, NULL, &d, NULL);
     check("esa", "dhidden", dhidden, nc);
     for (int i = 0; i < NT; i++) {
         char what[96];
@@ -460,6 +583,7 @@ int main(void) {
         cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_sr),
         cmocka_unit_test(test_conv_1x1),       cmocka_unit_test(test_conv_dims_reject),
         cmocka_unit_test(test_stats_conv_direct),
+        cmocka_unit_test(test_linear_live_rows), cmocka_unit_test(test_conv_live_rows),
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
