@@ -117,16 +117,44 @@ unit-asan:
 integration: all
 	FISHERD=$(abspath $(BUILD)/fisherd) /usr/bin/python3 -m pytest -q tests/integration
 
+# The dashboard (web/): plain files, plus uPlot from npm copied into
+# web/vendor/ (git-ignored), so `fisherd serve --web-root web` serves a
+# complete page. Node.js and npm come from Debian when the machine has none.
+.PHONY: web browser-test
+web: web/vendor/uPlot.esm.js
+
+web/vendor/uPlot.esm.js: web/package.json web/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "web: installing nodejs npm"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	cd web && npm ci --no-audit --no-fund
+	mkdir -p web/vendor
+	cp web/node_modules/uplot/LICENSE web/vendor/uPlot.LICENSE
+	cp web/node_modules/uplot/dist/uPlot.min.css web/vendor/
+	cp web/node_modules/uplot/dist/uPlot.esm.js web/vendor/
+
+# The dashboard end to end: playwright-core (npm) drives Debian's Chromium
+# against a daemon the test starts and stops itself (~30 s; screenshots in
+# build/browser/).
+browser-test: web
+	$(MAKE) all
+	@dpkg-query -W -f='$${Status}' chromium 2>/dev/null | grep -q 'ok installed' || { echo "browser-test: installing chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@test tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json || \
+	  (cd tests/browser && npm ci --no-audit --no-fund)
+	FISHERD=$(abspath $(BUILD)/fisherd) node --test --test-reporter=spec tests/browser/dashboard.test.mjs
+
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) browser-test
 	$(MAKE) unit-asan
 
 # The daemon in the foreground on 127.0.0.1:8080, data in ./var (Ctrl-C
 # stops it; jobs it was running continue at the next start).
 run: deps
 	$(MAKE) all
+	$(MAKE) web
 	$(BUILD)/fisherd serve --data-dir var --web-root web
 
 # The training-step benchmark, C vs PyTorch, interleaved (minutes; pass
