@@ -395,7 +395,7 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
         }
         if (cb && cb->on_progress) {
             fisher_job_progress p = {step + 1, total, step / per_epoch, loss,
-                                     fisher_now_seconds() - t0, t.params_trainable};
+                                     fisher_now_seconds() - t0, t.params_trainable, res->parameters};
             cb->on_progress(cb->ctx, &p);
         }
         if ((step + 1) % eval_every == 0 || step + 1 == total) {

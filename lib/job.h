@@ -99,6 +99,7 @@ typedef struct {
     float loss;
     double step_seconds;
     size_t params_trainable;       /* elements that train now */
+    size_t params_total;           /* of the whole model */
 } fisher_job_progress;
 
 typedef struct {
