@@ -166,6 +166,7 @@ bench: deps torch-deps
 	mkdir -p $(BUILD)/bench
 	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c daemon/cli.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
+	dpkg-query -W -f='$${Status}' wrk 2>/dev/null | grep -q 'ok installed' || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }; /usr/bin/python3 tests/bench/serve_bench.py --bin $(BUILD)/fisherd $(filter --quick,$(BENCH_ARGS))
 
 # The store's read and write paths at the sizes DESIGN.md sets targets for
 # (a 10k-point series, a 700 x 3000 heatmap, 700-value drift records).
