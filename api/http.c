@@ -58,7 +58,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -99,6 +101,7 @@ struct http_server {
     char *static_root;          /* realpath of the root, NULL = none */
     size_t static_root_len;
     size_t max_body;
+    int nice;
     unsigned heartbeat_ms;
     size_t sse_buffer;
     unsigned port;
@@ -1246,6 +1249,20 @@ static enum MHD_Result http__finish(http_request *req) {
     return http__queue(req);
 }
 
+/* Lowers this connection thread's priority (Linux keeps a nice value per
+ * thread) to the main thread's plus `nice`: under load, requests then take
+ * the CPU the training threads leave rather than the other way round.
+ * Cheap enough to repeat per request; failures change nothing that
+ * matters. */
+static void http__be_nice(int nice) {
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    errno = 0;
+    int base = getpriority(PRIO_PROCESS, (id_t)getpid()); /* the main thread's, not this one's */
+    if (errno) return;
+    int want = base + nice > 19 ? 19 : base + nice;
+    if (getpriority(PRIO_PROCESS, (id_t)tid) != want) setpriority(PRIO_PROCESS, (id_t)tid, want);
+}
+
 static enum MHD_Result http__on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                         const char *method, const char *version,
                                         const char *upload_data, size_t *upload_data_size,
@@ -1261,6 +1278,7 @@ static enum MHD_Result http__on_request(void *cls, struct MHD_Connection *conn, 
         req->started = 1;
         req->conn = conn;
         req->method = method;
+        if (req->srv->nice) http__be_nice(req->srv->nice);
         return http__begin(req);
     }
     if (*upload_data_size) {
@@ -1428,6 +1446,7 @@ int http_server_start(const http_config *cfg, const http_route *routes, size_t n
     }
     srv->app = app;
     srv->auth_reads = c.auth_reads;
+    srv->nice = c.nice < 0 ? 0 : c.nice > 19 ? 19 : c.nice;
     srv->max_body = c.max_body ? c.max_body : HTTP_DEFAULT_MAX_BODY;
     srv->sse_buffer = c.sse_buffer ? c.sse_buffer : HTTP_DEFAULT_SSE_BUFFER;
     srv->access_log = c.access_log;

@@ -73,6 +73,9 @@ typedef struct {
                                  * dashboard, which a browser loads before it has one) */
     const char *static_root;    /* directory served for GETs outside /api/; NULL = none */
     unsigned sse_heartbeat_ms;  /* comment line on idle streams [15000; at most timeout/2] */
+    int nice;                   /* connection threads run this much nicer than the process
+                                 * (0..19), so CPU-bound training keeps the cores when
+                                 * requests pour in [0] */
     size_t sse_buffer;          /* bytes queued per stream before a slow client is dropped
                                  * [256 KiB] */
     http_access_log_fn access_log;  /* optional */

@@ -38,6 +38,9 @@
 #include "http.h"
 #include "testutil.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
 /* ------------------------------------------------- a tiny HTTP/1.1 client */
 
 typedef struct {
@@ -1313,8 +1316,44 @@ static void test_ipv6_loopback(void **state) {
     http_server_stop(srv);
 }
 
+/* Answers with the nice value of the thread that runs it. */
+static int h_nice(http_request *req, void *app, fisher_error *err) {
+    (void)app, (void)err;
+    int nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+    return http_respond_json(req, 200, json_pack("{s:i}", "nice", nice));
+}
+
+/* Handlers run on threads nicer than the process by the configured
+ * amount, so requests yield the CPU to training; the process itself (and
+ * so the training threads it starts) keeps its priority. */
+static void test_connection_threads_are_nicer(void **state) {
+    (void)state;
+    http_route routes[] = {{"GET", "/nice", h_nice, 0, 0}};
+    http_config c = {.listen = "127.0.0.1:0", .nice = 7};
+    http_server *srv;
+    fisher_error err = {{0}};
+    if (http_server_start(&c, routes, 1, NULL, &srv, &err)) fail_msg("%s", err.msg);
+    int base = getpriority(PRIO_PROCESS, (id_t)getpid());
+    for (int i = 0; i < 3; i++) { /* repeated requests do not stack it */
+        int fd = tc_connect(http_server_port(srv));
+        const char *req = "GET /nice HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        tc_send(fd, req, strlen(req));
+        tc_resp r = tc_read(fd);
+        close(fd);
+        assert_int_equal(r.status, 200);
+        json_t *j = json_loads(r.body, 0, NULL);
+        int want = base + 7 > 19 ? 19 : base + 7;
+        assert_int_equal(json_integer_value(json_object_get(j, "nice")), want);
+        json_decref(j);
+        tc_free(&r);
+    }
+    assert_int_equal(getpriority(PRIO_PROCESS, (id_t)getpid()), base);
+    http_server_stop(srv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_connection_threads_are_nicer),
         cmocka_unit_test(test_routing_params_and_query),
         cmocka_unit_test(test_bad_targets_are_400),
         cmocka_unit_test(test_404_405_and_head),
