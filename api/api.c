@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,9 +44,21 @@ typedef struct {
 static const double LATENCY_S[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
 #define N_LATENCY (sizeof LATENCY_S / sizeof *LATENCY_S)
 
+/* The events a stream can carry, as bits of subscriber.kinds; the first
+ * event of a stream (the "job" or "jobs" snapshot) always comes. */
+enum {
+    EV_STATUS = 1u << 0, EV_PROGRESS = 1u << 1, EV_DRIFT = 1u << 2, EV_FREEZE = 1u << 3,
+    EV_EVAL = 1u << 4, EV_CHECKPOINT = 1u << 5, EV_GROUPS = 1u << 6,
+    EV_ALL = (1u << 7) - 1,
+};
+static const char *const event_names[] = {"status", "progress", "drift", "freeze", "eval", "checkpoint",
+                                          "groups"};
+#define N_EVENT_NAMES (sizeof event_names / sizeof *event_names)
+
 typedef struct subscriber {
     struct subscriber *next;
     int64_t job;
+    unsigned kinds;                 /* EV_* it wants */
     http_sse *sse;
 } subscriber;
 
@@ -138,14 +151,25 @@ static int respond_store_error(http_request *req, int rc, const fisher_error *er
     return http_respond_error(req, status_of(rc), NULL, NULL, "%s", err->msg);
 }
 
-/* Refuses query parameters outside `allowed` (NULL-terminated): a typo
- * must not silently become a default. 0, or -1 after answering 400. */
-static int only_params(http_request *req, const char *const *allowed) {
+static int listed(const char *const *list, const char *name) {
+    for (const char *const *k = list; k && *k; k++)
+        if (!strcmp(*k, name)) return 1;
+    return 0;
+}
+
+static int is_read(const http_request *req) {
+    return !strcmp(http_method(req), "GET") || !strcmp(http_method(req), "HEAD");
+}
+
+/* Refuses query parameters outside `allowed` (NULL-terminated), and a
+ * second one of a name not in `repeatable` (NULL: none): a typo must not
+ * silently become a default. A read also takes access_token (see "reads
+ * and the token"). 0, or -1 after answering 400. */
+static int only_params_of(http_request *req, const char *const *allowed, const char *const *repeatable) {
     for (size_t i = 0; i < http_query_count(req); i++) {
         const char *name, *value;
         http_query_at(req, i, &name, &value);
-        int known = 0;
-        for (const char *const *k = allowed; *k && !known; k++) known = !strcmp(*k, name);
+        int known = listed(allowed, name) || (is_read(req) && !strcmp(name, "access_token"));
         if (!known) {
             char list[256] = "";
             for (const char *const *k = allowed; *k; k++)
@@ -154,7 +178,7 @@ static int only_params(http_request *req, const char *const *allowed) {
                                name, *allowed ? list : "none");
             return -1;
         }
-        if (http_query_get(req, name, &value) == HTTP_QUERY_REPEATED) {
+        if (!listed(repeatable, name) && http_query_get(req, name, &value) == HTTP_QUERY_REPEATED) {
             http_respond_error(req, 400, "repeated_parameter", name, "query parameter '%s' is given more than once", name);
             return -1;
         }
@@ -164,6 +188,10 @@ static int only_params(http_request *req, const char *const *allowed) {
         }
     }
     return 0;
+}
+
+static int only_params(http_request *req, const char *const *allowed) {
+    return only_params_of(req, allowed, NULL);
 }
 
 /* The {id} of a job route: 0 and *id, or -1 after answering 404. */
@@ -231,6 +259,62 @@ static int read_job_json(api *a, int64_t id, json_t **job, fisher_error *e) {
     reader_put(a, db);
     return rc;
 }
+
+/* ------------------------------------------------------------ reads and the token
+ *
+ * With --auth-reads every read of the API needs the token. http.c checks
+ * it for writes and for paths no route has; the GET routes of the table
+ * are registered with it as HTTP_ROUTE_PUBLIC (API_READ below) and
+ * checked here instead, before their handler runs, so that what a browser
+ * fetches by itself — an EventSource, a download link, neither of which
+ * can send a header — may carry the token as ?access_token=<token>. Both
+ * forms are compared in constant time (http_secure_equal). Without a
+ * token, or without --auth-reads, reads need nothing and access_token is
+ * ignored, as a wrong header is. A token in a URL can end up in browser
+ * history and in proxies' logs, so the dashboard puts it only in those
+ * two kinds of URL; fisherd's own access log never shows the query.
+ */
+
+/* The Authorization header's bearer token (trimmed), as http.c reads it;
+ * NULL when there is none of that form. */
+static const char *bearer_of(const http_request *req, size_t *len) {
+    const char *h = http_header(req, "Authorization");
+    if (!h || strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) return NULL;
+    h += 7;
+    while (*h == ' ' || *h == '\t') h++;
+    size_t n = strlen(h);
+    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
+    *len = n;
+    return h;
+}
+
+/* 1 when the read may go on; 0 after answering 401 as http.c would. */
+static int read_allowed(http_request *req, const api *a) {
+    const char *token = a->cfg.token;
+    if (!token[0] || !a->cfg.auth_reads) return 1;
+    size_t n = strlen(token), len = 0;
+    const char *bearer = bearer_of(req, &len), *q = NULL;
+    http_query_status qs = http_query_get(req, "access_token", &q);
+    if (bearer && http_secure_equal(bearer, len, token, n)) return 1;
+    if (qs == HTTP_QUERY_OK && q && http_secure_equal(q, strlen(q), token, n)) return 1;
+    http_add_header(req, "WWW-Authenticate", "Bearer realm=\"fisherd\"");
+    const char *h = http_header(req, "Authorization");
+    http_respond_error(req, 401, NULL, qs != HTTP_QUERY_ABSENT ? "access_token" : NULL, "%s",
+                       qs == HTTP_QUERY_REPEATED ? "access_token is given more than once"
+                       : qs != HTTP_QUERY_ABSENT ? "the access_token is not the right one"
+                       : !h ? "this request needs 'Authorization: Bearer <token>' (or, for what a browser "
+                              "fetches by itself, ?access_token=<token>)"
+                       : !bearer ? "the Authorization header must be 'Bearer <token>'"
+                                 : "the bearer token is not the right one");
+    return 0;
+}
+
+/* Routes whose token check is read_allowed's: fn##_checked runs it first. */
+#define API_READ HTTP_ROUTE_PUBLIC
+#define CHECKED_READ(fn)                                                         \
+    static int fn##_checked(http_request *req, void *app, fisher_error *err) {   \
+        return read_allowed(req, app) ? fn(req, app, err) : 0;                   \
+    }
 
 /* ------------------------------------------------------------ health, metrics, openapi */
 
@@ -583,47 +667,138 @@ static int get_freezes(http_request *req, void *app, fisher_error *err) {
     return job_read(req, app, (const char *const[]){NULL}, read_freezes, err);
 }
 
-static int read_heatmap(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e) {
-    store_window w;
-    if (window_params(req, 1000, &w)) return 1;
-    return store_drift_heatmap(db, id, w, out, e);
+static int json_sink(const char *data, size_t len, void *ctx) {
+    return text_sink(ctx, data, len);
 }
+
+/* The heatmap's cells are floats of a colour scale: the default 4
+ * significant digits (?precision=, 1..17; 17 reads back exactly) make the
+ * reply of a 716-group × 1000-column map 4.8 MB instead of 12.6 MB and
+ * take it from ~195 to ~150 ms here (2 cores): jansson's number printing
+ * is most of the time, the store's read ~55 ms. */
+#define HEATMAP_PRECISION 4
 
 static int get_heatmap(http_request *req, void *app, fisher_error *err) {
-    return job_read(req, app, (const char *const[]){"from", "to", "max_points", NULL}, read_heatmap, err);
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) ||
+        only_params(req, (const char *const[]){"from", "to", "max_points", "precision", NULL}))
+        return 0;
+    store_window w;
+    long long precision;
+    if (window_params(req, 1000, &w) ||
+        http_query_int(req, "precision", 1, 17, HEATMAP_PRECISION, &precision))
+        return 0;
+    store *db = reader_get(a, err);
+    if (!db) return -1;
+    json_t *out;
+    fisher_error e = {{0}};
+    int rc = store_drift_heatmap(db, id, w, &out, &e);
+    reader_put(a, db);
+    if (rc) return respond_store_error(req, rc, &e);
+    /* only the cells are reals (steps, depths and indices are integers) */
+    text_buf t = {0};
+    int bad = json_dump_callback(out, json_sink, &t, JSON_COMPACT | JSON_REAL_PRECISION((int)precision)) ||
+              text_sink(&t, "\n", 1);
+    json_decref(out);
+    if (bad) {
+        free(t.buf);
+        return fisher_errorf(err, "out of memory writing the heatmap");
+    }
+    return http_respond_buffer(req, 200, "application/json", t.buf, t.len);
 }
 
-/* drift and metrics: JSON (downsampled) or CSV (every point). */
+#define MAX_PREFIXES 64
+static const char *const layer_classes[] = {"linear", "conv", "batchnorm", "layernorm", NULL};
+
+/* "1,5,9" into a malloc'd array of indices. 0; -1 after answering 400;
+ * -2 when out of memory. */
+static int parse_indices(http_request *req, const char *name, const char *text, int64_t **out, size_t *n) {
+    size_t count = 1;
+    for (const char *c = text; *c; c++) count += *c == ',';
+    int64_t *v = malloc(count * sizeof *v);
+    if (!v) return -2;
+    size_t k = 0;
+    for (const char *c = text;; c++) {
+        const char *start = c;
+        int64_t x = 0;
+        while (*c >= '0' && *c <= '9' && x <= INT32_MAX) x = 10 * x + (*c++ - '0');
+        if (c == start || x > INT32_MAX || (*c && *c != ',')) {
+            const char *end = strchr(start, ',');
+            http_respond_error(req, 400, "invalid_parameter", name,
+                               "%s must be chunk indices separated by commas, e.g. %s=1,5,9; '%.*s' is not one",
+                               name, name, (int)(end ? (size_t)(end - start) : strlen(start)), start);
+            free(v);
+            return -1;
+        }
+        v[k++] = x;
+        if (!*c) break;
+    }
+    *out = v, *n = k;
+    return 0;
+}
+
+/* drift and metrics: JSON (downsampled) or CSV (every point). Drift
+ * filters combine (AND): prefix (repeatable: any of them), layer_class,
+ * groups (indices); group names one chunk and stands alone. */
 static int get_drift(http_request *req, void *app, fisher_error *err) {
     api *a = app;
     int64_t id;
     if (job_id_param(req, &id) ||
-        only_params(req, (const char *const[]){"group", "prefix", "from", "to", "max_points", "format", NULL}))
+        only_params_of(req,
+                       (const char *const[]){"group", "prefix", "layer_class", "groups", "from", "to",
+                                             "max_points", "format", NULL},
+                       (const char *const[]){"prefix", NULL}))
         return 0;
-    store_drift_query q = {http_query(req, "group"), http_query(req, "prefix"), STORE_WINDOW_ALL};
+    store_drift_query q = {.key = http_query(req, "group"), .window = STORE_WINDOW_ALL,
+                           .layer_class = http_query(req, "layer_class")};
+    const char *prefixes[MAX_PREFIXES];
+    for (size_t i = 0; i < http_query_count(req); i++) {
+        const char *name, *value;
+        http_query_at(req, i, &name, &value);
+        if (strcmp(name, "prefix")) continue;
+        if (q.n_prefixes == MAX_PREFIXES)
+            return http_respond_error(req, 400, "invalid_parameter", "prefix",
+                                      "at most %d prefix parameters in one request", MAX_PREFIXES);
+        prefixes[q.n_prefixes++] = value;
+    }
+    q.prefixes = prefixes;
+    if (q.layer_class && !listed(layer_classes, q.layer_class))
+        return http_respond_error(req, 400, "invalid_parameter", "layer_class",
+                                  "layer_class must be linear, conv, batchnorm or layernorm, got '%s'", q.layer_class);
+    const char *groups = http_query(req, "groups");
+    const char *with = q.n_prefixes ? "prefix" : q.layer_class ? "layer_class" : groups ? "groups" : NULL;
+    if (q.key && with)
+        return http_respond_error(req, 400, "invalid_parameter", with,
+                                  "group names one chunk: give it alone, or select with prefix, layer_class "
+                                  "and groups (which combine)");
     int csv = format_param(req);
     if (csv < 0 || window_params(req, 1000, &q.window)) return 0;
-    if (q.key && q.prefix)
-        return http_respond_error(req, 400, "invalid_parameter", "prefix", "give group or prefix, not both");
+    int64_t *idx = NULL;
+    int parsed = groups ? parse_indices(req, "groups", groups, &idx, &q.n_idx) : 0;
+    if (parsed) return parsed == -2 ? fisher_errorf(err, "out of memory reading groups") : 0;
+    q.idx = idx;
     store *db = reader_get(a, err);
-    if (!db) return -1;
+    if (!db) return free(idx), -1;
     fisher_error e = {{0}};
     int rc;
-    if (csv) {
-        text_buf t = {0};
-        rc = store_drift_csv(db, id, &q, text_sink, &t, &e);
-        reader_put(a, db);
-        if (rc) return free(t.buf), respond_store_error(req, rc, &e);
-        char name[64];
-        snprintf(name, sizeof name, "j_%lld-drift.csv", (long long)id);
-        http_set_download_name(req, name);
-        return http_respond_buffer(req, 200, "text/csv; charset=utf-8", t.buf, t.len);
-    }
-    json_t *out;
-    rc = store_drift(db, id, &q, &out, &e);
+    json_t *out = NULL;
+    text_buf t = {0};
+    if (csv) rc = store_drift_csv(db, id, &q, text_sink, &t, &e);
+    else rc = store_drift(db, id, &q, &out, &e);
     reader_put(a, db);
-    if (rc) return respond_store_error(req, rc, &e);
-    return http_respond_json(req, 200, out);
+    free(idx);
+    if (rc) {
+        free(t.buf);
+        if (rc == STORE_INVALID && q.n_idx && strstr(e.msg, "chunk index"))
+            return http_respond_error(req, 400, "invalid_parameter", "groups", "%s", e.msg);
+        return respond_store_error(req, rc, &e);
+    }
+    if (!csv) return http_respond_json(req, 200, out);
+    char name[64];
+    snprintf(name, sizeof name, "j_%lld-drift.csv", (long long)id);
+    http_set_download_name(req, name);
+    return http_respond_buffer(req, 200, "text/csv; charset=utf-8", t.buf, t.len);
 }
 
 static int get_metrics_series(http_request *req, void *app, fisher_error *err) {
@@ -877,12 +1052,12 @@ static void unsubscribe(http_sse *sse, void *ctx) {
     pthread_mutex_unlock(&a->subs_lock);
 }
 
-/* Turns the response into an event stream of job (0: every job), whose
- * first event is `snapshot` (taken: decref'd here); with close_after the
- * stream ends after it. Subscribed before the snapshot goes out, so no
- * record can fall between the two. */
-static int subscribe(http_request *req, api *a, int64_t job, const char *event, json_t *snapshot,
-                     int close_after, fisher_error *err) {
+/* Turns the response into an event stream of job (0: every job) carrying
+ * the events in kinds (EV_*), whose first event is `snapshot` (taken:
+ * decref'd here); with close_after the stream ends after it. Subscribed
+ * before the snapshot goes out, so no record can fall between the two. */
+static int subscribe(http_request *req, api *a, int64_t job, unsigned kinds, const char *event,
+                     json_t *snapshot, int close_after, fisher_error *err) {
     char *text = json_dumps(snapshot, JSON_COMPACT);
     json_decref(snapshot);
     subscriber *sub = calloc(1, sizeof *sub);
@@ -892,7 +1067,7 @@ static int subscribe(http_request *req, api *a, int64_t job, const char *event, 
         return fisher_errorf(err, "cannot open the event stream: out of memory");
     }
     pthread_mutex_lock(&a->subs_lock);
-    sub->job = job, sub->sse = sse, sub->next = a->subs, a->subs = sub, a->n_subs++;
+    sub->job = job, sub->kinds = kinds, sub->sse = sse, sub->next = a->subs, a->subs = sub, a->n_subs++;
     http_sse_send(sse, event, text, NULL);
     if (close_after) http_sse_close(sse);
     pthread_mutex_unlock(&a->subs_lock);
@@ -913,14 +1088,41 @@ static int get_events(http_request *req, void *app, fisher_error *err) {
     /* a finished job has nothing more to say: its stream ends after the snapshot */
     int terminal = !store_job_status_parse(json_string_value(json_object_get(job, "status")), &st) &&
                    store_job_status_terminal(st);
-    return subscribe(req, a, id, "job", job, terminal, err);
+    return subscribe(req, a, id, EV_ALL, "job", job, terminal, err);
 }
 
-/* Every job's events; first a "jobs" event with the newest jobs as they
- * are now, so a client that connects late starts from the current state. */
+/* kinds=status,progress into EV_* bits (absent: every kind). 0, or -1
+ * after answering 400. */
+static int kinds_param(http_request *req, unsigned *kinds) {
+    const char *text = http_query(req, "kinds");
+    *kinds = text ? 0 : EV_ALL;
+    for (const char *c = text; c;) {
+        const char *end = strchr(c, ',');
+        size_t len = end ? (size_t)(end - c) : strlen(c);
+        unsigned bit = 0;
+        for (size_t i = 0; i < N_EVENT_NAMES && !bit; i++)
+            if (strlen(event_names[i]) == len && !strncmp(event_names[i], c, len)) bit = 1u << i;
+        if (!bit) {
+            http_respond_error(req, 400, "invalid_parameter", "kinds",
+                               "kinds must be event names separated by commas (status, progress, drift, "
+                               "freeze, eval, checkpoint, groups); '%.*s' is not one",
+                               (int)(len < 60 ? len : 60), c);
+            return -1;
+        }
+        *kinds |= bit;
+        c = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Every job's events (those of ?kinds=, else all); first a "jobs" event
+ * with the newest jobs as they are now, so a client that connects late
+ * starts from the current state. Without drift, a stream carries a few
+ * small events per training step: light enough for a jobs list. */
 static int get_all_events(http_request *req, void *app, fisher_error *err) {
     api *a = app;
-    if (only_params(req, (const char *const[]){NULL})) return 0;
+    unsigned kinds;
+    if (only_params(req, (const char *const[]){"kinds", NULL}) || kinds_param(req, &kinds)) return 0;
     store *db = reader_get(a, err);
     if (!db) return -1;
     json_t *jobs;
@@ -928,7 +1130,7 @@ static int get_all_events(http_request *req, void *app, fisher_error *err) {
     int rc = store_jobs_list(db, &f, &jobs, err);
     reader_put(a, db);
     if (rc) return -1;
-    return subscribe(req, a, 0, "jobs", jobs, 0, err);
+    return subscribe(req, a, 0, kinds, "jobs", jobs, 0, err);
 }
 
 /* One record as an SSE event (name, JSON data); NULL when it has none. */
@@ -936,9 +1138,11 @@ static json_t *record_event(const store_record *r, const char **name) {
     switch (r->kind) {
     case STORE_REC_PROGRESS:
         *name = "progress";
-        return json_pack("{s:I, s:I, s:f, s:I, s:I}", "step", (json_int_t)r->progress.step, "steps",
+        return json_pack("{s:I, s:I, s:f, s:I, s:I, s:o}", "step", (json_int_t)r->progress.step, "steps",
                          (json_int_t)r->progress.steps, "loss", r->progress.loss, "params_live",
-                         (json_int_t)r->progress.params_live, "chunks_live", (json_int_t)r->progress.chunks_live);
+                         (json_int_t)r->progress.params_live, "chunks_live", (json_int_t)r->progress.chunks_live,
+                         "params_total", r->progress.params_total > 0 ? json_integer(r->progress.params_total)
+                                                                      : json_null());
     case STORE_REC_DRIFT: {
         *name = "drift";
         json_t *idx = json_array(), *js = json_array(), *ema = json_array();
@@ -976,6 +1180,23 @@ static json_t *record_event(const store_record *r, const char **name) {
     }
 }
 
+/* The EV_* bit of the event a record becomes; 0: none. */
+static unsigned record_kind_bit(store_record_kind kind) {
+    switch (kind) {
+    case STORE_REC_PROGRESS: return EV_PROGRESS;
+    case STORE_REC_DRIFT: return EV_DRIFT;
+    case STORE_REC_FREEZE: return EV_FREEZE;
+    case STORE_REC_EVAL: return EV_EVAL;
+    case STORE_REC_CHECKPOINT: return EV_CHECKPOINT;
+    case STORE_REC_GROUPS: return EV_GROUPS;
+    default: return 0;
+    }
+}
+
+static int wants(const subscriber *s, int64_t job, unsigned bit) {
+    return (!s->job || s->job == job) && (s->kinds & bit);
+}
+
 void api_on_records(void *ctx, const store_record *recs, size_t n) {
     api *a = ctx;
     pthread_mutex_lock(&a->stats_lock);
@@ -987,8 +1208,10 @@ void api_on_records(void *ctx, const store_record *recs, size_t n) {
     pthread_mutex_unlock(&a->stats_lock);
     pthread_mutex_lock(&a->subs_lock);
     for (size_t i = 0; i < n && a->subs; i++) {
+        /* an event nobody wants is not even built (a drift record is ~700 values) */
+        unsigned bit = record_kind_bit(recs[i].kind);
         int any = 0;
-        for (subscriber *s = a->subs; s && !any; s = s->next) any = !s->job || s->job == recs[i].job;
+        for (subscriber *s = a->subs; s && !any; s = s->next) any = wants(s, recs[i].job, bit);
         if (!any) continue;
         const char *name;
         json_t *ev = record_event(&recs[i], &name);
@@ -999,7 +1222,7 @@ void api_on_records(void *ctx, const store_record *recs, size_t n) {
         json_decref(ev);
         if (data)
             for (subscriber *s = a->subs; s; s = s->next)
-                if (!s->job || s->job == recs[i].job) http_sse_send(s->sse, name, data, NULL);
+                if (wants(s, recs[i].job, bit)) http_sse_send(s->sse, name, data, NULL);
         free(data);
     }
     pthread_mutex_unlock(&a->subs_lock);
@@ -1015,7 +1238,7 @@ void api_on_status(void *ctx, int64_t job, store_job_status status, const char *
     pthread_mutex_lock(&a->subs_lock);
     for (subscriber *s = a->subs; s; s = s->next)
         if (!s->job || s->job == job) {
-            if (data) http_sse_send(s->sse, "status", data, NULL);
+            if (data && (s->kinds & EV_STATUS)) http_sse_send(s->sse, "status", data, NULL);
             /* a job's own stream stops when the job ends; the all-jobs stream goes on */
             if (s->job && (store_job_status_terminal(status) || status == STORE_JOB_INTERRUPTED))
                 http_sse_close(s->sse);
@@ -1026,27 +1249,44 @@ void api_on_status(void *ctx, int64_t job, store_job_status status, const char *
 
 /* ------------------------------------------------------------ the table */
 
+CHECKED_READ(get_metrics)
+CHECKED_READ(get_jobs)
+CHECKED_READ(get_job)
+CHECKED_READ(get_groups)
+CHECKED_READ(get_drift)
+CHECKED_READ(get_heatmap)
+CHECKED_READ(get_freezes)
+CHECKED_READ(get_metrics_series)
+CHECKED_READ(get_events)
+CHECKED_READ(get_model_of_job)
+CHECKED_READ(get_all_events)
+CHECKED_READ(get_models)
+CHECKED_READ(get_model)
+CHECKED_READ(get_datasets)
+
+/* Every GET but the public two is API_READ: its token check is
+ * read_allowed's (see "reads and the token"); http.c checks the writes'. */
 static const http_route routes[] = {
     {"GET", "/healthz", get_healthz, HTTP_ROUTE_PUBLIC, 0},
-    {"GET", "/metrics", get_metrics, 0, 0},
+    {"GET", "/metrics", get_metrics_checked, API_READ, 0},
     {"GET", "/api/v1/openapi.json", get_openapi, HTTP_ROUTE_PUBLIC, 0},
     {"POST", "/api/v1/jobs", post_job, HTTP_ROUTE_JSON_BODY, JOB_SPEC_MAX_BODY},
-    {"GET", "/api/v1/jobs", get_jobs, 0, 0},
-    {"GET", "/api/v1/jobs/{id}", get_job, 0, 0},
+    {"GET", "/api/v1/jobs", get_jobs_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}", get_job_checked, API_READ, 0},
     {"DELETE", "/api/v1/jobs/{id}", delete_job, 0, 0},
     {"POST", "/api/v1/jobs/{id}/cancel", post_cancel, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/groups", get_groups, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/drift", get_drift, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/heatmap", get_heatmap, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/freezes", get_freezes, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics", get_metrics_series, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/events", get_events, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/model", get_model_of_job, 0, 0},
-    {"GET", "/api/v1/events", get_all_events, 0, 0},
-    {"GET", "/api/v1/models", get_models, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/groups", get_groups_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}/drift", get_drift_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}/heatmap", get_heatmap_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}/freezes", get_freezes_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics", get_metrics_series_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}/events", get_events_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}/model", get_model_of_job_checked, API_READ, 0},
+    {"GET", "/api/v1/events", get_all_events_checked, API_READ, 0},
+    {"GET", "/api/v1/models", get_models_checked, API_READ, 0},
     {"POST", "/api/v1/models", post_model, 0, MODEL_MAX_BODY},
-    {"GET", "/api/v1/models/{id}", get_model, 0, 0},
-    {"GET", "/api/v1/datasets", get_datasets, 0, 0},
+    {"GET", "/api/v1/models/{id}", get_model_checked, API_READ, 0},
+    {"GET", "/api/v1/datasets", get_datasets_checked, API_READ, 0},
 };
 
 /* The route a path belongs to, for /metrics: ids become {id}, so the

@@ -169,6 +169,7 @@ static void on_progress(void *ctx, const fisher_job_progress *p) {
     if (m)
         m->rec.progress.step = p->step, m->rec.progress.steps = p->steps, m->rec.progress.loss = p->loss,
         m->rec.progress.params_live = (int64_t)p->params_trainable,
+        m->rec.progress.params_total = (int64_t)p->params_total, /* every strategy's, not only "fisher"'s */
         m->rec.progress.chunks_live = j->chunks_live > 0 ? j->chunks_live : 0; /* 0: no groups (not "fisher") */
     push(j, m);
 }

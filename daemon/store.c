@@ -45,15 +45,22 @@
 
 /* ------------------------------------------------------------ statements */
 
+/* A job's columns, then two of its summary's results (store.h,
+ * store_job_get): the strategy from the spec, and the best val IoU so
+ * far, a range scan of its val_iou points on the metrics primary key
+ * (job_id, name, step). The third, zero_shot, is SQL_JOB_ZERO_SHOT's,
+ * read per row: SQLite's JSON functions would print its IoUs with 15
+ * digits, and they must read back exactly. */
 #define JOB_COLUMNS                                                                        \
     "id, name, status, reason, base_model, wait_for_job, created_at, started_at, "         \
     "finished_at, step, steps, loss, params_total, params_live, chunks_total, chunks_live, " \
-    "checkpoint_path, checkpoint_step, out_dir"
+    "checkpoint_path, checkpoint_step, out_dir, json_extract(spec, '$.strategy'), "        \
+    "(SELECT max(value) FROM metrics WHERE job_id = jobs.id AND name = 'val_iou')"
 /* column positions of JOB_COLUMNS (then spec, result in SQL_JOB_GET) */
 enum {
     JC_ID, JC_NAME, JC_STATUS, JC_REASON, JC_BASE, JC_WAIT, JC_CREATED, JC_STARTED,
     JC_FINISHED, JC_STEP, JC_STEPS, JC_LOSS, JC_PTOTAL, JC_PLIVE, JC_CTOTAL, JC_CLIVE,
-    JC_CKPATH, JC_CKSTEP, JC_OUTDIR, JC_SPEC, JC_RESULT
+    JC_CKPATH, JC_CKSTEP, JC_OUTDIR, JC_STRATEGY, JC_BEST_VAL, JC_SPEC, JC_RESULT
 };
 #define MODEL_COLUMNS "id, name, path, config, parameters, bytes, job_id, created_at"
 
@@ -72,9 +79,9 @@ enum {
     SQL_REWIND_DRIFT, SQL_REWIND_DRIFT_STEPS, SQL_REWIND_FREEZES, SQL_REWIND_METRICS,
     SQL_REWIND_EVALS, SQL_REWIND_GROUPS, SQL_REWIND_JOB,
     /* readers */
-    SQL_JOBS_PAGE, SQL_JOBS_PAGE_STATUS, SQL_JOB_GET, SQL_JOB_EVENTS, SQL_JOB_EVALS,
+    SQL_JOBS_PAGE, SQL_JOBS_PAGE_STATUS, SQL_JOB_GET, SQL_JOB_EVENTS, SQL_JOB_EVALS, SQL_JOB_ZERO_SHOT,
     SQL_JOB_COUNTS,
-    SQL_GROUPS_OF_JOB, SQL_GROUP_BY_KEY, SQL_GROUPS_BY_PREFIX, SQL_GROUPS_BY_DEPTH,
+    SQL_GROUPS_OF_JOB, SQL_GROUP_BY_KEY, SQL_GROUPS_SELECT, SQL_GROUPS_BY_DEPTH,
     SQL_GROUP_KEYS,
     SQL_DRIFT_LATEST, SQL_DRIFT_BLOCK, SQL_DRIFT_ALL, SQL_DRIFT_STEPS,
     SQL_FREEZES_OF_JOB, SQL_METRICS_ONE, SQL_METRICS_ALL,
@@ -118,8 +125,9 @@ static const char *const sql_text[SQL_COUNT] = {
     [SQL_JOBS_RUNNING] = "SELECT id FROM jobs WHERE status = 'running' ORDER BY id",
     [SQL_JOB_DELETE] = "DELETE FROM jobs WHERE id = ?1",
 
+    /* ?7 NULL: the total is not known (the groups record may have set it) */
     [SQL_PROGRESS] = "UPDATE jobs SET step = ?2, steps = ?3, loss = ?4, params_live = ?5, "
-                     "chunks_live = ?6 WHERE id = ?1",
+                     "chunks_live = ?6, params_total = coalesce(?7, params_total) WHERE id = ?1",
     [SQL_METRIC_PUT] = "INSERT OR REPLACE INTO metrics(job_id, name, step, value) VALUES(?1, ?2, ?3, ?4)",
     [SQL_GROUPS_CLEAR] = "DELETE FROM groups WHERE job_id = ?1",
     [SQL_GROUP_PUT] = "INSERT INTO groups(job_id, idx, key, tensor, layer, layer_class, depth, axis, "
@@ -169,13 +177,17 @@ static const char *const sql_text[SQL_COUNT] = {
     [SQL_JOB_EVENTS] = "SELECT at, status, reason FROM job_events WHERE job_id = ?1 ORDER BY id",
     [SQL_JOB_EVALS] = "SELECT dataset, step, loss, iou, f1, accuracy, precision, recall FROM evals "
                       "WHERE job_id = ?1 ORDER BY step, dataset",
+    /* evals gets rows only at the end (the final val and the zero-shot
+     * sets, in one transaction), so "has rows" is "the final evaluation is
+     * stored"; a search of its primary key (job_id, dataset, step) */
+    [SQL_JOB_ZERO_SHOT] = "SELECT dataset, iou FROM evals WHERE job_id = ?1 ORDER BY dataset, step",
     [SQL_JOB_COUNTS] = "SELECT status, count(*) FROM jobs GROUP BY status",
     [SQL_GROUPS_OF_JOB] = "SELECT idx, key, tensor, layer, layer_class, depth, axis, start, \"end\", "
                           "size, frozen_at FROM groups WHERE job_id = ?1 ORDER BY idx",
-    [SQL_GROUP_BY_KEY] = "SELECT idx, key FROM groups WHERE job_id = ?1 AND key = ?2",
-    /* substr, not LIKE: keys are matched exactly, '_' and '%' included */
-    [SQL_GROUPS_BY_PREFIX] = "SELECT idx, key FROM groups WHERE job_id = ?1 "
-                             "AND substr(key, 1, length(?2)) = ?2 ORDER BY idx",
+    [SQL_GROUP_BY_KEY] = "SELECT idx, key, layer_class FROM groups WHERE job_id = ?1 AND key = ?2",
+    /* the drift filters (prefixes, class, indices) run in C over these rows:
+     * a job has hundreds to a few thousand chunks */
+    [SQL_GROUPS_SELECT] = "SELECT idx, key, layer_class FROM groups WHERE job_id = ?1 ORDER BY idx",
     [SQL_GROUPS_BY_DEPTH] = "SELECT idx, key, depth, frozen_at FROM groups WHERE job_id = ?1 "
                             "ORDER BY depth, idx",
     [SQL_GROUP_KEYS] = "SELECT idx, key FROM groups WHERE job_id = ?1",
@@ -888,6 +900,8 @@ static int rec_progress(store *s, const store_record *r, fisher_error *err) {
     sqlite3_bind_double(st, 4, r->progress.loss);
     sqlite3_bind_int64(st, 5, r->progress.params_live);
     sqlite3_bind_int64(st, 6, r->progress.chunks_live);
+    if (r->progress.params_total > 0) sqlite3_bind_int64(st, 7, r->progress.params_total);
+    else sqlite3_bind_null(st, 7);
     int rc = update_job(s, st, r, "writing progress", err);
     if (rc) return rc;
     if ((rc = metric_put(s, r->job, "loss", r->progress.step, r->progress.loss, err))) return rc;
@@ -1268,11 +1282,38 @@ static json_t *job_json(sqlite3_stmt *st) {
     bad |= jset(o, "chunks", chunks);
     bad |= jset(o, "checkpoint", ckpt);
     bad |= jset(o, "out_dir", col_text(st, JC_OUTDIR));
+    bad |= jset(o, "strategy", col_text(st, JC_STRATEGY));
+    bad |= jset(o, "best_val_iou", col_real(st, JC_BEST_VAL));
     if (bad) {
         json_decref(o);
         return NULL;
     }
     return o;
+}
+
+/* Sets o's "zero_shot": [{"dataset", "iou"}] of the final evaluation's
+ * zero-shot sets, or null while it is not stored. Another statement than
+ * the caller's, which may still be stepping. */
+static int job_zero_shot(store *s, int64_t id, json_t *o, fisher_error *err) {
+    sqlite3_stmt *st = stmt(s, SQL_JOB_ZERO_SHOT, err);
+    if (!st) return STORE_ERROR;
+    sqlite3_bind_int64(st, 1, id);
+    json_t *list = json_array();
+    int src, any = 0, bad = !list;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        any = 1;
+        if (!strcmp((const char *)sqlite3_column_text(st, 0), "val")) continue;
+        json_t *z = json_object();
+        bad |= jset(z, "dataset", col_text(st, 0)) | jset(z, "iou", col_real(st, 1));
+        bad |= jpush(list, z);
+    }
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) {
+        json_decref(list);
+        return sql_fail(s, err, src, "reading zero-shot results");
+    }
+    if (!any) json_decref(list), list = json_null();
+    return bad | jset(o, "zero_shot", list) ? oom(err) : STORE_OK;
 }
 
 /* "%name%" with LIKE's wildcards in name escaped by '\' (malloc'd). */
@@ -1331,7 +1372,12 @@ int store_jobs_list(store *s, const store_job_filter *f, json_t **out, fisher_er
             break;
         }
         last = sqlite3_column_int64(st, JC_ID);
-        bad |= jpush(jobs, job_json(st));
+        json_t *job = job_json(st);
+        if (job && (rc = job_zero_shot(s, last, job, err))) {
+            json_decref(job);
+            goto out;
+        }
+        bad |= jpush(jobs, job);
         count++;
     }
     if (src != SQLITE_ROW && src != SQLITE_DONE) {
@@ -1414,6 +1460,7 @@ int store_job_get(store *s, int64_t id, json_t **out, fisher_error *err) {
         rc = oom(err);
         goto out;
     }
+    if ((rc = job_zero_shot(s, id, res, err))) goto out;
     rc = job_history(s, id, res, err);
 out:
     return read_end(s, rc, res, out, err);
@@ -1748,17 +1795,50 @@ static int window_check(const store_window *w, fisher_error *err) {
     return STORE_OK;
 }
 
-/* Which chunks a drift query names, in idx order, keys copied. */
+/* Whether a chunk passes the query's prefix and class filters. */
+static int drift_passes(const store_drift_query *q, const char *key, const char *layer_class) {
+    if (q->layer_class && (!layer_class || strcmp(layer_class, q->layer_class) != 0)) return 0;
+    if (!q->prefix && !q->n_prefixes) return 1;
+    if (q->prefix && strncmp(key, q->prefix, strlen(q->prefix)) == 0) return 1;
+    for (size_t i = 0; i < q->n_prefixes; i++)
+        if (q->prefixes[i] && strncmp(key, q->prefixes[i], strlen(q->prefixes[i])) == 0) return 1;
+    return 0;
+}
+
+/* Which chunks a drift query names, in idx order, keys copied. The
+ * filters run over the job's chunk table in C: O(chunks), a few thousand
+ * rows at most, against the drift rows the read then walks. */
 static int drift_select(store *s, int64_t job, const store_drift_query *q, series **out, size_t *n,
                         fisher_error *err) {
-    sqlite3_stmt *st = stmt(s, q->key ? SQL_GROUP_BY_KEY : SQL_GROUPS_BY_PREFIX, err);
-    if (!st) return STORE_ERROR;
+    unsigned char *want = NULL; /* (total) 1: idx is in q->idx */
+    int64_t total = 0;
+    if (q->n_idx) {
+        int rc = job_lookup(s, job, &total, NULL, err);
+        if (rc) return rc;
+        if (!q->idx) return fail(err, STORE_INVALID, "%zu chunk indices but no array of them", q->n_idx);
+        for (size_t i = 0; i < q->n_idx; i++)
+            if (q->idx[i] < 0 || q->idx[i] >= total)
+                return fail(err, STORE_INVALID, "chunk index %" PRId64 " is out of range: j_%" PRId64
+                            " has %" PRId64 " chunks (0 to %" PRId64 ")", q->idx[i], job, total, total - 1);
+        if (!(want = calloc((size_t)total, 1))) return oom(err);
+        for (size_t i = 0; i < q->n_idx; i++) want[q->idx[i]] = 1;
+    }
+    sqlite3_stmt *st = stmt(s, q->key ? SQL_GROUP_BY_KEY : SQL_GROUPS_SELECT, err);
+    if (!st) {
+        free(want);
+        return STORE_ERROR;
+    }
     sqlite3_bind_int64(st, 1, job);
-    bind_text(st, 2, q->key ? q->key : q->prefix ? q->prefix : "");
+    if (q->key) bind_text(st, 2, q->key);
     series *sel = NULL;
     size_t count = 0, cap = 0;
-    int src, rc = STORE_OK;
+    int src, rc = STORE_OK, rows = 0;
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        rows++;
+        int idx = sqlite3_column_int(st, 0);
+        const char *key = (const char *)sqlite3_column_text(st, 1);
+        if (want && (idx < 0 || idx >= total || !want[idx])) continue;
+        if (!drift_passes(q, key, (const char *)sqlite3_column_text(st, 2))) continue;
         if (count == cap) {
             series *grown = realloc(sel, (cap = cap ? 2 * cap : 64) * sizeof *grown);
             if (!grown) {
@@ -1767,15 +1847,15 @@ static int drift_select(store *s, int64_t job, const store_drift_query *q, serie
             }
             sel = grown;
         }
-        sel[count] = (series){.idx = sqlite3_column_int(st, 0),
-                              .key = strdup((const char *)sqlite3_column_text(st, 1))};
+        sel[count] = (series){.idx = idx, .key = strdup(key)};
         if (!sel[count++].key) {
             rc = oom(err);
             break;
         }
     }
+    free(want);
     if (rc == STORE_OK && src != SQLITE_DONE) rc = sql_fail(s, err, src, "selecting chunks");
-    if (rc == STORE_OK && q->key && count == 0)
+    if (rc == STORE_OK && q->key && rows == 0)
         rc = fail(err, STORE_NOT_FOUND, "j_%" PRId64 " has no chunk '%.200s'", job, q->key);
     if (rc) {
         for (size_t i = 0; i < count; i++) series_free(&sel[i]);

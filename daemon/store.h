@@ -188,7 +188,8 @@ typedef struct {
 } store_group;
 
 typedef enum {
-    STORE_REC_PROGRESS,   /* jobs' progress columns + metrics "loss", "params_live" */
+    STORE_REC_PROGRESS,   /* jobs' progress columns and params_total + metrics "loss",
+                           * "params_live" */
     STORE_REC_GROUPS,     /* the chunk table; sets chunks_/params_ total and live */
     STORE_REC_DRIFT,      /* one measurement step of the measured chunks */
     STORE_REC_FREEZE,     /* one freeze decision; sets groups.frozen_at */
@@ -220,6 +221,8 @@ typedef struct {
             int64_t step, steps;      /* steps done (1-based), total */
             double loss;
             int64_t params_live, chunks_live;
+            int64_t params_total;     /* the model's parameters; 0: not known
+                                       * (jobs.params_total keeps its value) */
         } progress;
         struct {
             const store_group *groups; /* (n) group idx = position */
@@ -290,7 +293,11 @@ typedef struct {
 } store_job_filter;
 
 /* {"jobs": [job summary…], "next_cursor": "…" | null}, newest first. A
- * summary is a job without spec, result, evals and events. Walking the
+ * summary is a job without spec, result, evals and events (see
+ * store_job_get; strategy, best_val_iou and zero_shot are in it). Each
+ * row costs one read of the job and three lookups on primary keys
+ * (its val_iou points, its evals), so a page stays fast whatever the
+ * history holds. Walking the
  * cursors visits every matching job once, even while jobs are added or
  * deleted (keyset pagination on id). STORE_INVALID for an unknown status,
  * a limit out of range or a cursor this module did not make. */
@@ -300,7 +307,15 @@ int store_jobs_list(store *s, const store_job_filter *f, json_t **out, fisher_er
  *  "j_…" | null, "created_at", "started_at", "finished_at",
  *  "progress": {"step", "steps", "loss"}, "params": {"total", "live"},
  *  "chunks": {"total", "live"}, "checkpoint": {"path", "step"} | null,
- *  "out_dir", "spec": {…}, "result": {…} | null,
+ *  "out_dir",
+ *  "strategy": the spec's strategy | null,
+ *  "best_val_iou": the largest value of the job's val_iou series so far
+ *                  (it grows while the job runs) | null before the first,
+ *  "zero_shot": [{"dataset", "iou"}] of the final evaluation's zero-shot
+ *               sets, by dataset name ([] when the spec has none) | null
+ *               until the final evaluation is stored (never, for a job
+ *               that fails or is cancelled),
+ *  "spec": {…}, "result": {…} | null,
  *  "evals": [{"dataset", "step", "loss", "iou", "f1", "accuracy",
  *             "precision", "recall"}],
  *  "events": [{"at", "status", "reason"}]} */
@@ -322,12 +337,21 @@ typedef struct {
 } store_window;
 #define STORE_WINDOW_ALL ((store_window){0, INT64_MAX, 0})
 
-/* Which drift series: one chunk by key, every chunk whose key starts with
- * prefix, or (both NULL) every chunk. */
+/* Which drift series: the chunks that pass every filter given (AND); a
+ * query without filters selects every chunk. */
 typedef struct {
-    const char *key;
-    const char *prefix;
+    const char *key;              /* exactly this chunk (STORE_NOT_FOUND when the
+                                   * job has none); NULL: no such filter */
+    const char *prefix;           /* key starts with it; NULL: no such filter */
     store_window window;
+    const char *const *prefixes;  /* (n_prefixes) more prefixes: a key passes when it
+                                   * starts with prefix or any of these */
+    size_t n_prefixes;
+    const char *layer_class;      /* exactly this layer class; NULL: any */
+    const int64_t *idx;           /* (n_idx) chunk indices, any order, repeats fine;
+                                   * n_idx 0: no such filter. STORE_INVALID for
+                                   * one outside [0, chunks total) */
+    size_t n_idx;
 } store_drift_query;
 
 /* {"job": "j_1", "series": [{"idx", "key", "points": n in the window,

@@ -8,9 +8,12 @@
  * fields; a job submitted through the form appears in the list and
  * progresses; its page updates live and stops when it ends; the drift
  * chart, heatmap, freeze timeline and groups table hold exactly the
- * API's series and rows; compare overlays two jobs; cancel and delete
- * work. Screenshots go to build/browser/. The daemon is stopped by its
- * PID at the end, whatever happened.
+ * API's series and rows; the jobs list lives on the all-jobs event stream
+ * (no polling) and shows each job's results; compare overlays two jobs;
+ * cancel and delete work; a daemon with --auth-reads works once the token
+ * is given (its streams and downloads carry it as access_token).
+ * Screenshots go to build/browser/. The daemons are stopped by their PID
+ * at the end, whatever happened.
  *
  *   node --test tests/browser/          (make browser-test does the setup)
  *   FISHERD=path/to/fisherd CHROMIUM=/usr/bin/chromium override the defaults
@@ -18,7 +21,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, createWriteStream } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, createWriteStream, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -36,6 +39,9 @@ let base;
 let browser;
 let page;
 const pageErrors = [];
+const requests = []; /* API URLs the page asked for, in order */
+let authDaemon;
+let authDir;
 
 /* ------------------------------------------------------------ helpers */
 
@@ -123,21 +129,30 @@ before(async () => {
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.setDefaultTimeout(20000);
   page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('request', (r) => {
+    if (r.url().includes('/api/v1/')) requests.push(r.url());
+  });
   page.on('console', (m) => {
     if (m.type() === 'error' && !/status of (400|404|409)/.test(m.text())) pageErrors.push(m.text());
   });
 });
 
-after(async () => {
-  await browser?.close().catch(() => {});
-  if (daemon && daemon.exitCode === null) {
-    const gone = new Promise((r) => daemon.once('exit', r));
-    process.kill(daemon.pid, 'SIGTERM');
-    const t = setTimeout(() => daemon.exitCode === null && process.kill(daemon.pid, 'SIGKILL'), 8000);
+async function stopDaemon(d) {
+  if (d && d.exitCode === null) {
+    const gone = new Promise((r) => d.once('exit', r));
+    process.kill(d.pid, 'SIGTERM');
+    const t = setTimeout(() => d.exitCode === null && process.kill(d.pid, 'SIGKILL'), 8000);
     await gone;
     clearTimeout(t);
   }
+}
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await stopDaemon(daemon);
+  await stopDaemon(authDaemon);
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  if (authDir) rmSync(authDir, { recursive: true, force: true });
 });
 
 /* ------------------------------------------------------------ the tests */
@@ -201,6 +216,16 @@ test('a job submitted through the form appears in the list and progresses', asyn
   await waitFor('the progress bar to move on by itself', async () => (await progressOf()) > first, 15000);
   assert.equal(await row.getAttribute('data-status'), 'running');
   assert.match(await row.innerText(), /fisher/, 'strategy shown');
+  /* it moves on the all-jobs stream's light events, not by reading the list again */
+  assert.equal(await attr('#jobs-table', 'data-live'), 'stream');
+  const stream = requests.find((u) => u.includes('/api/v1/events'));
+  assert.ok(stream && new URL(stream).searchParams.get('kinds') === 'status,progress,eval', stream);
+  const lists = () => requests.filter((u) => /\/api\/v1\/jobs(\?|$)/.test(u)).length;
+  const before = lists();
+  const p0 = await progressOf();
+  await waitFor('the progress bar to move again', async () => (await progressOf()) > p0 + 20, 15000);
+  await new Promise((r) => setTimeout(r, 2500)); /* the old list polled every 2 s */
+  assert.equal(lists(), before, 'no list request while the job only progresses');
   await shot('jobs-list-running');
 });
 
@@ -233,15 +258,27 @@ test('the job page updates live, then its charts hold the API\'s data', async ()
   await page.waitForFunction((n) => document.querySelector('#drift-chart .chart')?.dataset.series === String(n), inLayer.length);
   assert.equal(drift.series.length, inLayer.length);
   assert.ok(Number(await attr('#drift-chart .chart', 'data-points')) > 10, 'the curves have points');
-  /* by stage: the decoder */
+  /* by stage: an encoder stage is three prefixes, asked for in one request */
+  const driftReads = () => requests.filter((u) => u.includes('/drift?'));
+  let n0 = driftReads().length;
   await page.selectOption('#drift-mode', 'stage');
+  await page.selectOption('#drift-which', 'encoder stage 2');
+  const stage2 = groups.filter((g) => /^segformer\.encoder\.(patch_embeddings|block|layer_norm)\.1\./.test(g.key)).length;
+  await page.waitForFunction((n) => {
+    const c = document.querySelector('#drift-chart .chart');
+    return c?.dataset.which === 'encoder stage 2' && c.dataset.series === String(n);
+  }, stage2);
+  const stageRead = new URL(driftReads().at(-1));
+  assert.deepEqual(stageRead.searchParams.getAll('prefix'), ['segformer.encoder.patch_embeddings.1.',
+    'segformer.encoder.block.1.', 'segformer.encoder.layer_norm.1.']);
   await page.selectOption('#drift-which', 'decoder');
   const decoder = groups.filter((g) => g.key.startsWith('decode_head.')).length;
   await page.waitForFunction((n) => {
     const c = document.querySelector('#drift-chart .chart');
     return c?.dataset.which === 'decoder' && c.dataset.series === String(n);
   }, decoder);
-  /* by class, on a log scale */
+  /* by class, on a log scale: one request with layer_class */
+  n0 = driftReads().length;
   await page.selectOption('#drift-mode', 'class');
   await page.selectOption('#drift-which', 'layernorm');
   await page.getByLabel('log', { exact: true }).check();
@@ -250,13 +287,17 @@ test('the job page updates live, then its charts hold the API\'s data', async ()
     const c = document.querySelector('#drift-chart .chart');
     return c?.dataset.which === 'layernorm' && c.dataset.series === String(n);
   }, ln);
+  const classReads = driftReads().slice(n0).filter((u) => new URL(u).searchParams.get('layer_class') === 'layernorm');
+  assert.equal(classReads.length, 1, `one request for the class: ${driftReads().slice(n0).join(' ')}`);
 
   /* heatmap: one row per group, the API's measurement count, real pixels */
   const hm = await apiGet(`/jobs/${liveId}/heatmap?max_points=2`);
   assert.equal(await attr('.heatmap', 'data-rows'), String(groups.length));
   assert.equal(await attr('.heatmap', 'data-measurements'), String(hm.measurements));
   const cols = Number(await attr('.heatmap', 'data-cols'));
-  assert.ok(cols > 10 && cols <= 600, `heatmap columns ${cols}`);
+  assert.ok(cols > 10 && cols <= 1000, `heatmap columns ${cols}`);
+  const heatRead = new URL(requests.filter((u) => u.includes('/heatmap?')).at(-1));
+  assert.equal(heatRead.searchParams.get('precision'), '4', 'the compact heatmap');
   const pixels = await page.locator('.heatmap-canvas').evaluate((c) => {
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
     let grey = 0;
@@ -304,6 +345,19 @@ test('compare overlays two jobs', async () => {
   const baseline = await apiPost('/jobs', smallJob('browser-full', 'full', 120));
   await waitJob(baseline.id, ['succeeded']);
   await page.goto(`${base}/#/jobs`);
+  /* the list's own results: best val IoU so far, zero-shot IoUs (the quick preset has sets) */
+  const listed = (await apiGet('/jobs')).jobs.find((j) => j.id === liveId);
+  assert.ok(listed.best_val_iou > 0 && listed.zero_shot.length > 0, JSON.stringify(listed));
+  const fmt3 = (x) => Number(x.toPrecision(3)).toString();
+  const liveRow = page.locator(`#jobs-table tr[data-id="${liveId}"]`);
+  await liveRow.waitFor();
+  const cellText = (i) => liveRow.locator(`td:nth-child(${i})`).innerText();
+  assert.equal(await cellText(8), fmt3(listed.best_val_iou));
+  const zsMean = listed.zero_shot.reduce((a, z) => a + z.iou, 0) / listed.zero_shot.length;
+  assert.match(await cellText(9), new RegExp(`^${fmt3(zsMean).replace('.', '\\.')}`));
+  const full = (await apiGet('/jobs')).jobs.find((j) => j.id === baseline.id);
+  assert.equal(full.strategy, 'full');
+  assert.ok(full.params.total > 0, 'a strategy other than fisher knows its parameter count');
   for (const id of [liveId, baseline.id]) await page.locator(`#jobs-table tr[data-id="${id}"] input.pick`).check();
   await page.getByRole('button', { name: 'Compare selected (2)' }).click();
   await page.waitForSelector('main[data-compared="2"]');
@@ -329,6 +383,61 @@ test('a running job can be cancelled, then deleted', async () => {
   await page.waitForFunction(() => location.hash === '#/jobs');
   const r = await fetch(`${base}/api/v1/jobs/${long.id}`);
   assert.equal(r.status, 404, 'the job is gone');
+});
+
+test('with --auth-reads the dashboard works once it has the token', async () => {
+  authDir = mkdtempSync(join(tmpdir(), 'fisherd-browser-auth-'));
+  const token = 'browser-test-token-0123456789';
+  writeFileSync(join(authDir, 'token'), `${token}\n`);
+  const port = await freePort();
+  const authBase = `http://127.0.0.1:${port}`;
+  const log = createWriteStream(join(SHOTS, 'fisherd-auth.log'));
+  authDaemon = spawn(FISHERD, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', join(authDir, 'var'),
+    '--web-root', 'web', '--token-file', join(authDir, 'token'), '--auth-reads'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  authDaemon.stdout.pipe(log);
+  authDaemon.stderr.pipe(log);
+  await waitFor('the --auth-reads daemon to answer', async () => {
+    try {
+      return (await fetch(`${authBase}/healthz`)).ok;
+    } catch {
+      return false;
+    }
+  }, 15000, 100);
+  const headers = { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' };
+  assert.equal((await fetch(`${authBase}/api/v1/jobs`)).status, 401);
+  const job = await (await fetch(`${authBase}/api/v1/jobs`, { method: 'POST', headers,
+    body: JSON.stringify(smallJob('auth-fisher', 'fisher', 3000)) })).json();
+  assert.match(job.id, /^j_\d+$/);
+
+  /* a page of its own: the 401s before the token are expected here */
+  const p = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = [];
+  p.on('pageerror', (e) => errors.push(e.message));
+  try {
+    await p.goto(`${authBase}/#/jobs`);
+    await p.locator('#auth').waitFor({ state: 'visible' });
+    await p.waitForSelector('#jobs-table[data-live="poll"]'); /* refused: the list falls back to reading itself */
+    await p.fill('#auth-token', token);
+    await p.getByRole('button', { name: 'Use token' }).click();
+    const row = p.locator(`#jobs-table tr[data-id="${job.id}"]`);
+    await row.waitFor();
+    await p.waitForSelector('#jobs-table[data-live="stream"]'); /* the EventSource got in with access_token */
+    const stepOf = () => row.locator('progress').evaluate((x) => Number(x.value));
+    const s0 = await waitFor('the row to progress', async () => (await stepOf()) || 0, 30000);
+    await waitFor('the row to progress on the stream', async () => (await stepOf()) > s0, 15000);
+    await row.locator('a.job-link').click();
+    await p.waitForSelector('main[data-ready]');
+    assert.match(await p.locator('.live-note').innerText(), /^live/, 'the job\'s stream is open');
+    const csv = await p.locator('a', { hasText: 'Drift CSV' }).getAttribute('href');
+    assert.equal(new URL(csv, authBase).searchParams.get('access_token'), token);
+    assert.equal((await fetch(new URL(csv, authBase))).status, 200, 'the download link works as it is');
+    await p.getByRole('button', { name: 'Cancel job' }).click();
+    await p.waitForSelector('main[data-final]', { timeout: 30000 });
+    await p.screenshot({ path: join(SHOTS, 'auth-reads.png'), fullPage: true });
+  } finally {
+    await p.close();
+  }
+  assert.deepEqual(errors, []);
 });
 
 test('no script errors on any page', () => {

@@ -487,3 +487,170 @@ def test_beyond_loopback_writes_need_the_token(tmp_path):
         assert d.get("/api/v1/jobs")[0] == 200  # reads stay open unless --auth-reads
     finally:
         d.stop()
+
+
+def read_events(d, path, until, headers=None, timeout=60):
+    """(event, data) pairs of an event stream until until(event, data) is true."""
+    req = urllib.request.Request(d.base + path, headers=headers or {})
+    seen, event = [], None
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        for raw in r:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data = json.loads(line.split(":", 1)[1])
+                seen.append((event, data))
+                if until(event, data):
+                    break
+    return seen
+
+
+def test_job_summaries_carry_strategy_best_val_and_zero_shot(daemon):
+    zs = [{"synthetic": {"domain": "asphalt", "count": 4, "seed": 3}},
+          {"synthetic": {"domain": "wall", "count": 4, "seed": 3}}]
+    status, job = daemon.post("/api/v1/jobs", small_job(name="summary", strategy="full", steps=30, eval_interval=10,
+                                                        data={**small_job()["data"], "zero_shot": zs}))
+    assert status == 201, job
+    assert job["strategy"] == "full" and job["best_val_iou"] is None and job["zero_shot"] is None
+    done = daemon.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    val = daemon.get(f"/api/v1/jobs/{job['id']}/metrics?name=val_iou&max_points=0")[1]["metrics"]["val_iou"]["value"]
+    assert len(val) >= 3 and done["best_val_iou"] == max(val)
+    want = sorted((z["dataset"], z["iou"]) for z in done["result"]["zero_shot"])
+    assert sorted((z["dataset"], z["iou"]) for z in done["zero_shot"]) == want and len(want) == 2
+    row = next(j for j in daemon.get("/api/v1/jobs")[1]["jobs"] if j["id"] == job["id"])
+    for key in ("strategy", "best_val_iou", "zero_shot"):
+        assert row[key] == done[key], key
+    assert row["params"]["total"] == done["result"]["parameters"]
+
+
+def test_every_strategy_reports_its_parameter_count_while_it_runs(daemon):
+    status, job = daemon.post("/api/v1/jobs", small_job(name="decoder-live", strategy="decoder", steps=100000))
+    running = daemon.wait_step(job["id"], 3)
+    total, live = running["params"]["total"], running["params"]["live"]
+    assert total and 0 < live < total, running["params"]  # null before: only "fisher" had it
+    row = next(j for j in daemon.get("/api/v1/jobs")[1]["jobs"] if j["id"] == job["id"])
+    assert row["params"]["total"] == total and row["strategy"] == "decoder"
+    assert row["zero_shot"] is None  # not evaluated yet
+    daemon.post(f"/api/v1/jobs/{job['id']}/cancel", None)
+    assert daemon.wait(job["id"])["status"] == "cancelled"
+
+
+def test_drift_filters_by_class_prefixes_and_indices(daemon):
+    status, job = daemon.post("/api/v1/jobs", small_job(steps=10))
+    done = daemon.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    groups = daemon.get(f"/api/v1/jobs/{job['id']}/groups")[1]["groups"]
+    base = f"/api/v1/jobs/{job['id']}/drift"
+
+    def idx_of(query):
+        status, body = daemon.get(f"{base}?{query}&max_points=2")
+        assert status == 200, (query, body)
+        return [s["idx"] for s in body["series"]]
+
+    for cls in ("linear", "conv", "batchnorm", "layernorm"):
+        assert idx_of(f"layer_class={cls}") == [g["idx"] for g in groups if g["layer_class"] == cls], cls
+    stage = ("segformer.encoder.patch_embeddings.0.", "segformer.encoder.block.0.", "segformer.encoder.layer_norm.0.")
+    want = [g["idx"] for g in groups if g["key"].startswith(stage)]
+    assert want and idx_of("&".join(f"prefix={p}" for p in stage)) == want  # any of them, in one request
+    assert idx_of("&".join(f"prefix={p}" for p in stage) + "&layer_class=layernorm") == \
+        [g["idx"] for g in groups if g["key"].startswith(stage) and g["layer_class"] == "layernorm"]
+    assert idx_of("groups=9,1,5,5") == [1, 5, 9]
+    # CSV: the same selection, every point
+    status, csv, _ = daemon.request("GET", f"{base}?format=csv&groups=3,4", raw=True)
+    assert status == 200
+    assert {int(line.split(",")[1]) for line in csv.decode().strip().splitlines()[1:]} == {3, 4}
+    for query, field in [("layer_class=dense", "layer_class"), ("groups=1,,2", "groups"), ("groups=-1", "groups"),
+                         ("groups=x", "groups"), ("groups=", "groups"), (f"groups={len(groups)}", "groups"),
+                         ("groups=1&groups=2", "groups"), ("layer_class=conv&layer_class=linear", "layer_class"),
+                         ("group=a&prefix=b", "prefix"), ("group=a&layer_class=conv", "layer_class"),
+                         ("group=a&groups=1", "groups")]:
+        status, body = daemon.get(f"{base}?{query}")
+        assert status == 400 and body["error"]["field"] == field, (query, body)
+
+
+def test_heatmap_values_come_with_the_precision_asked(daemon):
+    status, job = daemon.post("/api/v1/jobs", small_job(steps=20))
+    daemon.wait(job["id"])
+    base = f"/api/v1/jobs/{job['id']}/heatmap?max_points=8"
+    full = daemon.request("GET", base + "&precision=17", raw=True)[1]
+    short = daemon.request("GET", base, raw=True)[1]
+    assert daemon.request("GET", base + "&precision=4", raw=True)[1] == short  # 4 is the default
+    def cells_text(body):
+        return body[body.index(b'"values":'):body.index(b',"measurements"')]
+
+    assert len(cells_text(short)) < 0.6 * len(cells_text(full)), (len(short), len(full))
+    exact, rounded = json.loads(full), json.loads(short)
+    assert exact["groups"] == rounded["groups"] and exact["step_from"] == rounded["step_from"]
+    cells = 0
+    for a, b in zip(exact["values"], rounded["values"]):
+        for x, y in zip(a, b):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert y == float(f"{x:.4g}"), (x, y)
+                cells += 1
+    assert cells > 100
+    one = json.loads(daemon.request("GET", base + "&precision=1", raw=True)[1])
+    assert all(v is None or v == float(f"{v:.1g}") for row in one["values"] for v in row)
+    for bad in ("0", "18", "four"):
+        status, body = daemon.get(f"{base}&precision={bad}")
+        assert status == 400 and body["error"]["field"] == "precision", body
+
+
+def test_the_all_jobs_stream_carries_only_the_kinds_asked(daemon):
+    status, body = daemon.get("/api/v1/events?kinds=status,sparks")
+    assert status == 400 and body["error"]["field"] == "kinds" and "sparks" in body["error"]["message"]
+    assert daemon.get("/api/v1/events?kinds=")[0] == 400
+    job = {}
+
+    def until(event, data):
+        if event == "jobs":
+            job.update(daemon.post("/api/v1/jobs", small_job(steps=20))[1])
+        return event == "status" and data["status"] == "succeeded"
+
+    seen = read_events(daemon, "/api/v1/events?kinds=status,progress", until)
+    assert seen[0][0] == "jobs"
+    assert {e for e, _ in seen[1:]} == {"status", "progress"}  # no drift, freeze, eval …
+    progress = [d for e, d in seen if e == "progress"]
+    assert [d["step"] for d in progress] == list(range(1, 21))
+    assert all(d["job"] == job["id"] and d["params_total"] >= d["params_live"] > 0 for d in progress)
+
+
+def test_with_auth_reads_a_get_takes_the_token_as_a_header_or_access_token(tmp_path):
+    token = "s3cret-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    d = Daemon(tmp_path / "var", "--token-file", str(tmp_path / "token"), "--auth-reads").start()
+    try:
+        bearer = {"Authorization": f"Bearer {token}"}
+        status, job = d.request("POST", "/api/v1/jobs", small_job(steps=10), headers=bearer)
+        assert status == 201, job
+        assert d.request("POST", f"/api/v1/jobs?access_token={token}", small_job())[0] == 401  # writes: the header only
+        for path in ("/api/v1/jobs", f"/api/v1/jobs/{job['id']}", "/api/v1/models", "/metrics"):
+            status, body, hdrs = d.request("GET", path, raw=True)
+            assert status == 401 and "Bearer" in hdrs["WWW-Authenticate"], path
+            assert d.request("GET", path, headers=bearer, raw=True)[0] == 200, path
+            sep = "&" if "?" in path else "?"
+            assert d.request("GET", f"{path}{sep}access_token={token}", raw=True)[0] == 200, path
+            status, body = d.get(f"{path}{sep}access_token=wrong-token-0123456789")
+            assert status == 401 and body["error"]["field"] == "access_token", body
+        status, body = d.get(f"/api/v1/jobs?access_token={token}&access_token={token}")
+        assert status == 401 and "more than once" in body["error"]["message"]
+        assert d.get("/healthz")[0] == 200 and d.get("/api/v1/openapi.json")[0] == 200
+        # what a browser fetches by itself: an event stream, a download
+        seen = read_events(d, f"/api/v1/jobs/{job['id']}/events?access_token={token}",
+                           lambda e, data: e == "status" and data["status"] == "succeeded")
+        assert seen[0][0] == "job"
+        status, csv, hdrs = d.request("GET", f"/api/v1/jobs/{job['id']}/drift?format=csv&access_token={token}", raw=True)
+        assert status == 200 and csv.startswith(b"key,idx,step")
+        assert d.request("GET", f"/api/v1/jobs/{job['id']}/model?access_token={token}", raw=True)[0] == 200
+    finally:
+        d.stop()
+    # without --auth-reads reads need nothing, and an access_token is ignored like a header
+    d = Daemon(tmp_path / "var2", "--token-file", str(tmp_path / "token")).start()
+    try:
+        assert d.get("/api/v1/jobs?access_token=anything")[0] == 200
+        assert d.get("/api/v1/jobs")[0] == 200
+    finally:
+        d.stop()

@@ -2,8 +2,11 @@
  * test_store.c — the SQLite store (daemon/store.c): migrations on a fresh
  * file, a no-op reopen, refusal of newer and foreign databases; every
  * record kind written and read back; the job lifecycle's edges; keyset
- * pagination with filters; read-time downsampling that keeps the first,
- * the last and each bucket's extremes; CSV with every point; the heatmap;
+ * pagination with filters; the results a job summary carries (strategy,
+ * best val IoU so far, zero-shot IoUs) and the model size progress
+ * carries; read-time downsampling that keeps the first, the last and each
+ * bucket's extremes; CSV with every point; drift filters that combine
+ * (prefixes, layer class, indices); the heatmap;
  * rewinding for a resume; delete of one job and nothing else; and batches
  * that fail roll back whole. Each test works in its own directory under
  * /tmp, removed afterwards, and ends with PRAGMA integrity_check.
@@ -419,6 +422,13 @@ static void test_every_record_kind_round_trips(void **state) {
     assert_true(jreal(j, "evals.0.recall") == 0.15);
     assert_string_equal(jstr(j, "evals.1.dataset"), "val");
     assert_true(jreal(j, "evals.1.iou") == 0.65);
+    /* the summary: no strategy in this spec; the best of val IoU 0.6 (step 30)
+     * and 0.65 (final); the zero-shot set of the final evaluation */
+    assert_true(json_is_null(jget(j, "strategy")));
+    assert_true(jreal(j, "best_val_iou") == 0.65);
+    assert_int_equal(json_array_size(jget(j, "zero_shot")), 1);
+    assert_string_equal(jstr(j, "zero_shot.0.dataset"), "synthetic asphalt");
+    assert_true(jreal(j, "zero_shot.0.iou") == 0.1);
     json_decref(j);
 
     /* the chunk table with the latest drift */
@@ -872,6 +882,185 @@ static void test_csv_has_every_point(void **state) {
     free(b.buf);
 }
 
+/* ------------------------------------------------------------ job summaries */
+
+/* The list's row of job id (every job is on the first page here). */
+static json_t *listed_job(store *s, int64_t id) {
+    fisher_error err = {{0}};
+    json_t *page;
+    store_job_filter flt = {.limit = 50};
+    CHECK(store_jobs_list(s, &flt, &page, &err));
+    char want[32];
+    snprintf(want, sizeof want, "j_%lld", (long long)id);
+    json_t *job = NULL, *v;
+    size_t i;
+    json_array_foreach(jget(page, "jobs"), i, v)
+        if (!strcmp(json_string_value(json_object_get(v, "id")), want)) job = json_incref(v);
+    json_decref(page);
+    if (!job) fail_msg("%s is not listed", want);
+    return job;
+}
+
+static void test_job_summaries_carry_strategy_and_results(void **state) {
+    fixture *f = *state;
+    fisher_error err = {{0}};
+    store *s = open_writer(f);
+    store_job_new jn = {.name = "fisher", .spec = "{\"strategy\": \"fisher\", \"steps\": 40}", .created_at = 1};
+    int64_t a, b, c;
+    CHECK(store_job_insert(s, &jn, &a, &err));
+    jn = (store_job_new){.name = "full", .spec = "{\"strategy\": \"full\"}", .created_at = 2};
+    CHECK(store_job_insert(s, &jn, &b, &err));
+    c = add_job(s, "no strategy", 3);
+
+    json_t *j = listed_job(s, a);
+    assert_string_equal(jstr(j, "strategy"), "fisher");
+    assert_true(json_is_null(jget(j, "best_val_iou")));
+    assert_true(json_is_null(jget(j, "zero_shot")));
+    assert_true(json_is_null(jget(j, "params.total")));
+    json_decref(j);
+
+    /* progress carries the model's size for any strategy; 0 keeps it */
+    store_record r[4];
+    r[0] = (store_record){.kind = STORE_REC_PROGRESS, .job = b, .progress = {1, 40, 0.5, 300, 0, 1000}};
+    CHECK(store_write(s, r, 1, &err));
+    j = listed_job(s, b);
+    assert_int_equal(jint(j, "params.total"), 1000);
+    assert_int_equal(jint(j, "params.live"), 300);
+    json_decref(j);
+    r[0] = (store_record){.kind = STORE_REC_PROGRESS, .job = b, .progress = {2, 40, 0.5, 310, 0, 0}};
+    CHECK(store_write(s, r, 1, &err));
+    j = listed_job(s, b);
+    assert_int_equal(jint(j, "params.total"), 1000);
+    assert_int_equal(jint(j, "progress.step"), 2);
+    json_decref(j);
+
+    /* the best val IoU so far, live: validations of a running job (a NaN is no best) */
+    const double ious[] = {0.5, 0.7, NAN, 0.6};
+    for (int i = 0; i < 4; i++)
+        r[i] = (store_record){.kind = STORE_REC_EVAL, .job = a, .eval = {10 * (i + 1), "val", 0, 0.3, ious[i], 0.5, 0.9, 0.5, 0.5}};
+    CHECK(store_write(s, r, 2, &err));
+    j = listed_job(s, a);
+    assert_true(jreal(j, "best_val_iou") == 0.7);
+    assert_true(json_is_null(jget(j, "zero_shot"))); /* not evaluated yet */
+    json_decref(j);
+    CHECK(store_write(s, r + 2, 2, &err));
+
+    /* the final evaluation: val and the zero-shot sets, in one batch */
+    r[0] = (store_record){.kind = STORE_REC_EVAL, .job = a, .eval = {40, "val", 1, 0.3, 0.65, 0.7, 0.9, 0.7, 0.7}};
+    r[1] = (store_record){.kind = STORE_REC_EVAL, .job = a, .eval = {40, "synthetic wall", 1, 0.9, 0.2, 0.3, 0.8, 0.3, 0.3}};
+    r[2] = (store_record){.kind = STORE_REC_EVAL, .job = a, .eval = {40, "synthetic asphalt", 1, 0.8, 0.3, 0.4, 0.8, 0.4, 0.4}};
+    CHECK(store_write(s, r, 3, &err));
+    r[0] = (store_record){.kind = STORE_REC_EVAL, .job = b, .eval = {40, "val", 1, 0.3, 0.55, 0.7, 0.9, 0.7, 0.7}};
+    CHECK(store_write(s, r, 1, &err));
+
+    j = listed_job(s, a);
+    assert_true(jreal(j, "best_val_iou") == 0.7);
+    assert_int_equal(json_array_size(jget(j, "zero_shot")), 2); /* by dataset name */
+    assert_string_equal(jstr(j, "zero_shot.0.dataset"), "synthetic asphalt");
+    assert_true(jreal(j, "zero_shot.0.iou") == 0.3);
+    assert_string_equal(jstr(j, "zero_shot.1.dataset"), "synthetic wall");
+    assert_true(jreal(j, "zero_shot.1.iou") == 0.2);
+    assert_int_equal(json_object_size(jget(j, "zero_shot.0")), 2);
+    json_t *full;
+    CHECK(store_job_get(s, a, &full, &err)); /* the job's own read says the same */
+    json_t *keys[] = {jget(full, "strategy"), jget(full, "best_val_iou"), jget(full, "zero_shot")};
+    assert_true(json_equal(keys[0], jget(j, "strategy")));
+    assert_true(json_equal(keys[1], jget(j, "best_val_iou")));
+    assert_true(json_equal(keys[2], jget(j, "zero_shot")));
+    json_decref(full);
+    json_decref(j);
+
+    j = listed_job(s, b); /* finished with no zero-shot sets: known, and empty */
+    assert_string_equal(jstr(j, "strategy"), "full");
+    assert_true(jreal(j, "best_val_iou") == 0.55);
+    assert_true(json_is_array(jget(j, "zero_shot")));
+    assert_int_equal(json_array_size(jget(j, "zero_shot")), 0);
+    json_decref(j);
+
+    j = listed_job(s, c);
+    assert_true(json_is_null(jget(j, "strategy")));
+    json_decref(j);
+}
+
+/* ------------------------------------------------------------ drift filters */
+
+/* The idx of a drift reply's series, as "1,5,9". */
+static void series_ids(json_t *d, char *out, size_t len) {
+    size_t used = 0, i;
+    json_t *v;
+    out[0] = '\0';
+    json_array_foreach(jget(d, "series"), i, v)
+        used += (size_t)snprintf(out + used, len - used, "%s%lld", i ? "," : "",
+                                 (long long)json_integer_value(json_object_get(v, "idx")));
+}
+
+static void expect_selection(store *s, int64_t job, store_drift_query q, const char *want) {
+    fisher_error err = {{0}};
+    json_t *d;
+    char got[512];
+    q.window = STORE_WINDOW_ALL;
+    CHECK(store_drift(s, job, &q, &d, &err));
+    series_ids(d, got, sizeof got);
+    json_decref(d);
+    printf("  %-40s -> %s\n", want, got);
+    assert_string_equal(got, want);
+}
+
+static void test_drift_filters_combine(void **state) {
+    fixture *f = *state;
+    fisher_error err = {{0}};
+    store *s = open_writer(f);
+    int64_t job = add_job(s, "filters", 1);
+    enum { N = 40 }; /* "enc.<i/4>.weight.rowblock<i%4>"; odd idx conv, even linear */
+    write_groups(s, job, N);
+    int idx[N];
+    double js[N], ema[N];
+    for (int64_t step = 0; step < 2; step++) {
+        store_record r = drift_record(job, step, N, NULL, 0, idx, js, ema);
+        CHECK(store_write(s, &r, 1, &err));
+    }
+    const char *two[] = {"enc.1.", "enc.3."}, *one[] = {"enc.2."};
+    expect_selection(s, job, (store_drift_query){.prefixes = two, .n_prefixes = 2}, "4,5,6,7,12,13,14,15");
+    expect_selection(s, job, (store_drift_query){.prefix = "enc.1.", .prefixes = one, .n_prefixes = 1},
+                     "4,5,6,7,8,9,10,11");
+    expect_selection(s, job, (store_drift_query){.prefix = "enc.1"}, "4,5,6,7"); /* enc.1x does not exist */
+    expect_selection(s, job, (store_drift_query){.layer_class = "conv", .prefixes = two, .n_prefixes = 2},
+                     "5,7,13,15");
+    expect_selection(s, job, (store_drift_query){.layer_class = "batchnorm"}, "");
+    const int64_t some[] = {9, 2, 9, 30};
+    expect_selection(s, job, (store_drift_query){.idx = some, .n_idx = 4}, "2,9,30");
+    expect_selection(s, job, (store_drift_query){.idx = some, .n_idx = 4, .layer_class = "linear"}, "2,30");
+    expect_selection(s, job, (store_drift_query){.idx = some, .n_idx = 4, .prefix = "enc.0."}, "2");
+    expect_selection(s, job, (store_drift_query){.key = "enc.0.weight.rowblock1", .layer_class = "conv"}, "1");
+    expect_selection(s, job, (store_drift_query){.key = "enc.0.weight.rowblock1", .layer_class = "linear"}, "");
+    json_t *d;
+    store_drift_query q = {.layer_class = "conv", .window = STORE_WINDOW_ALL};
+    CHECK(store_drift(s, job, &q, &d, &err));
+    assert_int_equal(json_array_size(jget(d, "series")), N / 2);
+    assert_int_equal(jint(d, "series.0.points"), 2);
+    json_decref(d);
+
+    const int64_t out[] = {3, N}, negative[] = {-1};
+    q = (store_drift_query){.idx = out, .n_idx = 2, .window = STORE_WINDOW_ALL};
+    EXPECT_FAIL(store_drift(s, job, &q, &d, &err), STORE_INVALID, "chunk index 40 is out of range: j_1 has 40 chunks");
+    assert_null(d);
+    q.idx = negative, q.n_idx = 1;
+    EXPECT_FAIL(store_drift(s, job, &q, &d, &err), STORE_INVALID, "chunk index -1 is out of range");
+
+    /* the CSV takes the same filters */
+    sink_buf b = {0};
+    q = (store_drift_query){.prefixes = two, .n_prefixes = 2, .layer_class = "linear", .window = STORE_WINDOW_ALL};
+    CHECK(store_drift_csv(s, job, &q, to_buf, &b, &err));
+    size_t lines = 0;
+    for (char *line = strtok(b.buf, "\n"); line; line = strtok(NULL, "\n")) lines++;
+    assert_int_equal(lines, 1 + 4 * 2); /* header, chunks 4, 6, 12, 14 at steps 0 and 1 */
+    free(b.buf);
+    b = (sink_buf){0};
+    q = (store_drift_query){.idx = out, .n_idx = 2, .window = STORE_WINDOW_ALL};
+    EXPECT_FAIL(store_drift_csv(s, job, &q, to_buf, &b, &err), STORE_INVALID, "out of range");
+    free(b.buf);
+}
+
 /* ------------------------------------------------------------ rewind */
 
 static void test_rewind_forgets_what_a_resume_replays(void **state) {
@@ -1103,6 +1292,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_pagination_walks_every_job_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_downsampling_keeps_first_last_and_extremes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_csv_has_every_point, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_job_summaries_carry_strategy_and_results, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drift_filters_combine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rewind_forgets_what_a_resume_replays, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_removes_the_job_and_nothing_else, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_batch_writes_nothing, setup, teardown),

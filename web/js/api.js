@@ -41,11 +41,14 @@ export function onAuthNeeded(fn) {
 }
 
 /* api('/jobs', {method, body, query, signal}) -> parsed JSON.
- * path is relative to /api/v1 unless it starts with "/api" or "/healthz". */
+ * path is relative to /api/v1 unless it starts with "/api" or "/healthz".
+ * A query value that is an array repeats its parameter (prefix=a&prefix=b). */
 export async function api(path, opts = {}) {
   const url = new URL(/^\/(api|healthz)/.test(path) ? path : `/api/v1${path}`, location.origin);
-  for (const [k, v] of Object.entries(opts.query || {}))
-    if (v !== undefined && v !== null && v !== '') url.searchParams.set(k, String(v));
+  for (const [k, v] of Object.entries(opts.query || {})) {
+    for (const x of Array.isArray(v) ? v : [v])
+      if (x !== undefined && x !== null && x !== '') url.searchParams.append(k, String(x));
+  }
   const headers = { Accept: 'application/json' };
   const t = token();
   if (t) headers.Authorization = `Bearer ${t}`;
@@ -71,10 +74,22 @@ export async function api(path, opts = {}) {
   return data;
 }
 
-/* URLs the browser fetches by itself (downloads, the event stream). */
+/* URLs the browser fetches by itself (downloads, event streams). Neither
+ * a link nor an EventSource can send an Authorization header, so with a
+ * token they carry it as ?access_token= (the daemon takes it on GETs);
+ * only these URLs do, as a URL can end up in history and logs. */
+function withToken(path, query = {}) {
+  const q = new URLSearchParams(query);
+  const t = token();
+  if (t) q.set('access_token', t);
+  const s = q.toString();
+  return s ? `${path}?${s}` : path;
+}
+
 export const urls = {
-  events: (id) => `/api/v1/jobs/${encodeURIComponent(id)}/events`,
-  model: (id) => `/api/v1/jobs/${encodeURIComponent(id)}/model`,
-  driftCsv: (id) => `/api/v1/jobs/${encodeURIComponent(id)}/drift?format=csv`,
-  metricsCsv: (id) => `/api/v1/jobs/${encodeURIComponent(id)}/metrics?format=csv`,
+  events: (id) => withToken(`/api/v1/jobs/${encodeURIComponent(id)}/events`),
+  allEvents: (kinds) => withToken('/api/v1/events', kinds ? { kinds: kinds.join(',') } : {}),
+  model: (id) => withToken(`/api/v1/jobs/${encodeURIComponent(id)}/model`),
+  driftCsv: (id) => withToken(`/api/v1/jobs/${encodeURIComponent(id)}/drift`, { format: 'csv' }),
+  metricsCsv: (id) => withToken(`/api/v1/jobs/${encodeURIComponent(id)}/metrics`, { format: 'csv' }),
 };

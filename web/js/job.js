@@ -134,10 +134,13 @@ export function mountJob(main, id) {
     const params = { ...job.params, total: paramsTotal(job) };
     const chunks = job.chunks || {};
     const r = job.result || {};
-    const valIou = series.val_iou?.y.length ? Math.max(...series.val_iou.y) : r.val?.iou;
+    /* the server's best so far, and what the stream added since */
+    const seen = series.val_iou?.y.filter((v) => v !== null) || [];
+    const best = [job.best_val_iou, ...seen].filter((v) => v !== null && v !== undefined);
+    const valIou = best.length ? Math.max(...best) : r.val?.iou;
     const row = (k, v) => h('div', null, h('dt', null, k), h('dd', null, v));
     fill(facts, 
-      row('Strategy', job.spec?.strategy || '—'),
+      row('Strategy', job.strategy || job.spec?.strategy || '—'),
       row('Base model', fmtBase(job.base_model)),
       row('Live parameters', params.total ? `${fmtPct((params.live ?? params.total) / params.total, 2)} (${fmtInt(params.live ?? params.total)} of ${fmtInt(params.total)})` : '—'),
       row('Live groups', chunks.total ? `${fmtInt(chunks.live ?? chunks.total)} of ${fmtInt(chunks.total)}` : '—'),
@@ -243,12 +246,16 @@ export function mountJob(main, id) {
     return { mode, which: mode === 'group' ? groupIn.value.trim() : whichSel.value };
   }
 
-  /* The /drift queries covering a selection. */
+  /* The /drift query covering a selection: one request whatever the mode
+   * (a stage is several prefixes, which the server ORs). */
   function driftQueries(sel) {
     if (sel.mode === 'group') return groups.some((g) => g.key === sel.which) ? [{ group: sel.which }] : [];
     if (sel.mode === 'layer') return [{ prefix: `${sel.which}.` }];
-    if (sel.mode === 'stage') return (stagePrefixes(sel.which) || []).map((prefix) => ({ prefix }));
-    if (sel.mode === 'class') return layerList().filter((l) => l.cls === sel.which).map((l) => ({ prefix: `${l.layer}.` }));
+    if (sel.mode === 'stage') {
+      const prefixes = stagePrefixes(sel.which);
+      return prefixes ? [{ prefix: prefixes }] : [];
+    }
+    if (sel.mode === 'class') return [{ layer_class: sel.which }];
     return [];
   }
 
@@ -377,7 +384,9 @@ export function mountJob(main, id) {
     const my = ++heatSeq;
     heatBusy = true;
     try {
-      const hm = await api(`/jobs/${id}/heatmap`, { query: { max_points: heat.columns() } });
+      /* 4 significant digits: a colour scale needs no more, and the reply is
+       * ~2.6x smaller than at full precision */
+      const hm = await api(`/jobs/${id}/heatmap`, { query: { max_points: heat.columns(), precision: 4 } });
       if (gone || my !== heatSeq) return;
       heat.setData(hm);
       heatInfo.textContent = hm.groups.length
@@ -621,7 +630,7 @@ export function mountJob(main, id) {
       }
       case 'progress':
         job.progress = { step: data.step, steps: data.steps, loss: data.loss };
-        job.params = { ...job.params, live: data.params_live };
+        job.params = { ...job.params, live: data.params_live, ...(data.params_total ? { total: data.params_total } : {}) };
         job.chunks = { ...job.chunks, live: data.chunks_live };
         if (job.status === 'queued') job.status = 'running';
         put('loss', data.step, data.loss);

@@ -106,8 +106,9 @@ export function fmtBase(text) {
   return text;
 }
 
-/* Live parameters / all parameters. params.total is not known for every
- * strategy while a job runs; the result's parameter count fills in. */
+/* Live parameters / all parameters. params.total comes with the first
+ * progress report, whatever the strategy; the result's parameter count
+ * fills in for jobs stored before the daemon recorded it. */
 export function paramsTotal(job) {
   return job.params?.total || job.result?.parameters || null;
 }
