@@ -55,6 +55,18 @@ static const char *const event_names[] = {"status", "progress", "drift", "freeze
                                           "groups"};
 #define N_EVENT_NAMES (sizeof event_names / sizeof *event_names)
 
+/* One remembered answer (see "read cache" below). */
+typedef struct cached {
+    struct cached *next;
+    int64_t job;
+    char *key, *body;
+    size_t len;
+    const char *content_type, *download;  /* static strings / into key */
+} cached;
+
+#define CACHE_ENTRIES 256
+#define CACHE_BYTES (64u << 20)
+
 typedef struct subscriber {
     struct subscriber *next;
     int64_t job;
@@ -80,6 +92,11 @@ struct api {
     uint64_t latency[N_LATENCY + 1]; /* requests per bucket of LATENCY_S, then the rest */
     double latency_sum;
     uint64_t requests;
+    pthread_mutex_t cache_lock;     /* the answers of finished jobs' reads (read_cache) */
+    cached *cache;                  /* most recently used first */
+    size_t cache_n, cache_bytes;
+    int64_t *finished;              /* jobs known to be in a terminal status */
+    size_t n_finished, cap_finished;
 };
 
 api *api_create(const serve_config *cfg, const char *db_path) {
@@ -91,6 +108,7 @@ api *api_create(const serve_config *cfg, const char *db_path) {
     pthread_mutex_init(&a->readers_lock, NULL);
     pthread_mutex_init(&a->subs_lock, NULL);
     pthread_mutex_init(&a->stats_lock, NULL);
+    pthread_mutex_init(&a->cache_lock, NULL);
     return a;
 }
 
@@ -105,10 +123,157 @@ void api_free(api *a) {
     pthread_mutex_destroy(&a->readers_lock);
     pthread_mutex_destroy(&a->subs_lock);
     pthread_mutex_destroy(&a->stats_lock);
+    for (cached *c = a->cache, *next; c; c = next) next = c->next, free(c->key), free(c->body), free(c);
+    free(a->finished);
+    pthread_mutex_destroy(&a->cache_lock);
     free(a);
 }
 
 /* ------------------------------------------------------------ helpers */
+
+/* ------------------------------------------------------------ read cache
+ *
+ * A finished job's drift, heatmap and metrics never change again (only a
+ * delete ends them), so their answers are kept — keyed by the route and
+ * the query as sent — and served again without touching the store: a
+ * dashboard's repeated reads of a 10k-point series cost a lookup and a
+ * copy instead of 10k rows and 2000 printed numbers. Running jobs are read
+ * afresh every time. Bounded by CACHE_ENTRIES and CACHE_BYTES, least
+ * recently used out first. */
+
+static int finished_has(api *a, int64_t job) {
+    for (size_t i = 0; i < a->n_finished; i++)
+        if (a->finished[i] == job) return 1;
+    return 0;
+}
+
+static void finished_add(api *a, int64_t job) {
+    pthread_mutex_lock(&a->cache_lock);
+    if (!finished_has(a, job)) {
+        if (a->n_finished == a->cap_finished) {
+            size_t cap = a->cap_finished ? 2 * a->cap_finished : 64;
+            int64_t *f = realloc(a->finished, cap * sizeof *f);
+            if (f) a->finished = f, a->cap_finished = cap;
+        }
+        if (a->n_finished < a->cap_finished) a->finished[a->n_finished++] = job;
+    }
+    pthread_mutex_unlock(&a->cache_lock);
+}
+
+/* Forgets job: a delete. */
+static void cache_drop_job(api *a, int64_t job) {
+    pthread_mutex_lock(&a->cache_lock);
+    for (size_t i = 0; i < a->n_finished; i++)
+        if (a->finished[i] == job) a->finished[i] = a->finished[--a->n_finished];
+    for (cached **p = &a->cache; *p;) {
+        cached *c = *p;
+        if (c->job != job) {
+            p = &c->next;
+            continue;
+        }
+        *p = c->next;
+        a->cache_n--, a->cache_bytes -= c->len;
+        free(c->key), free(c->body), free(c);
+    }
+    pthread_mutex_unlock(&a->cache_lock);
+}
+
+typedef struct {
+    char key[1024];                 /* "" when this read is not cacheable */
+} cache_slot;
+
+static int read_job_json(api *a, int64_t id, json_t **job, fisher_error *e);
+
+/* Whether job is finished, asking the store the first time. */
+static int job_finished(api *a, int64_t job) {
+    pthread_mutex_lock(&a->cache_lock);
+    int known = finished_has(a, job);
+    pthread_mutex_unlock(&a->cache_lock);
+    if (known) return 1;
+    json_t *j;
+    store_job_status st;
+    if (read_job_json(a, job, &j, NULL)) return 0;
+    int done = !store_job_status_parse(json_string_value(json_object_get(j, "status")), &st) &&
+               store_job_status_terminal(st);
+    json_decref(j);
+    if (done) finished_add(a, job);
+    return done;
+}
+
+/* Answers from the cache when it can (returns 1). Otherwise returns 0 and,
+ * for a finished job, leaves in slot the key to cache_put the answer under. */
+static int cache_get(http_request *req, api *a, int64_t job, const char *route, cache_slot *slot) {
+    slot->key[0] = 0;
+    if (!job_finished(a, job)) return 0;
+    size_t at = (size_t)snprintf(slot->key, sizeof slot->key, "%s/%lld?", route, (long long)job);
+    for (size_t i = 0; i < http_query_count(req) && at < sizeof slot->key; i++) {
+        const char *name, *value;
+        http_query_at(req, i, &name, &value);
+        at += (size_t)snprintf(slot->key + at, sizeof slot->key - at, "%s=%s&", name, value ? value : "");
+    }
+    if (at >= sizeof slot->key) return slot->key[0] = 0, 0; /* too long to key: not cached */
+    pthread_mutex_lock(&a->cache_lock);
+    cached **p = &a->cache;
+    while (*p && strcmp((*p)->key, slot->key)) p = &(*p)->next;
+    cached *c = *p;
+    char *copy = NULL;
+    size_t len = 0;
+    const char *type = NULL, *download = NULL;
+    if (c) {
+        *p = c->next, c->next = a->cache, a->cache = c; /* most recently used first */
+        if ((copy = malloc(c->len + 1))) memcpy(copy, c->body, c->len), len = c->len;
+        type = c->content_type, download = c->download;
+    }
+    char name[96] = "";
+    if (download) snprintf(name, sizeof name, "%s", download);
+    pthread_mutex_unlock(&a->cache_lock);
+    if (!copy) return 0;
+    if (name[0]) http_set_download_name(req, name);
+    http_respond_buffer(req, 200, type, copy, len);
+    return 1;
+}
+
+/* Remembers body (copied) under slot's key, if it has one. */
+static void cache_put(api *a, int64_t job, const cache_slot *slot, const char *body, size_t len,
+                      const char *content_type, const char *download) {
+    if (!slot->key[0] || len > CACHE_BYTES / 4) return;
+    cached *c = calloc(1, sizeof *c);
+    size_t dl = download ? strlen(download) + 1 : 0, kl = strlen(slot->key) + 1;
+    if (!c || !(c->key = malloc(kl + dl)) || !(c->body = malloc(len ? len : 1))) {
+        if (c) free(c->key);
+        free(c);
+        return;
+    }
+    memcpy(c->key, slot->key, kl);
+    if (download) memcpy(c->key + kl, download, dl), c->download = c->key + kl;
+    memcpy(c->body, body, len);
+    c->len = len, c->job = job, c->content_type = content_type;
+    pthread_mutex_lock(&a->cache_lock);
+    c->next = a->cache, a->cache = c;
+    a->cache_n++, a->cache_bytes += len;
+    while (a->cache_n > CACHE_ENTRIES || a->cache_bytes > CACHE_BYTES) { /* drop the least recently used */
+        cached **p = &a->cache;
+        while ((*p)->next) p = &(*p)->next;
+        cached *old = *p;
+        *p = NULL;
+        a->cache_n--, a->cache_bytes -= old->len;
+        free(old->key), free(old->body), free(old);
+    }
+    pthread_mutex_unlock(&a->cache_lock);
+}
+
+/* Responds with json (taken), remembering the text when slot says so. */
+static int respond_json_cached(http_request *req, api *a, int64_t job, const cache_slot *slot, json_t *json) {
+    char *text = json_dumps(json, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(json);
+    if (!text) return -1;
+    size_t len = strlen(text);
+    char *body = realloc(text, len + 2);
+    if (!body) return free(text), -1;
+    body[len++] = '\n'; /* as http_respond_json writes it */
+    cache_put(a, job, slot, body, len, "application/json", NULL);
+    return http_respond_buffer(req, 200, "application/json", body, len);
+}
 
 /* A read-only connection from the pool (opened when none is idle). */
 static store *reader_get(api *a, fisher_error *err) {
@@ -125,6 +290,8 @@ static store *reader_get(api *a, fisher_error *err) {
     return store_open(a->db_path, STORE_READONLY, &db, err) ? NULL : db;
 }
 
+#define IDLE_READERS 4 /* more than this at rest are closed: each holds its own page cache */
+
 static void reader_put(api *a, store *db) {
     reader *r = malloc(sizeof *r);
     if (!r) {
@@ -133,8 +300,12 @@ static void reader_put(api *a, store *db) {
     }
     r->db = db;
     pthread_mutex_lock(&a->readers_lock);
-    r->next = a->idle, a->idle = r;
+    size_t idle = 0;
+    for (reader *x = a->idle; x; x = x->next) idle++;
+    int keep = idle < IDLE_READERS;
+    if (keep) r->next = a->idle, a->idle = r;
     pthread_mutex_unlock(&a->readers_lock);
+    if (!keep) store_close(db), free(r);
 }
 
 static unsigned status_of(int store_rc) {
@@ -689,6 +860,8 @@ static int get_heatmap(http_request *req, void *app, fisher_error *err) {
     if (window_params(req, 1000, &w) ||
         http_query_int(req, "precision", 1, 17, HEATMAP_PRECISION, &precision))
         return 0;
+    cache_slot slot;
+    if (cache_get(req, a, id, "heatmap", &slot)) return 0;
     store *db = reader_get(a, err);
     if (!db) return -1;
     json_t *out;
@@ -705,6 +878,7 @@ static int get_heatmap(http_request *req, void *app, fisher_error *err) {
         free(t.buf);
         return fisher_errorf(err, "out of memory writing the heatmap");
     }
+    cache_put(a, id, &slot, t.buf, t.len, "application/json", NULL);
     return http_respond_buffer(req, 200, "application/json", t.buf, t.len);
 }
 
@@ -778,6 +952,8 @@ static int get_drift(http_request *req, void *app, fisher_error *err) {
     int parsed = groups ? parse_indices(req, "groups", groups, &idx, &q.n_idx) : 0;
     if (parsed) return parsed == -2 ? fisher_errorf(err, "out of memory reading groups") : 0;
     q.idx = idx;
+    cache_slot slot;
+    if (cache_get(req, a, id, "drift", &slot)) return free(idx), 0;
     store *db = reader_get(a, err);
     if (!db) return free(idx), -1;
     fisher_error e = {{0}};
@@ -794,10 +970,11 @@ static int get_drift(http_request *req, void *app, fisher_error *err) {
             return http_respond_error(req, 400, "invalid_parameter", "groups", "%s", e.msg);
         return respond_store_error(req, rc, &e);
     }
-    if (!csv) return http_respond_json(req, 200, out);
+    if (!csv) return respond_json_cached(req, a, id, &slot, out);
     char name[64];
     snprintf(name, sizeof name, "j_%lld-drift.csv", (long long)id);
     http_set_download_name(req, name);
+    cache_put(a, id, &slot, t.buf, t.len, "text/csv; charset=utf-8", name);
     return http_respond_buffer(req, 200, "text/csv; charset=utf-8", t.buf, t.len);
 }
 
@@ -811,6 +988,8 @@ static int get_metrics_series(http_request *req, void *app, fisher_error *err) {
     int csv = format_param(req);
     if (csv < 0 || window_params(req, 1000, &w)) return 0;
     const char *name = http_query(req, "name");
+    cache_slot slot;
+    if (cache_get(req, a, id, "metrics", &slot)) return 0;
     store *db = reader_get(a, err);
     if (!db) return -1;
     fisher_error e = {{0}};
@@ -823,13 +1002,14 @@ static int get_metrics_series(http_request *req, void *app, fisher_error *err) {
         char fname[64];
         snprintf(fname, sizeof fname, "j_%lld-metrics.csv", (long long)id);
         http_set_download_name(req, fname);
+        cache_put(a, id, &slot, t.buf, t.len, "text/csv; charset=utf-8", fname);
         return http_respond_buffer(req, 200, "text/csv; charset=utf-8", t.buf, t.len);
     }
     json_t *out;
     rc = store_metrics(db, id, name, w, &out, &e);
     reader_put(a, db);
     if (rc) return respond_store_error(req, rc, &e);
-    return http_respond_json(req, 200, out);
+    return respond_json_cached(req, a, id, &slot, out);
 }
 
 static int get_model_of_job(http_request *req, void *app, fisher_error *err) {
@@ -882,6 +1062,7 @@ static int delete_job(http_request *req, void *app, fisher_error *err) {
     fisher_error e = {{0}};
     int rc = sched_delete(a->sched, id, &e);
     if (rc) return respond_store_error(req, rc, &e);
+    cache_drop_job(a, id);
     return http_respond_json(req, 200, json_pack("{s:s, s:b}", "id", http_param(req, "id"), "deleted", 1));
 }
 
@@ -1230,6 +1411,7 @@ void api_on_records(void *ctx, const store_record *recs, size_t n) {
 
 void api_on_status(void *ctx, int64_t job, store_job_status status, const char *reason) {
     api *a = ctx;
+    if (store_job_status_terminal(status)) finished_add(a, job);
     char id[32];
     snprintf(id, sizeof id, "j_%lld", (long long)job);
     json_t *ev = json_pack("{s:s, s:s, s:s?}", "job", id, "status", store_job_status_name(status), "reason", reason);
@@ -1343,7 +1525,9 @@ int api_serve(api *a, http_server **out, fisher_error *err) {
     struct stat st;
     const char *web = !stat(a->cfg.web_root, &st) && S_ISDIR(st.st_mode) ? a->cfg.web_root : NULL;
     if (!web) log_msg(LOG_WARN, 0, "no dashboard: --web-root %s is not a folder", a->cfg.web_root);
-    http_config hc = {.listen = a->cfg.listen, .token = a->cfg.token[0] ? a->cfg.token : NULL,
+    /* nice 15: a request's thread weighs ~1/30 of a training thread, so
+     * readers take what training leaves (make bench, serve_bench.py) */
+    http_config hc = {.nice = 15, .listen = a->cfg.listen, .token = a->cfg.token[0] ? a->cfg.token : NULL,
                       .auth_reads = a->cfg.auth_reads, .static_root = web, .access_log = access_log,
                       .error_log = error_log, .log_ctx = a};
     return http_server_start(&hc, routes, sizeof routes / sizeof *routes, a, out, err);

@@ -654,3 +654,24 @@ def test_with_auth_reads_a_get_takes_the_token_as_a_header_or_access_token(tmp_p
         assert d.get("/api/v1/jobs")[0] == 200
     finally:
         d.stop()
+
+
+def test_finished_jobs_reads_are_remembered_running_ones_are_not(daemon):
+    status, job = daemon.post("/api/v1/jobs", small_job(steps=400, fisher={"ema_interval": 2, "freeze_interval": 1000}))
+    daemon.wait_step(job["id"], 50)
+    key = "decode_head.classifier.weight.rowblock0"
+    url = f"/api/v1/jobs/{job['id']}/drift?group={key}&max_points=0"
+    early = daemon.get(url)[1]["series"][0]["points"]
+    daemon.wait_step(job["id"], 150)
+    later = daemon.get(url)[1]["series"][0]["points"]
+    assert later > early  # a running job is read afresh
+    daemon.wait(job["id"])
+    first = daemon.request("GET", url, raw=True)[1]
+    again = daemon.request("GET", url, raw=True)[1]
+    assert first == again and json.loads(first)["series"][0]["points"] == 200
+    csv = daemon.request("GET", url + "&format=csv", raw=True)
+    assert csv[0] == 200 and "drift.csv" in csv[2]["Content-Disposition"]
+    csv_again = daemon.request("GET", url + "&format=csv", raw=True)
+    assert csv_again[1] == csv[1] and "drift.csv" in csv_again[2]["Content-Disposition"]
+    assert daemon.request("DELETE", f"/api/v1/jobs/{job['id']}")[0] == 200
+    assert daemon.get(url)[0] == 404  # a deleted job's remembered answers go with it
