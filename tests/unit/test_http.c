@@ -38,6 +38,7 @@
 #include "http.h"
 #include "testutil.h"
 
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
@@ -1320,12 +1321,13 @@ static void test_ipv6_loopback(void **state) {
 static int h_nice(http_request *req, void *app, fisher_error *err) {
     (void)app, (void)err;
     int nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
-    return http_respond_json(req, 200, json_pack("{s:i}", "nice", nice));
+    return http_respond_json(req, 200, json_pack("{s:i, s:i}", "nice", nice, "policy", sched_getscheduler(0)));
 }
 
 /* Handlers run on threads nicer than the process by the configured
- * amount, so requests yield the CPU to training; the process itself (and
- * so the training threads it starts) keeps its priority. */
+ * amount and under SCHED_IDLE, so requests yield the CPU to training; the
+ * process itself (and so the training threads it starts) keeps its
+ * priority and policy. */
 static void test_connection_threads_are_nicer(void **state) {
     (void)state;
     http_route routes[] = {{"GET", "/nice", h_nice, 0, 0}};
@@ -1344,10 +1346,12 @@ static void test_connection_threads_are_nicer(void **state) {
         json_t *j = json_loads(r.body, 0, NULL);
         int want = base + 7 > 19 ? 19 : base + 7;
         assert_int_equal(json_integer_value(json_object_get(j, "nice")), want);
+        assert_int_equal(json_integer_value(json_object_get(j, "policy")), 5); /* SCHED_IDLE */
         json_decref(j);
         tc_free(&r);
     }
     assert_int_equal(getpriority(PRIO_PROCESS, (id_t)getpid()), base);
+    assert_int_equal(sched_getscheduler(0), SCHED_OTHER);
     http_server_stop(srv);
 }
 
