@@ -1253,6 +1253,31 @@ static int subscribe(http_request *req, api *a, int64_t job, unsigned kinds, con
     if (close_after) http_sse_close(sse);
     pthread_mutex_unlock(&a->subs_lock);
     free(text);
+    if (job && !close_after) {
+        /* The job may have ended between the snapshot and the subscription,
+         * and its last status event with it: look again, and end the stream
+         * the way that event would have. */
+        json_t *now = NULL;
+        store_job_status st;
+        if (!read_job_json(a, job, &now, NULL) &&
+            !store_job_status_parse(json_string_value(json_object_get(now, "status")), &st) &&
+            (store_job_status_terminal(st) || st == STORE_JOB_INTERRUPTED)) {
+            json_t *ev = json_pack("{s:O, s:O, s:O}", "job", json_object_get(now, "id"), "status",
+                                   json_object_get(now, "status"), "reason", json_object_get(now, "reason"));
+            char *data = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+            json_decref(ev);
+            pthread_mutex_lock(&a->subs_lock);
+            for (subscriber *s = a->subs; s; s = s->next) /* still subscribed: sse is alive */
+                if (s == sub) {
+                    if (data) http_sse_send(sse, "status", data, NULL);
+                    http_sse_close(sse);
+                    break;
+                }
+            pthread_mutex_unlock(&a->subs_lock);
+            free(data);
+        }
+        json_decref(now);
+    }
     return 0;
 }
 
