@@ -64,6 +64,13 @@ typedef struct cached {
     const char *content_type, *download;  /* static strings / into key */
 } cached;
 
+/* How many times a job has changed since the daemon started: a key for
+ * answers that are only valid until the job's next record. */
+typedef struct {
+    int64_t job;
+    uint64_t gen;
+} job_gen;
+
 #define CACHE_ENTRIES 256
 #define CACHE_BYTES (64u << 20)
 
@@ -97,6 +104,8 @@ struct api {
     size_t cache_n, cache_bytes;
     int64_t *finished;              /* jobs known to be in a terminal status */
     size_t n_finished, cap_finished;
+    job_gen *gens;                  /* per job: bumped by every record and status change */
+    size_t n_gens, cap_gens;
 };
 
 api *api_create(const serve_config *cfg, const char *db_path) {
@@ -124,7 +133,7 @@ void api_free(api *a) {
     pthread_mutex_destroy(&a->subs_lock);
     pthread_mutex_destroy(&a->stats_lock);
     for (cached *c = a->cache, *next; c; c = next) next = c->next, free(c->key), free(c->body), free(c);
-    free(a->finished);
+    free(a->finished), free(a->gens);
     pthread_mutex_destroy(&a->cache_lock);
     free(a);
 }
@@ -157,6 +166,27 @@ static void finished_add(api *a, int64_t job) {
         }
         if (a->n_finished < a->cap_finished) a->finished[a->n_finished++] = job;
     }
+    pthread_mutex_unlock(&a->cache_lock);
+}
+
+/* The job's generation (cache_lock held); 0 for a job that never changed here. */
+static uint64_t gen_of(const api *a, int64_t job) {
+    for (size_t i = 0; i < a->n_gens; i++)
+        if (a->gens[i].job == job) return a->gens[i].gen;
+    return 0;
+}
+
+static void gen_bump(api *a, int64_t job) {
+    pthread_mutex_lock(&a->cache_lock);
+    size_t i = 0;
+    while (i < a->n_gens && a->gens[i].job != job) i++;
+    if (i == a->n_gens && a->n_gens == a->cap_gens) {
+        size_t cap = a->cap_gens ? 2 * a->cap_gens : 16;
+        job_gen *g = realloc(a->gens, cap * sizeof *g);
+        if (g) a->gens = g, a->cap_gens = cap;
+    }
+    if (i == a->n_gens && a->n_gens < a->cap_gens) a->gens[a->n_gens++] = (job_gen){job, 0};
+    if (i < a->n_gens) a->gens[i].gen++;
     pthread_mutex_unlock(&a->cache_lock);
 }
 
@@ -202,10 +232,18 @@ static int job_finished(api *a, int64_t job) {
 
 /* Answers from the cache when it can (returns 1). Otherwise returns 0 and,
  * for a finished job, leaves in slot the key to cache_put the answer under. */
-static int cache_get(http_request *req, api *a, int64_t job, const char *route, cache_slot *slot) {
+static int cache_lookup(http_request *req, api *a, int64_t job, const char *route, int live, cache_slot *slot) {
     slot->key[0] = 0;
-    if (!job_finished(a, job)) return 0;
-    size_t at = (size_t)snprintf(slot->key, sizeof slot->key, "%s/%lld?", route, (long long)job);
+    uint64_t gen = 0;
+    if (live) { /* valid until the job's next record: the generation is in the key */
+        pthread_mutex_lock(&a->cache_lock);
+        gen = gen_of(a, job);
+        pthread_mutex_unlock(&a->cache_lock);
+    } else if (!job_finished(a, job)) {
+        return 0;
+    }
+    size_t at = (size_t)snprintf(slot->key, sizeof slot->key, "%s/%lld@%llu?", route, (long long)job,
+                                 (unsigned long long)gen);
     for (size_t i = 0; i < http_query_count(req) && at < sizeof slot->key; i++) {
         const char *name, *value;
         http_query_at(req, i, &name, &value);
@@ -231,6 +269,10 @@ static int cache_get(http_request *req, api *a, int64_t job, const char *route, 
     if (name[0]) http_set_download_name(req, name);
     http_respond_buffer(req, 200, type, copy, len);
     return 1;
+}
+
+static int cache_get(http_request *req, api *a, int64_t job, const char *route, cache_slot *slot) {
+    return cache_lookup(req, a, job, route, 0, slot);
 }
 
 /* Remembers body (copied) under slot's key, if it has one. */
@@ -811,13 +853,21 @@ static int job_read(http_request *req, api *a, const char *const *params, job_re
     return http_respond_json(req, 200, out);
 }
 
-static int read_job(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e) {
-    (void)req;
-    return store_job_get(db, id, out, e);
-}
-
+/* A job's record changes with every step it trains, but a dashboard or a
+ * script polls it far more often than that: the answer is kept until the
+ * job's next record (its generation). */
 static int get_job(http_request *req, void *app, fisher_error *err) {
-    return job_read(req, app, (const char *const[]){NULL}, read_job, err);
+    api *a = app;
+    int64_t id;
+    if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
+    cache_slot slot;
+    if (cache_lookup(req, a, id, "job", 1, &slot)) return 0;
+    json_t *job;
+    fisher_error e = {{0}};
+    int rc = read_job_json(a, id, &job, &e);
+    if (rc) return respond_store_error(req, rc, &e);
+    (void)err;
+    return respond_json_cached(req, a, id, &slot, job);
 }
 
 static int read_groups(http_request *req, store *db, int64_t id, json_t **out, fisher_error *e) {
@@ -1405,6 +1455,8 @@ static int wants(const subscriber *s, int64_t job, unsigned bit) {
 
 void api_on_records(void *ctx, const store_record *recs, size_t n) {
     api *a = ctx;
+    for (size_t i = 0; i < n; i++)
+        if (!i || recs[i].job != recs[i - 1].job) gen_bump(a, recs[i].job);
     pthread_mutex_lock(&a->stats_lock);
     for (size_t i = 0; i < n; i++) {
         a->steps += recs[i].kind == STORE_REC_PROGRESS;
@@ -1436,6 +1488,7 @@ void api_on_records(void *ctx, const store_record *recs, size_t n) {
 
 void api_on_status(void *ctx, int64_t job, store_job_status status, const char *reason) {
     api *a = ctx;
+    gen_bump(a, job);
     if (store_job_status_terminal(status)) finished_add(a, job);
     char id[32];
     snprintf(id, sizeof id, "j_%lld", (long long)job);

@@ -452,9 +452,10 @@ static void finish(sched *s, job_msg *done) {
         free(res_text);
     }
     free(j);
-    /* a finished run leaves megabytes of freed buffers in the allocator's
-     * arenas; give them back, so an idle daemon is small again */
-    malloc_trim(0);
+    if (!s->n_running) { /* idle: give back the write cache and the run's freed buffers */
+        store_release_memory(s->db);
+        malloc_trim(0);
+    }
 }
 
 /* The records of a batch, up to (not including) a run's end, written in

@@ -582,6 +582,10 @@ void store_close(store *s) {
     free(s);
 }
 
+void store_release_memory(store *s) {
+    if (s) sqlite3_db_release_memory(s->db);
+}
+
 int store_check(store *s, fisher_error *err) {
     sqlite3_stmt *st = stmt(s, SQL_INTEGRITY, err);
     if (!st) return STORE_ERROR;

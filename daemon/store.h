@@ -108,6 +108,10 @@ int store_open(const char *path, unsigned flags, store **out, fisher_error *err)
 /* Finishes the cached statements and closes the connection. NULL is fine. */
 void store_close(store *s);
 
+/* Gives back the memory the connection's page cache holds (it refills on
+ * demand): for an idle daemon. */
+void store_release_memory(store *s);
+
 /* PRAGMA integrity_check and foreign_key_check: STORE_OK, or STORE_ERROR
  * with the first problems in err. */
 int store_check(store *s, fisher_error *err);

@@ -337,7 +337,15 @@ end
 """
 
 
-def run_wrk(url, threads, conns, seconds, daemon_pid, tmp, pace_ms=0):
+def idle_priority():
+    """preexec_fn: the load generator runs as SCHED_IDLE (see --client-priority)."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+CLIENT_PRIORITY = {"idle": idle_priority, "normal": None}
+
+
+def run_wrk(url, threads, conns, seconds, daemon_pid, tmp, pace_ms=0, client="idle"):
     """One wrk --latency run. Returns its numbers plus the CPU the daemon,
     wrk and everything else used meanwhile."""
     script = os.path.join(tmp, f"wrk_pace{pace_ms}.lua")
@@ -349,7 +357,7 @@ def run_wrk(url, threads, conns, seconds, daemon_pid, tmp, pace_ms=0):
     load1 = os.getloadavg()[0]
     meter = CpuMeter(daemon_pid)
     meter.start()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=CLIENT_PRIORITY[client])
     try:
         out = p.stdout.read().decode(errors="replace")
         _, status, ru = os.wait4(p.pid, 0)
@@ -448,6 +456,10 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: a 2 000-point series, 3 s wrk runs, 6 s training windows")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (database, daemon log)")
+    ap.add_argument("--client-priority", choices=sorted(CLIENT_PRIORITY), default="idle",
+                    help="wrk's scheduling: idle (default) — in use the clients are other machines, so the "
+                         "load generator takes only CPU nobody else wants and the step's slowdown is the "
+                         "daemon's own; normal — wrk competes with training like any process")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads [1]")
     ap.add_argument("--connections", type=int, default=4, help="wrk connections [4]")
     ap.add_argument("--duration", type=float, help="seconds per idle wrk run [15; quick 3]")
@@ -511,7 +523,8 @@ def main():
         # -- idle
         for name in ("drift", "job"):
             log(f"wrk idle: {name} read, {duration:g} s")
-            r = run_wrk(urls[name], args.threads, args.connections, duration, daemon.pid, tmp)
+            r = run_wrk(urls[name], args.threads, args.connections, duration, daemon.pid, tmp,
+                        client=args.client_priority)
             r.update(request=name, phase="idle", pace=0)
             res["wrk"].append(r)
             log(f"  {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
@@ -542,7 +555,8 @@ def main():
                 w = idle_window(window, daemon.pid)
             else:
                 log(f"window: {label} load, {window:g} s")
-                w = run_wrk(urls[req], args.threads, args.connections, window, daemon.pid, tmp, pace)
+                w = run_wrk(urls[req], args.threads, args.connections, window, daemon.pid, tmp, pace,
+                            client=args.client_priority)
                 w.update(request=req, phase="training", pace=pace)
                 res["wrk"].append(w)
             w["label"] = label
