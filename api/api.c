@@ -711,12 +711,9 @@ static int fix_base_model(http_request *req, api *a, json_t *spec, int64_t *wait
                                "base_model.job must be a job id like \"j_2\", alone in base_model");
             return -1;
         }
-        store *db = reader_get(a, err);
-        if (!db) return -2;
         json_t *other;
         fisher_error e = {{0}};
-        int rc = store_job_get(db, jid, &other, &e);
-        reader_put(a, db);
+        int rc = read_job_json(a, jid, &other, &e);
         if (rc == STORE_NOT_FOUND) {
             http_respond_error(req, 400, "invalid_spec", "base_model.job", "base_model.job: there is no job %s",
                                json_string_value(job));

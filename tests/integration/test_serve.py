@@ -437,22 +437,16 @@ def test_a_model_upload_is_validated_before_it_is_registered(daemon, tmp_path):
 def test_the_all_jobs_stream_starts_with_the_current_state(daemon):
     status, old = daemon.post("/api/v1/jobs", small_job(steps=5, strategy="full"))
     daemon.wait(old["id"])
-    req = urllib.request.Request(daemon.base + "/api/v1/events")
-    seen = []
-    with urllib.request.urlopen(req, timeout=60) as r:
-        event = None
-        for raw in r:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data = json.loads(line.split(":", 1)[1])
-                seen.append((event, data))
-                if event == "jobs":
-                    assert [j["id"] for j in data["jobs"]] == [old["id"]]
-                    new = daemon.post("/api/v1/jobs", small_job(steps=20))[1]
-                if event == "status" and data["status"] == "succeeded":
-                    break
+    submitted = []
+
+    def until(event, data):
+        if event == "jobs":  # the snapshot first: then a new job, whose events follow
+            assert [j["id"] for j in data["jobs"]] == [old["id"]]
+            submitted.append(daemon.post("/api/v1/jobs", small_job(steps=20))[1])
+        return event == "status" and data["status"] == "succeeded"
+
+    seen = read_events(daemon, "/api/v1/events", until)
+    new = submitted[0]
     assert seen[0][0] == "jobs"
     assert {e for e, _ in seen} >= {"jobs", "status", "progress", "drift"}
     assert all(d["job"] == new["id"] for e, d in seen[1:])
