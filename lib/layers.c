@@ -639,10 +639,10 @@ void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout
     double h[IC], sq[OC];
     memset(h, 0, sizeof h), memset(sq, 0, sizeof sq);
     add_column_squares(h, inp, R, IC);
-    add_column_squares(sq, dout, R, OC);
+    if (S) add_column_squares(sq, dout, R, OC);
     for (int j = 0; j < IC; j++) H[j] = (float)(h[j] / R);
     if (has_bias) H[IC] = 1.0f; /* the constant-1 column: Σ 1 / R */
-    for (int o = 0; o < OC; o++) S[o] = (float)(sq[o] / R);
+    for (int o = 0; S && o < OC; o++) S[o] = (float)(sq[o] / R);
 }
 
 /* h (K) = Σ over every (batch, group, position) patch of its squares: the

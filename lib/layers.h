@@ -131,7 +131,8 @@ void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, 
  * w.r.t. its output (S), from what forward and backward already hold. The
  * divisors are the reference's. They OVERWRITE H and S.
  *   linear     inp (R, IC), dout (R, OC); H (IC [+1 bias]), S (OC):
- *              H[j] = Σ_r x[r,j]² / R,  S[o] = Σ_r s[r,o]² / R
+ *              H[j] = Σ_r x[r,j]² / R,  S[o] = Σ_r s[r,o]² / R; S NULL: only H
+ *              (a layer reading a concatenation has one S for its input blocks)
  *   conv       inp (B, H, W, C) and dout (B, OH, OW, OC) as in d; H has
  *              K = C/G·KH·KW entries in weight order (cin, kh, kw) [+1 bias]
  *              summed over every (batch, group, position) patch, divided by

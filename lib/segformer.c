@@ -1003,7 +1003,8 @@ static void fuse_stats(fisher_segformer *m, fisher_layer *l) {
             up = m->z_up; /* the forward's scratch, free during backward */
         }
         float *H = l->H + (size_t)(FISHER_STAGES - 1 - s) * D;
-        fisher_stats_linear(H, l->S, up, m->g.fuse, B * N0, D, D, 0);
+        /* the four input blocks share one output gradient: its S once */
+        fisher_stats_linear(H, s ? NULL : l->S, up, m->g.fuse, B * N0, D, D, 0);
         for (int j = 0; j < D; j++) H[j] *= (float)N0;
     }
 }
