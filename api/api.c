@@ -99,11 +99,9 @@ struct api {
     uint64_t latency[N_LATENCY + 1]; /* requests per bucket of LATENCY_S, then the rest */
     double latency_sum;
     uint64_t requests;
-    pthread_mutex_t cache_lock;     /* the answers of finished jobs' reads (read_cache) */
+    pthread_mutex_t cache_lock;     /* remembered answers and job generations (read cache) */
     cached *cache;                  /* most recently used first */
     size_t cache_n, cache_bytes;
-    int64_t *finished;              /* jobs known to be in a terminal status */
-    size_t n_finished, cap_finished;
     job_gen *gens;                  /* per job: bumped by every record and status change */
     size_t n_gens, cap_gens;
 };
@@ -133,7 +131,7 @@ void api_free(api *a) {
     pthread_mutex_destroy(&a->subs_lock);
     pthread_mutex_destroy(&a->stats_lock);
     for (cached *c = a->cache, *next; c; c = next) next = c->next, free(c->key), free(c->body), free(c);
-    free(a->finished), free(a->gens);
+    free(a->gens);
     pthread_mutex_destroy(&a->cache_lock);
     free(a);
 }
@@ -142,32 +140,16 @@ void api_free(api *a) {
 
 /* ------------------------------------------------------------ read cache
  *
- * A finished job's drift, heatmap and metrics never change again (only a
- * delete ends them), so their answers are kept — keyed by the route and
- * the query as sent — and served again without touching the store: a
+ * A job's record, drift, heatmap and metrics change only when the job
+ * writes something (every committed record and status change bumps its
+ * generation), and a finished job's never again until it is deleted. So
+ * answers are kept — keyed by the route, the job's generation and the
+ * query as sent — and served again without touching the store: a
  * dashboard's repeated reads of a 10k-point series cost a lookup and a
- * copy instead of 10k rows and 2000 printed numbers. Running jobs are read
- * afresh every time. Bounded by CACHE_ENTRIES and CACHE_BYTES, least
- * recently used out first. */
-
-static int finished_has(api *a, int64_t job) {
-    for (size_t i = 0; i < a->n_finished; i++)
-        if (a->finished[i] == job) return 1;
-    return 0;
-}
-
-static void finished_add(api *a, int64_t job) {
-    pthread_mutex_lock(&a->cache_lock);
-    if (!finished_has(a, job)) {
-        if (a->n_finished == a->cap_finished) {
-            size_t cap = a->cap_finished ? 2 * a->cap_finished : 64;
-            int64_t *f = realloc(a->finished, cap * sizeof *f);
-            if (f) a->finished = f, a->cap_finished = cap;
-        }
-        if (a->n_finished < a->cap_finished) a->finished[a->n_finished++] = job;
-    }
-    pthread_mutex_unlock(&a->cache_lock);
-}
+ * copy instead of 10k rows and 2000 printed numbers, and a job polled
+ * while it trains is read once per step, not once per poll. Bounded by
+ * CACHE_ENTRIES and CACHE_BYTES, least recently used out first (stale
+ * generations age out that way). */
 
 /* The job's generation (cache_lock held); 0 for a job that never changed here. */
 static uint64_t gen_of(const api *a, int64_t job) {
@@ -193,8 +175,6 @@ static void gen_bump(api *a, int64_t job) {
 /* Forgets job: a delete. */
 static void cache_drop_job(api *a, int64_t job) {
     pthread_mutex_lock(&a->cache_lock);
-    for (size_t i = 0; i < a->n_finished; i++)
-        if (a->finished[i] == job) a->finished[i] = a->finished[--a->n_finished];
     for (cached **p = &a->cache; *p;) {
         cached *c = *p;
         if (c->job != job) {
@@ -212,36 +192,13 @@ typedef struct {
     char key[1024];                 /* "" when this read is not cacheable */
 } cache_slot;
 
-static int read_job_json(api *a, int64_t id, json_t **job, fisher_error *e);
-
-/* Whether job is finished, asking the store the first time. */
-static int job_finished(api *a, int64_t job) {
-    pthread_mutex_lock(&a->cache_lock);
-    int known = finished_has(a, job);
-    pthread_mutex_unlock(&a->cache_lock);
-    if (known) return 1;
-    json_t *j;
-    store_job_status st;
-    if (read_job_json(a, job, &j, NULL)) return 0;
-    int done = !store_job_status_parse(json_string_value(json_object_get(j, "status")), &st) &&
-               store_job_status_terminal(st);
-    json_decref(j);
-    if (done) finished_add(a, job);
-    return done;
-}
-
-/* Answers from the cache when it can (returns 1). Otherwise returns 0 and,
- * for a finished job, leaves in slot the key to cache_put the answer under. */
-static int cache_lookup(http_request *req, api *a, int64_t job, const char *route, int live, cache_slot *slot) {
+/* Answers from the cache when it can (returns 1). Otherwise returns 0 and
+ * leaves in slot the key to cache_put the answer under. */
+static int cache_get(http_request *req, api *a, int64_t job, const char *route, cache_slot *slot) {
     slot->key[0] = 0;
-    uint64_t gen = 0;
-    if (live) { /* valid until the job's next record: the generation is in the key */
-        pthread_mutex_lock(&a->cache_lock);
-        gen = gen_of(a, job);
-        pthread_mutex_unlock(&a->cache_lock);
-    } else if (!job_finished(a, job)) {
-        return 0;
-    }
+    pthread_mutex_lock(&a->cache_lock);
+    uint64_t gen = gen_of(a, job); /* the answer holds until the job's next record */
+    pthread_mutex_unlock(&a->cache_lock);
     size_t at = (size_t)snprintf(slot->key, sizeof slot->key, "%s/%lld@%llu?", route, (long long)job,
                                  (unsigned long long)gen);
     for (size_t i = 0; i < http_query_count(req) && at < sizeof slot->key; i++) {
@@ -269,10 +226,6 @@ static int cache_lookup(http_request *req, api *a, int64_t job, const char *rout
     if (name[0]) http_set_download_name(req, name);
     http_respond_buffer(req, 200, type, copy, len);
     return 1;
-}
-
-static int cache_get(http_request *req, api *a, int64_t job, const char *route, cache_slot *slot) {
-    return cache_lookup(req, a, job, route, 0, slot);
 }
 
 /* Remembers body (copied) under slot's key, if it has one. */
@@ -376,8 +329,8 @@ static int is_read(const http_request *req) {
 
 /* Refuses query parameters outside `allowed` (NULL-terminated), and a
  * second one of a name not in `repeatable` (NULL: none): a typo must not
- * silently become a default. A read also takes access_token (see "reads
- * and the token"). 0, or -1 after answering 400. */
+ * silently become a default. A read also takes access_token, which http.c
+ * reads as the bearer token. 0, or -1 after answering 400. */
 static int only_params_of(http_request *req, const char *const *allowed, const char *const *repeatable) {
     for (size_t i = 0; i < http_query_count(req); i++) {
         const char *name, *value;
@@ -472,62 +425,6 @@ static int read_job_json(api *a, int64_t id, json_t **job, fisher_error *e) {
     reader_put(a, db);
     return rc;
 }
-
-/* ------------------------------------------------------------ reads and the token
- *
- * With --auth-reads every read of the API needs the token. http.c checks
- * it for writes and for paths no route has; the GET routes of the table
- * are registered with it as HTTP_ROUTE_PUBLIC (API_READ below) and
- * checked here instead, before their handler runs, so that what a browser
- * fetches by itself — an EventSource, a download link, neither of which
- * can send a header — may carry the token as ?access_token=<token>. Both
- * forms are compared in constant time (http_secure_equal). Without a
- * token, or without --auth-reads, reads need nothing and access_token is
- * ignored, as a wrong header is. A token in a URL can end up in browser
- * history and in proxies' logs, so the dashboard puts it only in those
- * two kinds of URL; fisherd's own access log never shows the query.
- */
-
-/* The Authorization header's bearer token (trimmed), as http.c reads it;
- * NULL when there is none of that form. */
-static const char *bearer_of(const http_request *req, size_t *len) {
-    const char *h = http_header(req, "Authorization");
-    if (!h || strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) return NULL;
-    h += 7;
-    while (*h == ' ' || *h == '\t') h++;
-    size_t n = strlen(h);
-    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
-    *len = n;
-    return h;
-}
-
-/* 1 when the read may go on; 0 after answering 401 as http.c would. */
-static int read_allowed(http_request *req, const api *a) {
-    const char *token = a->cfg.token;
-    if (!token[0] || !a->cfg.auth_reads) return 1;
-    size_t n = strlen(token), len = 0;
-    const char *bearer = bearer_of(req, &len), *q = NULL;
-    http_query_status qs = http_query_get(req, "access_token", &q);
-    if (bearer && http_secure_equal(bearer, len, token, n)) return 1;
-    if (qs == HTTP_QUERY_OK && q && http_secure_equal(q, strlen(q), token, n)) return 1;
-    http_add_header(req, "WWW-Authenticate", "Bearer realm=\"fisherd\"");
-    const char *h = http_header(req, "Authorization");
-    http_respond_error(req, 401, NULL, qs != HTTP_QUERY_ABSENT ? "access_token" : NULL, "%s",
-                       qs == HTTP_QUERY_REPEATED ? "access_token is given more than once"
-                       : qs != HTTP_QUERY_ABSENT ? "the access_token is not the right one"
-                       : !h ? "this request needs 'Authorization: Bearer <token>' (or, for what a browser "
-                              "fetches by itself, ?access_token=<token>)"
-                       : !bearer ? "the Authorization header must be 'Bearer <token>'"
-                                 : "the bearer token is not the right one");
-    return 0;
-}
-
-/* Routes whose token check is read_allowed's: fn##_checked runs it first. */
-#define API_READ HTTP_ROUTE_PUBLIC
-#define CHECKED_READ(fn)                                                         \
-    static int fn##_checked(http_request *req, void *app, fisher_error *err) {   \
-        return read_allowed(req, app) ? fn(req, app, err) : 0;                   \
-    }
 
 /* ------------------------------------------------------------ health, metrics, openapi */
 
@@ -850,15 +747,12 @@ static int job_read(http_request *req, api *a, const char *const *params, job_re
     return http_respond_json(req, 200, out);
 }
 
-/* A job's record changes with every step it trains, but a dashboard or a
- * script polls it far more often than that: the answer is kept until the
- * job's next record (its generation). */
 static int get_job(http_request *req, void *app, fisher_error *err) {
     api *a = app;
     int64_t id;
     if (job_id_param(req, &id) || only_params(req, (const char *const[]){NULL})) return 0;
     cache_slot slot;
-    if (cache_lookup(req, a, id, "job", 1, &slot)) return 0;
+    if (cache_get(req, a, id, "job", &slot)) return 0;
     json_t *job;
     fisher_error e = {{0}};
     int rc = read_job_json(a, id, &job, &e);
@@ -1486,7 +1380,6 @@ void api_on_records(void *ctx, const store_record *recs, size_t n) {
 void api_on_status(void *ctx, int64_t job, store_job_status status, const char *reason) {
     api *a = ctx;
     gen_bump(a, job);
-    if (store_job_status_terminal(status)) finished_add(a, job);
     char id[32];
     snprintf(id, sizeof id, "j_%lld", (long long)job);
     json_t *ev = json_pack("{s:s, s:s, s:s?}", "job", id, "status", store_job_status_name(status), "reason", reason);
@@ -1506,44 +1399,28 @@ void api_on_status(void *ctx, int64_t job, store_job_status status, const char *
 
 /* ------------------------------------------------------------ the table */
 
-CHECKED_READ(get_metrics)
-CHECKED_READ(get_jobs)
-CHECKED_READ(get_job)
-CHECKED_READ(get_groups)
-CHECKED_READ(get_drift)
-CHECKED_READ(get_heatmap)
-CHECKED_READ(get_freezes)
-CHECKED_READ(get_metrics_series)
-CHECKED_READ(get_events)
-CHECKED_READ(get_model_of_job)
-CHECKED_READ(get_all_events)
-CHECKED_READ(get_models)
-CHECKED_READ(get_model)
-CHECKED_READ(get_datasets)
 
-/* Every GET but the public two is API_READ: its token check is
- * read_allowed's (see "reads and the token"); http.c checks the writes'. */
 static const http_route routes[] = {
     {"GET", "/healthz", get_healthz, HTTP_ROUTE_PUBLIC, 0},
-    {"GET", "/metrics", get_metrics_checked, API_READ, 0},
+    {"GET", "/metrics", get_metrics, 0, 0},
     {"GET", "/api/v1/openapi.json", get_openapi, HTTP_ROUTE_PUBLIC, 0},
     {"POST", "/api/v1/jobs", post_job, HTTP_ROUTE_JSON_BODY, JOB_SPEC_MAX_BODY},
-    {"GET", "/api/v1/jobs", get_jobs_checked, API_READ, 0},
-    {"GET", "/api/v1/jobs/{id}", get_job_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs", get_jobs, 0, 0},
+    {"GET", "/api/v1/jobs/{id}", get_job, 0, 0},
     {"DELETE", "/api/v1/jobs/{id}", delete_job, 0, 0},
     {"POST", "/api/v1/jobs/{id}/cancel", post_cancel, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/groups", get_groups_checked, API_READ, 0},
-    {"GET", "/api/v1/jobs/{id}/drift", get_drift_checked, API_READ, 0},
-    {"GET", "/api/v1/jobs/{id}/heatmap", get_heatmap_checked, API_READ, 0},
-    {"GET", "/api/v1/jobs/{id}/freezes", get_freezes_checked, API_READ, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics", get_metrics_series_checked, API_READ, 0},
-    {"GET", "/api/v1/jobs/{id}/events", get_events_checked, API_READ, 0},
-    {"GET", "/api/v1/jobs/{id}/model", get_model_of_job_checked, API_READ, 0},
-    {"GET", "/api/v1/events", get_all_events_checked, API_READ, 0},
-    {"GET", "/api/v1/models", get_models_checked, API_READ, 0},
+    {"GET", "/api/v1/jobs/{id}/groups", get_groups, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/drift", get_drift, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/heatmap", get_heatmap, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/freezes", get_freezes, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics", get_metrics_series, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/events", get_events, 0, 0},
+    {"GET", "/api/v1/jobs/{id}/model", get_model_of_job, 0, 0},
+    {"GET", "/api/v1/events", get_all_events, 0, 0},
+    {"GET", "/api/v1/models", get_models, 0, 0},
     {"POST", "/api/v1/models", post_model, 0, MODEL_MAX_BODY},
-    {"GET", "/api/v1/models/{id}", get_model_checked, API_READ, 0},
-    {"GET", "/api/v1/datasets", get_datasets_checked, API_READ, 0},
+    {"GET", "/api/v1/models/{id}", get_model, 0, 0},
+    {"GET", "/api/v1/datasets", get_datasets, 0, 0},
 };
 
 /* The route a path belongs to, for /metrics: ids become {id}, so the

@@ -1086,14 +1086,22 @@ static enum MHD_Result http__reject(http_request *req, unsigned status, const ch
     return http__queue(req);
 }
 
+/* The bearer token of the Authorization header or, for a read, of
+ * ?access_token=: what a browser fetches by itself (an EventSource, a
+ * download link) cannot send a header. A token in a URL can end up in
+ * history and proxies' logs, so clients should use it only there; the
+ * access log never shows the query. Both compared in constant time. */
 static int http__authorized(const http_request *req) {
-    const char *h = http_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) return 0;
-    h += 7;
-    while (*h == ' ' || *h == '\t') h++;
-    size_t n = strlen(h);
-    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
-    return http_secure_equal(h, n, req->srv->token, req->srv->token_len);
+    const char *h = http_header(req, MHD_HTTP_HEADER_AUTHORIZATION), *q;
+    if (h && !strncasecmp(h, "Bearer", 6) && (h[6] == ' ' || h[6] == '\t')) {
+        h += 7;
+        while (*h == ' ' || *h == '\t') h++;
+        size_t n = strlen(h);
+        while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
+        if (http_secure_equal(h, n, req->srv->token, req->srv->token_len)) return 1;
+    }
+    return http__is_read(req->method) && http_query_get(req, "access_token", &q) == HTTP_QUERY_OK && q &&
+           http_secure_equal(q, strlen(q), req->srv->token, req->srv->token_len);
 }
 
 /* "GET, HEAD, POST": the methods the routes matching this path take. */
@@ -1143,9 +1151,17 @@ static enum MHD_Result http__begin(http_request *req) {
                                  !(route && (route->flags & HTTP_ROUTE_PUBLIC)));
         if (needs && !http__authorized(req)) {
             http_add_header(req, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"fisherd\"");
-            const char *h = http_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+            const char *h = http_header(req, MHD_HTTP_HEADER_AUTHORIZATION), *q;
+            http_query_status qs = is_read ? http_query_get(req, "access_token", &q) : HTTP_QUERY_ABSENT;
+            if (qs != HTTP_QUERY_ABSENT) /* the token it gave is the one to name */
+                return http_respond_error(req, 401, NULL, "access_token", "%s",
+                                          qs == HTTP_QUERY_REPEATED ? "access_token is given more than once"
+                                                                    : "the access_token is not the right one")
+                           ? MHD_NO : http__queue(req);
             return http__reject(req, 401, "%s",
-                                !h ? "this request needs 'Authorization: Bearer <token>'"
+                                !h ? (is_read ? "this request needs 'Authorization: Bearer <token>' "
+                                                "(or ?access_token=<token>)"
+                                              : "this request needs 'Authorization: Bearer <token>'")
                                 : strncasecmp(h, "Bearer ", 7)
                                     ? "the Authorization header must be 'Bearer <token>'"
                                     : "the bearer token is not the right one");

@@ -69,7 +69,9 @@ typedef struct {
     size_t max_body;            /* request bodies larger than this get 413 [1 MiB] */
     const char *token;          /* bearer token; NULL or "" = no auth. Required when `listen`
                                  * is not a loopback address */
-    int auth_reads;             /* 1: GETs of routes need the token too (not the static
+    int auth_reads;             /* 1: GETs of routes need the token too, from the header or
+                                 * ?access_token= (what a browser fetches by itself cannot
+                                 * send a header) (not the static
                                  * dashboard, which a browser loads before it has one) */
     const char *static_root;    /* directory served for GETs outside /api/; NULL = none */
     unsigned sse_heartbeat_ms;  /* comment line on idle streams [15000; at most timeout/2] */

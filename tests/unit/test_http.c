@@ -1207,6 +1207,18 @@ static void test_bearer_auth(void **state) {
                      "Authorization: Bearer s3cret-token\r\n\r\n");
     assert_int_equal(r.status, 200);
     tc_free(&r);
+    /* a read may carry it as ?access_token= (an EventSource cannot send a
+     * header); a wrong one is refused; a write may not use it */
+    r = tc_get(port, "/api/v1/jobs/1?access_token=s3cret-token");
+    assert_int_equal(r.status, 200);
+    tc_free(&r);
+    r = tc_get(port, "/api/v1/jobs/1?access_token=s3cret-tokeN");
+    assert_error(&r, 401, "unauthorized", "access_token", "not the right one");
+    r = tc_get(port, "/api/v1/nowhere?access_token=s3cret-token");
+    assert_int_equal(r.status, 404); /* authorised, so the truth: no such route */
+    tc_free(&r);
+    r = tc_post(port, "/api/v1/jobs?access_token=s3cret-token", "application/json", "{}", NULL);
+    assert_error(&r, 401, "unauthorized", NULL, NULL);
     r = tc_get(port, "/healthz");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok\n");
