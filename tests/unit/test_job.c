@@ -309,13 +309,6 @@ static void test_resume_continues_the_same_run(void **state) {
     assert_int_equal(fisher_job_resume(&s, dir_b, NULL, NULL, &r, &err), -1);
     printf("  another spec: %s\n", err.msg);
     assert_non_null(strstr(err.msg, "different job spec"));
-    const char *files[] = {"model.safetensors", "checkpoint.safetensors"};
-    for (int i = 0; i < 2; i++) {
-        char path[160];
-        snprintf(path, sizeof path, "%s/%s", dir_a, files[i]), unlink(path);
-        snprintf(path, sizeof path, "%s/%s", dir_b, files[i]), unlink(path);
-    }
-    rmdir(dir_a), rmdir(dir_b);
 }
 
 static void test_early_stopping(void **state) {
@@ -354,14 +347,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    const char *files[] = {"model.safetensors", "checkpoint.safetensors"};
-    char path[128];
-    for (int i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/%s", out_dir, files[i]);
-        unlink(path);
-    }
-    rmdir(out_dir);
-    return 0;
+    return rm_tree(out_dir);
 }
 
 int main(void) {
