@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dataset.h"
 #include "job.h"
 #include "safetensors.h"
 #include "segformer.h"
@@ -636,6 +638,30 @@ static int fix_base_model(http_request *req, api *a, json_t *spec, int64_t *wait
     return 0;
 }
 
+/* Opens every folder dataset of a parsed spec as the job will, so that a
+ * truncated image, a missing or mis-sized mask or a label-index mask is a
+ * 400 naming the file, with nothing stored, rather than a job that fails
+ * when it starts. Opening decodes every pair once (dataset.h) and keeps
+ * nothing (no cache): the price is one pass over the files per submit.
+ * -1 after answering 400. */
+static int check_folders(http_request *req, const fisher_job_spec *js) {
+    for (int i = -2; i < js->n_zero_shot; i++) {
+        const fisher_data_spec *d = i == -2 ? &js->train : i == -1 ? &js->val : &js->zero_shot[i];
+        if (d->synthetic || !d->path[0]) continue;
+        char f[64];
+        if (i < 0) snprintf(f, sizeof f, "data.%s.path", i == -2 ? "train" : "val");
+        else snprintf(f, sizeof f, "data.zero_shot[%d].path", i);
+        fisher_error e = {{0}};
+        fisher_dataset *ds = fisher_dataset_open_folder(d->path, js->image_size, js->image_size, &js->norm, 0, &e);
+        if (!ds) {
+            http_respond_error(req, 400, "invalid_dataset", f, "%s: %s", f, e.msg);
+            return -1;
+        }
+        fisher_dataset_close(ds);
+    }
+    return 0;
+}
+
 static int post_job(http_request *req, void *app, fisher_error *err) {
     api *a = app;
     if (a->refusing) return http_respond_error(req, 503, NULL, NULL, "the daemon is stopping; submit again once it is back");
@@ -681,6 +707,7 @@ static int post_job(http_request *req, void *app, fisher_error *err) {
         rc = http_respond_error(req, 400, "invalid_spec", field[0] ? field : NULL, "%s", e.msg);
         goto out;
     }
+    if (check_folders(req, &js)) goto out;
     if (!(norm = fisher_job_spec_to_json(&js))) {
         rc = fisher_errorf(err, "out of memory");
         goto out;
@@ -1047,6 +1074,24 @@ static int get_model(http_request *req, void *app, fisher_error *err) {
  * <data-dir>/models, loaded as fisherd would load a base model (header,
  * every tensor's name, dtype and shape against the architecture in its
  * metadata), and registered only if that succeeds; otherwise removed. */
+/* 1 with what and where in msg when a weight or buffer of m is NaN or
+ * infinite: such a file loads, but any job started from it fails at its
+ * first step with a loss that says nothing of the cause. */
+static int nonfinite_weight(fisher_segformer *m, char *msg, size_t len) {
+    for (int k = 0; k < 2; k++) {
+        const fisher_tensor_table *t = k ? fisher_segformer_buffers(m) : fisher_segformer_params(m);
+        const float *x = k ? fisher_segformer_buffer_data(m) : fisher_segformer_param_data(m);
+        for (int i = 0; t && x && i < t->count; i++)
+            for (size_t j = 0; j < t->tensors[i].numel; j++)
+                if (!isfinite(x[t->tensors[i].offset + j])) {
+                    snprintf(msg, len, "tensor %s holds %g at element %zu", t->tensors[i].name,
+                             (double)x[t->tensors[i].offset + j], j);
+                    return 1;
+                }
+    }
+    return 0;
+}
+
 static int post_model(http_request *req, void *app, fisher_error *err) {
     api *a = app;
     if (a->refusing) return http_respond_error(req, 503, NULL, NULL, "the daemon is stopping");
@@ -1089,6 +1134,12 @@ static int post_model(http_request *req, void *app, fisher_error *err) {
         const char *why = strstr(e.msg, ".safetensors: ");
         return http_respond_error(req, 400, "invalid_model", NULL, "not a model fisherd can load: %s",
                                   why ? why + 14 : e.msg);
+    }
+    char bad[FISHER_NAME_MAX + 96];
+    if (nonfinite_weight(m, bad, sizeof bad)) {
+        fisher_segformer_free(m);
+        unlink(path);
+        return http_respond_error(req, 400, "invalid_model", NULL, "not a model fisherd can load: %s", bad);
     }
     int64_t params = (int64_t)fisher_segformer_params(m)->total;
     fisher_segformer_free(m);

@@ -24,6 +24,7 @@
  */
 #include "scheduler.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -40,6 +41,7 @@
 #include "job.h"
 #include "log.h"
 #include "record_queue.h"
+#include "safetensors.h"
 
 #define DEFAULT_QUEUE_BYTES (64u << 20)
 #define DEFAULT_CHECKPOINT_INTERVAL 200
@@ -50,7 +52,7 @@ typedef struct running_job running_job;
  * or (MSG_DONE) the end of the run. */
 typedef struct {
     record_item item;                /* first: the queue links it */
-    enum { MSG_RECORD, MSG_DONE } kind;
+    enum { MSG_RECORD, MSG_DONE, MSG_BARRIER } kind;
     running_job *job;
     store_record rec;
     void *owned;                     /* one allocation rec's pointers point into */
@@ -58,6 +60,8 @@ typedef struct {
     int rc;
     fisher_job_result result;
     fisher_error err;
+    /* MSG_BARRIER: set (under sched.lock) once what came before is committed */
+    int committed;
 } job_msg;
 
 struct running_job {
@@ -67,6 +71,10 @@ struct running_job {
     uv_thread_t thread;
     volatile int cancel;
     int stopped_by_daemon;
+    /* A record of the run could not be stored (disk full, I/O error): the
+     * loop stops the run and fails it with this reason, and drops what it
+     * reports after that, so the history kept has no hole in it. */
+    char lost[512];
     int resume;                      /* continue from out_dir's checkpoint */
     fisher_job_spec spec;
     char out_dir[PATH_MAX];
@@ -237,11 +245,34 @@ static void on_checkpoint(void *ctx, int64_t step, const char *path) {
     push(j, m);
 }
 
+/* Waits until the loop has committed everything this run reported, so
+ * the checkpoint about to be written never gets ahead of the history in
+ * the store: a run resumed from it (try_start_one) continues a history
+ * with no hole between the two. Without a queue (the daemon is going
+ * away) there is nothing to wait for. */
+static void on_checkpoint_begin(void *ctx, int64_t step) {
+    running_job *j = ctx;
+    sched *s = j->s;
+    (void)step;
+    job_msg *m = calloc(1, sizeof *m);
+    if (!m) return;
+    m->kind = MSG_BARRIER, m->job = j;
+    if (record_queue_push(s->records, &m->item)) {
+        free(m);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (!m->committed) pthread_cond_wait(&s->answered, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    free(m);
+}
+
 static void worker_main(void *arg) {
     running_job *j = arg;
     fisher_job_callbacks cb = {.ctx = j, .on_log = on_log, .on_groups = on_groups,
                                .on_progress = on_progress, .on_eval = on_eval,
-                               .on_checkpoint = on_checkpoint, .on_method = on_method};
+                               .on_checkpoint = on_checkpoint, .on_checkpoint_begin = on_checkpoint_begin,
+                               .on_method = on_method};
     job_msg *done = calloc(1, sizeof *done);
     fisher_job_result result;
     fisher_error err = {{0}};
@@ -298,6 +329,33 @@ static int job_status(sched *s, int64_t id, store_job_status *st, json_t **job_o
     if (job_out && !rc) *job_out = job;
     else json_decref(job);
     return rc;
+}
+
+/* The step of the checkpoint in a job's folder, 0 when there is none (or
+ * it cannot be read, and the run starts over). The file, not the store's
+ * checkpoint record, says where a resumed run continues: a kill between
+ * the file's rename and the record's commit leaves the file ahead, and
+ * what the run reported up to the file's step is committed by then
+ * (on_checkpoint_begin). Temporaries of checkpoints cut short by a kill
+ * are removed here: nothing else would ever remove them. */
+static int64_t checkpoint_step(const char *out_dir) {
+    char path[PATH_MAX + 288];
+    DIR *dir = opendir(out_dir);
+    for (struct dirent *e; dir && (e = readdir(dir));)
+        if (!strncmp(e->d_name, "checkpoint.safetensors.tmp.", 27) ||
+            !strncmp(e->d_name, "model.safetensors.tmp.", 22)) {
+            snprintf(path, sizeof path, "%s/%s", out_dir, e->d_name);
+            unlink(path);
+        }
+    if (dir) closedir(dir);
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", out_dir);
+    if (access(path, R_OK)) return 0;
+    fisher_error err = {{0}};
+    fisher_safetensors *st = fisher_safetensors_open(path, &err);
+    const char *step = st ? fisher_safetensors_metadata(st, "step") : NULL;
+    int64_t at = step ? strtoll(step, NULL, 10) : 0;
+    fisher_safetensors_close(st);
+    return at > 0 ? at : 0;
 }
 
 /* Tries to start job id: 1 started, 0 keeps waiting, -1 left the queue
@@ -360,10 +418,8 @@ static int try_start_one(sched *s, int64_t id) {
         /* it continues from its last checkpoint, or from step 0 without one;
          * what it recorded after that point goes, since the run writes those
          * steps again: the history stays one run */
-        json_t *ck = json_object_get(job, "checkpoint");
-        const char *path = json_string_value(json_object_get(ck, "path"));
-        int64_t at = json_integer_value(json_object_get(ck, "step"));
-        j->resume = path && !access(path, R_OK) && at > 0;
+        int64_t at = checkpoint_step(j->out_dir);
+        j->resume = at > 0;
         store_record rewind = {.kind = STORE_REC_REWIND, .job = id, .rewind = {.step = j->resume ? at : 0}};
         if (store_write(s->db, &rewind, 1, &err))
             log_msg(LOG_WARN, id, "cannot clear its records after step %lld: %s", (long long)rewind.rewind.step,
@@ -406,7 +462,9 @@ static void finish(sched *s, job_msg *done) {
         }
     s->n_running--;
     fisher_job_result *r = &done->result;
-    if (done->rc) {
+    if (j->lost[0]) {
+        set_status(s, j->id, STORE_JOB_FAILED, j->lost);
+    } else if (done->rc) {
         set_status(s, j->id, STORE_JOB_FAILED, done->err.msg);
     } else if (r->cancelled) {
         set_status(s, j->id, j->stopped_by_daemon ? STORE_JOB_INTERRUPTED : STORE_JOB_CANCELLED,
@@ -460,12 +518,16 @@ static void finish(sched *s, job_msg *done) {
 
 /* The records of a batch, up to (not including) a run's end, written in
  * one transaction. A failed batch is retried record by record, so one bad
- * record costs only itself. */
+ * record costs only its own run: a run that cannot record what it does
+ * (the disk is full) is stopped and fails saying why, rather than
+ * training on with holes in its history. */
 static void write_batch(sched *s, job_msg **msgs, size_t n) {
     if (!n) return;
     store_record *recs = malloc(n * sizeof *recs);
     fisher_error err = {{0}};
-    if (recs) {
+    int any_lost = 0;
+    for (size_t i = 0; i < n && !any_lost; i++) any_lost = msgs[i]->job->lost[0] != 0;
+    if (recs && !any_lost) {
         for (size_t i = 0; i < n; i++) recs[i] = msgs[i]->rec;
         if (!store_write(s->db, recs, n, &err)) {
             if (s->cfg.on_records) s->cfg.on_records(s->cfg.ctx, recs, n);
@@ -474,11 +536,17 @@ static void write_batch(sched *s, job_msg **msgs, size_t n) {
         }
         log_msg(LOG_WARN, 0, "a batch of %zu records failed (%s); writing them one by one", n, err.msg);
     }
-    for (size_t i = 0; i < n; i++)
-        if (store_write(s->db, &msgs[i]->rec, 1, &err))
-            log_msg(LOG_ERROR, msgs[i]->rec.job, "a record is lost: %s", err.msg);
-        else if (s->cfg.on_records)
-            s->cfg.on_records(s->cfg.ctx, &msgs[i]->rec, 1);
+    for (size_t i = 0; i < n; i++) {
+        running_job *j = msgs[i]->job;
+        if (j->lost[0]) continue; /* its run is being stopped */
+        if (!store_write(s->db, &msgs[i]->rec, 1, &err)) {
+            if (s->cfg.on_records) s->cfg.on_records(s->cfg.ctx, &msgs[i]->rec, 1);
+            continue;
+        }
+        snprintf(j->lost, sizeof j->lost, "cannot record its history: %.480s", err.msg);
+        log_msg(LOG_ERROR, j->id, "%s; stopping it", j->lost);
+        j->cancel = 1;
+    }
     free(recs);
 }
 
@@ -498,6 +566,16 @@ static void drain_records(sched *s) {
         if (m->kind == MSG_RECORD) { /* no memory for a batch: one at a time */
             write_batch(s, &m, 1);
             msg_free(m);
+            continue;
+        }
+        if (m->kind == MSG_BARRIER) { /* the worker waits for it, and frees it */
+            write_batch(s, batch, n);
+            for (size_t i = 0; i < n; i++) msg_free(batch[i]);
+            n = 0;
+            pthread_mutex_lock(&s->lock);
+            m->committed = 1;
+            pthread_cond_broadcast(&s->answered);
+            pthread_mutex_unlock(&s->lock);
             continue;
         }
         /* a run's end: what came before it is committed first (invariant 2) */
@@ -718,6 +796,8 @@ void sched_stop(sched *s, void (*done)(void *ctx), void *ctx) {
 }
 
 int sched_running(sched *s) { return s->n_running; }
+
+size_t sched_waiting(sched *s) { return s->n_waiting; }
 
 size_t sched_queued_bytes(sched *s) { return record_queue_bytes(s->records); }
 

@@ -22,10 +22,16 @@
  *      (max_points − 2) / 2 equal-count buckets between them, in step
  *      order. Peaks and dips survive any zoom level; the CSV readers return
  *      every point.
+ *   6. A writer keeps STORE_RESERVE_BYTES of disk in PATH.reserve. When the
+ *      disk fills, the write that fails is a run's record; the run is then
+ *      stopped, and its status must still say why — so a status change that
+ *      fails with SQLITE_FULL deletes the reserve and tries once more. The
+ *      reserve is made again when a job starts running (if there is room).
  */
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <sqlite3.h>
@@ -34,11 +40,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "migrations.h"
 
 #define STORE_APP_ID 0x46495348        /* 'FISH', PRAGMA application_id */
 #define STORE_BUSY_MS 5000
+#define STORE_RESERVE_BYTES (1 << 20)  /* design note 6: a few status changes' worth of WAL */
 #define DRIFT_BLOCK 32                 /* chunks per drift row: fixed by the schema */
 #define PAGE_DEFAULT 50
 #define PAGE_MAX 1000
@@ -213,7 +221,9 @@ static const char *const sql_text[SQL_COUNT] = {
 struct store {
     sqlite3 *db;
     int readonly;
+    int full;                          /* the last error was SQLITE_FULL */
     char *path;                        /* for messages */
+    char *reserve;                     /* PATH.reserve (writers; design note 6) */
     sqlite3_stmt *stmt[SQL_COUNT];     /* prepared on first use */
     int *slot;                         /* (slot_cap) chunk idx → its position in the drift
                                         * record being written; -1 between calls */
@@ -265,6 +275,7 @@ static int code_of(int rc) {
 
 static int sql_fail(store *s, fisher_error *err, int rc, const char *what) {
     int code = code_of(rc);
+    if ((rc & 0xff) == SQLITE_FULL) s->full = 1;
     return fail(err, code, "%s: %s: %s%s", s->path, what, sqlite3_errmsg(s->db),
                 code == STORE_BUSY ? " (another process holds the database: a second fisherd "
                                      "on this --data-dir?)"
@@ -510,6 +521,19 @@ static int check_identity(store *s, fisher_error *err) {
     return STORE_OK;
 }
 
+/* Makes the reserve file whole (design note 6); best effort: without room
+ * for it the daemon still runs, only without the reserve. */
+static void reserve_make(store *s) {
+    int fd = open(s->reserve, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    if (posix_fallocate(fd, 0, STORE_RESERVE_BYTES)) { /* some filesystems cannot: write it */
+        static const char zeros[4096];
+        for (off_t at = 0; at < STORE_RESERVE_BYTES; at += (off_t)sizeof zeros)
+            if (pwrite(fd, zeros, sizeof zeros, at) != (ssize_t)sizeof zeros) break;
+    }
+    close(fd);
+}
+
 int store_open(const char *path, unsigned flags, store **out, fisher_error *err) {
     *out = NULL;
     int rc = STORE_ERROR;
@@ -566,6 +590,15 @@ int store_open(const char *path, unsigned flags, store **out, fisher_error *err)
         (!s->readonly && (rc = exec_id(s, SQL_MMAP, "mapping the file", err))))
         goto err;
     if (!s->readonly && (rc = migrate(s, err))) goto err;
+    if (!s->readonly) {
+        size_t n = strlen(path) + sizeof ".reserve";
+        if (!(s->reserve = malloc(n))) {
+            rc = fail(err, STORE_ERROR, "out of memory opening %s", path);
+            goto err;
+        }
+        snprintf(s->reserve, n, "%s.reserve", path);
+        reserve_make(s);
+    }
     *out = s;
     return STORE_OK;
 err:
@@ -578,6 +611,7 @@ void store_close(store *s) {
     for (int i = 0; i < SQL_COUNT; i++) sqlite3_finalize(s->stmt[i]);
     sqlite3_close_v2(s->db);
     free(s->slot);
+    free(s->reserve);
     free(s->path);
     free(s);
 }
@@ -776,10 +810,15 @@ int store_job_set_status(store *s, int64_t id, store_job_status to, const char *
                          fisher_error *err) {
     if (s->readonly) return read_only(s, err);
     if (!store_job_status_name(to)) return fail(err, STORE_INVALID, "unknown job status %d", (int)to);
-    int rc = tx_begin(s, TX_WRITE, err);
-    if (rc) return rc;
-    rc = status_change(s, id, to, reason, now, err);
-    return tx_end(s, rc, err);
+    if (to == STORE_JOB_RUNNING) reserve_make(s);
+    int rc;
+    for (int attempt = 0;; attempt++) {
+        s->full = 0;
+        rc = tx_begin(s, TX_WRITE, err);
+        if (!rc) rc = tx_end(s, status_change(s, id, to, reason, now, err), err);
+        /* the disk is full: spend the reserve on saying so (design note 6) */
+        if (!rc || !s->full || attempt || unlink(s->reserve)) return rc;
+    }
 }
 
 int store_job_set_out_dir(store *s, int64_t id, const char *out_dir, fisher_error *err) {

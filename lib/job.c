@@ -419,6 +419,7 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
             if (fisher_segformer_prepare(m, B, H, W, err)) goto out;
         }
         if (s->checkpoint_interval && (step + 1) % s->checkpoint_interval == 0) {
+            if (cb && cb->on_checkpoint_begin) cb->on_checkpoint_begin(cb->ctx, step + 1);
             if (write_checkpoint(&t, s, &rs, step + 1, ckpt_path, err)) goto out;
             if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step + 1, ckpt_path);
         }
@@ -426,6 +427,7 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
     res->steps_done = step;
     res->params_trainable = t.params_trainable;
     res->params_trainable_mean = step ? rs.trainable_sum / (double)step : (double)t.params_trainable;
+    if (cb && cb->on_checkpoint_begin) cb->on_checkpoint_begin(cb->ctx, step);
     if (write_checkpoint(&t, s, &rs, step, ckpt_path, err)) goto out;
     if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step, ckpt_path);
     if (res->cancelled) {

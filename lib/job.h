@@ -130,6 +130,11 @@ typedef struct {
     void (*on_progress)(void *ctx, const fisher_job_progress *p);
     void (*on_eval)(void *ctx, const fisher_job_eval *e);
     void (*on_checkpoint)(void *ctx, int64_t step, const char *path);
+    /* just before a checkpoint after `step` steps is written: a caller that
+     * keeps the run's history elsewhere makes everything reported so far
+     * durable here, so that a checkpoint never gets ahead of the history a
+     * resumed run continues */
+    void (*on_checkpoint_begin)(void *ctx, int64_t step);
     /* strategy "fisher": after every step that measured drift or froze chunks */
     void (*on_method)(void *ctx, int64_t step, const fisher_method_report *r,
                       const fisher_chunk *chunks, size_t n_chunks);
