@@ -72,7 +72,12 @@ typedef struct {
     size_t rows;
     const float *h;
     size_t cols;
+    const float *h_sorted;    /* optional: |h| ascending (fisher_outer_sort), when chunks share h */
 } fisher_outer;
+
+/* |h| (n) in ascending order into out (n), as fisher_outer.h_sorted wants
+ * it; tmp (n) is scratch. Cannot fail. */
+void fisher_outer_sort(const float *h, size_t n, float *out, float *tmp);
 
 /* The same measurement as fisher_chunk_drift_update with cur given as an
  * outer product, without materialising it, when the chunk is in its usual

@@ -724,7 +724,7 @@ static void test_tracker_matches_stateless(void **state) {
  * and the EMA bit for bit. */
 static void test_tracker_outer_matches_array(void **state) {
     (void)state;
-    const size_t shapes[][2] = {{64, 32}, {40, 300}, {300, 1}, {7, 1000}};
+    const size_t shapes[][2] = {{64, 32}, {40, 300}, {300, 1}, {7, 1000}, {5, 1500}};
     fisher_drift_config cfg = fisher_drift_defaults();
     fisher_rng rng;
     fisher_rng_seed(&rng, 33);
@@ -733,6 +733,7 @@ static void test_tracker_outer_matches_array(void **state) {
         for (int kind = 0; kind < 3; kind++) {
             size_t R = shapes[si][0], C = shapes[si][1], n = R * C;
             float *sv = malloc(R * sizeof *sv), *hv = malloc(C * sizeof *hv), *cur = malloc(n * sizeof *cur);
+            float *sorted = malloc(2 * C * sizeof *sorted), *sort_tmp = sorted + C;
             fisher_chunk_drift by_outer = {0}, by_array = {0};
             for (int step = 0; step < 30; step++) {
                 /* slow drift, as training makes it, and for kind 2 a jump at step 15 */
@@ -746,7 +747,9 @@ static void test_tracker_outer_matches_array(void **state) {
                                  : 0.2f + 0.8f * expf(3 * fisher_rng_normal(&rng));
                 for (size_t r = 0; r < R; r++)
                     for (size_t c = 0; c < C; c++) cur[r * C + c] = fabsf(sv[r] * hv[c]);
-                fisher_outer o = {sv, R, hv, C};
+                /* every other step with h sorted by the caller, as fisher.c does for chunks sharing H */
+                fisher_outer_sort(hv, C, sorted, sort_tmp);
+                fisher_outer o = {sv, R, hv, C, step % 2 ? sorted : NULL};
                 fisher_error err = {{0}};
                 double js_outer, js_array;
                 int rc = fisher_chunk_drift_update_outer(&by_outer, &o, step, &cfg, &js_outer, &err);
@@ -761,10 +764,39 @@ static void test_tracker_outer_matches_array(void **state) {
                 checked++;
             }
             fisher_chunk_drift_free(&by_outer), fisher_chunk_drift_free(&by_array);
-            free(sv), free(hv), free(cur);
+            free(sv), free(hv), free(cur), free(sorted);
         }
     printf("  %d measurements, %d of them from s and h alone, identical to the array form\n", checked, outer_used);
     assert_true(outer_used > checked / 2);
+}
+
+static int cmp_float_asc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* fisher_outer_sort orders magnitudes exactly as a comparison sort does:
+ * signs dropped, zeros, subnormals, ties, huge values, sizes around its
+ * digit boundaries. */
+static void test_outer_sort_matches_qsort(void **state) {
+    (void)state;
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 5);
+    const size_t sizes[] = {1, 2, 3, 17, 1000, 2049, 5000};
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        size_t n = sizes[si];
+        float *h = malloc(4 * n * sizeof *h), *got = h + n, *tmp = got + n, *want = tmp + n;
+        for (size_t i = 0; i < n; i++) {
+            float u = fisher_rng_uniform(&rng);
+            h[i] = u < 0.1f ? 0.0f : u < 0.2f ? -1e-40f * u : u < 0.3f ? 0.2f
+                 : (u < 0.5f ? -1.0f : 1.0f) * expf(20 * fisher_rng_normal(&rng));
+            want[i] = fabsf(h[i]);
+        }
+        qsort(want, n, sizeof *want, cmp_float_asc);
+        fisher_outer_sort(h, n, got, tmp);
+        assert_memory_equal(got, want, n * sizeof *got);
+        free(h);
+    }
 }
 
 static void test_tracker_contract(void **state) {
@@ -815,6 +847,7 @@ int main(void) {
         cmocka_unit_test(test_js_matches_plain_definition),
         cmocka_unit_test(test_tracker_matches_stateless),
         cmocka_unit_test(test_tracker_outer_matches_array),
+        cmocka_unit_test(test_outer_sort_matches_qsort),
     };
     return cmocka_run_group_tests_name("drift", tests, NULL, NULL);
 }
