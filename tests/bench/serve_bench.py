@@ -601,7 +601,11 @@ def main():
         os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
         with open(RESULTS, "w") as f:
             f.write(report)
-        log(f"wrote {os.path.relpath(RESULTS, ROOT)}")
+        # the numbers, for report.py's one table
+        with open(os.path.splitext(RESULTS)[0] + ".json", "w") as f:
+            json.dump({"date": started.isoformat(timespec="seconds"), "quick": args.quick, **res}, f,
+                      indent=1, default=str)
+        log(f"wrote {os.path.relpath(RESULTS, ROOT)} and its .json")
 
 
 def render(res, args, duration, window, points, load_start, started):

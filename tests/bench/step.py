@@ -327,7 +327,10 @@ def fisher_section(binary, rounds, reps):
               "first (whole tensors freeze, back-propagation stops early). Spread: every tensor "
               "loses the same share of its row chunks (--frozen-spread), so tensors stay partly "
               "live and only skipping the weight-gradient rows of frozen chunks saves time."]
-    return "\n".join(lines) + "\n"
+    data = {"case": dict(zip(("config", "size", "batch", "threads"), FISHER_CASE)),
+            "median_ms": med, "mean_ms": mean, "trainable": trainable,
+            "ema_intervals": list(EMA_INTERVALS), "frozen": list(FROZEN)}
+    return "\n".join(lines) + "\n", data
 
 
 def parse_case(text):
@@ -355,7 +358,8 @@ def parse_args(argv):
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "bench", "bench_step"),
                    help="the C half (`make bench` builds it)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "step.md"),
-                   help="where the markdown table goes")
+                   help="where the markdown table goes (and, as .json beside it, the numbers "
+                        "report.py gathers)")
     p.add_argument("--no-fisher", action="store_true",
                    help="skip the FisherAdapTune overhead and freezing tables")
     args = p.parse_args(argv)
@@ -394,11 +398,17 @@ def main(argv):
                                    WARMUP, reps))
 
     body = report(rows, args.rounds)
+    fisher = None
     if not args.no_fisher:
-        body += "\n" + fisher_section(args.bin, args.rounds, 10 if not args.quick else 5)
+        text, fisher = fisher_section(args.bin, args.rounds, 10 if not args.quick else 5)
+        body += "\n" + text
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(header) + "\n\n" + body)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump({"date": now, "source": source_state(), "machine": model, "nproc": nproc,
+                   "torch": torch.__version__, "cpu_busy": busy, "rounds": args.rounds,
+                   "rows": rows, "fisher": fisher}, f, indent=1)
     print("\n" + body, end="")
     print(f"\n(written to {os.path.relpath(args.out, os.getcwd())})")
 
