@@ -474,14 +474,15 @@ static void finish(sched *s, job_msg *done) {
         for (int i = 0; i < r->n_zero_shot; i++)
             json_array_append_new(zs, json_pack("{s:s, s:f, s:f}", "dataset", r->zero_shot[i].dataset,
                                                 "iou", r->zero_shot[i].metrics.iou, "f1", r->zero_shot[i].metrics.f1));
-        json_t *res = json_pack("{s:I, s:b, s:I, s:{s:f, s:f, s:f}, s:o, s:f, s:I, s:I, s:f}",
+        json_t *res = json_pack("{s:I, s:b, s:I, s:{s:f, s:f, s:f}, s:o, s:f, s:I, s:I, s:f, s:f}",
                                 "steps_done", (json_int_t)r->steps_done, "stopped_early", r->stopped_early,
                                 "best_step", (json_int_t)r->best_step,
                                 "val", "iou", r->final_val.metrics.iou, "f1", r->final_val.metrics.f1,
                                 "loss", r->final_val.loss, "zero_shot", zs, "wall_seconds", r->wall_seconds,
                                 "parameters", (json_int_t)r->parameters,
                                 "params_trainable", (json_int_t)r->params_trainable,
-                                "params_trainable_mean", r->params_trainable_mean);
+                                "params_trainable_mean", r->params_trainable_mean,
+                                "step_seconds_mean", r->step_seconds_mean);
         char *res_text = res ? json_dumps(res, JSON_COMPACT) : NULL;
         json_decref(res);
         char model_path[PATH_MAX + 32];

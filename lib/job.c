@@ -371,6 +371,8 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
 
     if (t.method && cb && cb->on_groups && report_groups(cb, &t, err)) goto out;
     fisher_job_eval ev;
+    double step_seconds_sum = 0;
+    int64_t steps_run = 0;
     for (; step < total; step++) {
         if (cancel && *cancel) {
             res->cancelled = 1;
@@ -393,9 +395,11 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
                           (long long)step + 1);
             goto out;
         }
+        double step_seconds = fisher_now_seconds() - t0;
+        step_seconds_sum += step_seconds, steps_run++;
         if (cb && cb->on_progress) {
             fisher_job_progress p = {step + 1, total, step / per_epoch, loss,
-                                     fisher_now_seconds() - t0, t.params_trainable, res->parameters};
+                                     step_seconds, t.params_trainable, res->parameters};
             cb->on_progress(cb->ctx, &p);
         }
         if ((step + 1) % eval_every == 0 || step + 1 == total) {
@@ -427,6 +431,7 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
     res->steps_done = step;
     res->params_trainable = t.params_trainable;
     res->params_trainable_mean = step ? rs.trainable_sum / (double)step : (double)t.params_trainable;
+    res->step_seconds_mean = steps_run ? step_seconds_sum / (double)steps_run : 0;
     if (cb && cb->on_checkpoint_begin) cb->on_checkpoint_begin(cb->ctx, step);
     if (write_checkpoint(&t, s, &rs, step, ckpt_path, err)) goto out;
     if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step, ckpt_path);

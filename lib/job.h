@@ -151,6 +151,9 @@ typedef struct {
     size_t parameters;
     size_t params_trainable;           /* at the end */
     double params_trainable_mean;      /* averaged over the steps */
+    double step_seconds_mean;          /* a step (batch, forward, backward, update, the method's
+                                          bookkeeping) averaged over the steps this run made;
+                                          wall_seconds also holds loading and evaluations */
 } fisher_job_result;
 
 /* Opens a weights file fisherd wrote (or any SegFormer safetensors with
