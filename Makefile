@@ -25,15 +25,15 @@ CFLAGS_BASE := -std=c11 -g -Wall -Wextra -Werror -D_DEFAULT_SOURCE -fPIC -fno-ma
 CFLAGS  ?= $(OPT)
 CFLAGS  += $(CFLAGS_BASE)
 LDLIBS  := $(BLAS_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -fopenmp -lm -lpthread
-# The daemon's own: HTTP, the store, the event loop. lib/ never needs them.
-DAEMON_PKGS := libmicrohttpd sqlite3 libuv
+# The daemon's own: HTTP, the store, the event loop, sd_notify. lib/ never needs them.
+DAEMON_PKGS := libmicrohttpd sqlite3 libuv libsystemd
 DAEMON_LIBS := $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 # Every package building and testing needs. The daemon's (libmicrohttpd,
 # SQLite, libuv) are listed now so a machine set up once stays set up.
 DEB_PKGS := gcc make pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev \
-            python3 python3-pytest libsqlite3-dev libuv1-dev libmicrohttpd-dev
+            python3 python3-pytest libsqlite3-dev libuv1-dev libmicrohttpd-dev libsystemd-dev
 
 LIB_SRC   := $(sort $(wildcard lib/*.c))
 LIB_OBJ   := $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)

@@ -14,6 +14,11 @@
  *      turning meanwhile — and the loop's handles are closed
  *   5. a second signal exits at once: the store is crash-safe, and the
  *      next start treats jobs still marked running as interrupted
+ *
+ * Under systemd (notify.h) the loop also reports: READY=1 once the port
+ * listens, STATUS= whenever the jobs running or queued change, STOPPING=1
+ * at the first signal, and WATCHDOG=1 from a timer — a wedged loop stops
+ * the pings, and systemd restarts the daemon.
  */
 #include <limits.h>
 #include <malloc.h>
@@ -27,6 +32,7 @@
 #include "api.h"
 #include "cli.h"
 #include "log.h"
+#include "notify.h"
 #include "scheduler.h"
 #include "serve_config.h"
 #include "store.h"
@@ -34,7 +40,11 @@
 
 typedef struct {
     uv_loop_t loop;
-    uv_timer_t trim;
+    uv_timer_t trim, watchdog;
+    uv_check_t status;              /* after each turn of the loop: STATUS= if it changed */
+    int shown_running;
+    size_t shown_waiting;
+    char url[300];
     uv_signal_t sigint, sigterm;
     uv_async_t http_stopped;
     uv_thread_t closer;
@@ -46,6 +56,8 @@ typedef struct {
 
 static void close_all(daemon_state *d) {
     uv_close((uv_handle_t *)&d->trim, NULL);
+    uv_close((uv_handle_t *)&d->watchdog, NULL);
+    uv_close((uv_handle_t *)&d->status, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->http_stopped, NULL);
@@ -83,6 +95,21 @@ static void on_trim(uv_timer_t *h) {
     if (d->sched && !sched_running(d->sched)) malloc_trim(0);
 }
 
+static void on_watchdog(uv_timer_t *h) {
+    (void)h;
+    notify_watchdog();
+}
+
+static void on_status_check(uv_check_t *h) {
+    daemon_state *d = h->data;
+    int running = sched_running(d->sched);
+    size_t waiting = sched_waiting(d->sched);
+    if (running == d->shown_running && waiting == d->shown_waiting) return;
+    d->shown_running = running, d->shown_waiting = waiting;
+    if (d->signals) notify_status("stopping: %d job(s) checkpointing", running);
+    else notify_status("%d job(s) running, %zu queued; %s", running, waiting, d->url);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
     daemon_state *d = h->data;
     if (d->signals++) {
@@ -91,6 +118,8 @@ static void on_signal(uv_signal_t *h, int signum) {
     }
     log_msg(LOG_INFO, 0, "%s: stopping — no new jobs; running jobs checkpoint and stop after their current step",
             strsignal(signum));
+    d->shown_running = sched_running(d->sched);
+    notify_stopping(d->shown_running ? "stopping: running jobs checkpoint" : "stopping");
     api_stop_accepting(d->api);
     sched_stop(d->sched, on_sched_stopped, d);
 }
@@ -141,7 +170,9 @@ int fisherd_serve(int argc, char **argv) {
     uv_signal_init(&d.loop, &d.sigterm);
     uv_async_init(&d.loop, &d.http_stopped, on_http_stopped);
     uv_timer_init(&d.loop, &d.trim);
-    d.sigint.data = d.sigterm.data = d.http_stopped.data = d.trim.data = &d;
+    uv_timer_init(&d.loop, &d.watchdog);
+    uv_check_init(&d.loop, &d.status);
+    d.sigint.data = d.sigterm.data = d.http_stopped.data = d.trim.data = d.status.data = &d;
     if (failed) {
         /* nothing runs yet that needs stopping: close what was opened */
         if (d.sched) sched_stop(d.sched, NULL, NULL);
@@ -152,9 +183,21 @@ int fisherd_serve(int argc, char **argv) {
         uv_unref((uv_handle_t *)&d.trim); /* it alone does not keep the daemon running */
         uv_signal_start(&d.sigint, on_signal, SIGINT);
         uv_signal_start(&d.sigterm, on_signal, SIGTERM);
-        log_msg(LOG_INFO, 0, "fisherd %s listening on http://%s%s%s:%u/ (data in %s, %d job(s) at once, %d thread(s) each)",
-                FISHERD_VERSION, strchr(cfg.host, ':') ? "[" : "", cfg.host, strchr(cfg.host, ':') ? "]" : "",
-                http_server_port(d.http), cfg.data_dir, cfg.max_jobs, cfg.threads);
+        snprintf(d.url, sizeof d.url, "http://%s%s%s:%u/", strchr(cfg.host, ':') ? "[" : "", cfg.host,
+                 strchr(cfg.host, ':') ? "]" : "", http_server_port(d.http));
+        log_msg(LOG_INFO, 0, "fisherd %s listening on %s (data in %s, %d job(s) at once, %d thread(s) each)",
+                FISHERD_VERSION, d.url, cfg.data_dir, cfg.max_jobs, cfg.threads);
+        uint64_t ping_ms = notify_watchdog_interval_ms();
+        if (ping_ms) {
+            uv_timer_start(&d.watchdog, on_watchdog, ping_ms, ping_ms);
+            uv_unref((uv_handle_t *)&d.watchdog);
+        }
+        d.shown_running = sched_running(d.sched), d.shown_waiting = sched_waiting(d.sched);
+        char status[400];
+        snprintf(status, sizeof status, "%d job(s) running, %zu queued; %s", d.shown_running, d.shown_waiting, d.url);
+        notify_ready(status);
+        uv_check_start(&d.status, on_status_check);
+        uv_unref((uv_handle_t *)&d.status);
     }
     uv_run(&d.loop, UV_RUN_DEFAULT);
     sched_free(d.sched);

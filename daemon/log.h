@@ -5,8 +5,11 @@
  *   info j_12: step 300/3000, 41 of 96 groups live
  *
  * No timestamps: under systemd the journal stamps every line, and in a
- * terminal the order is what matters. The threshold is process-wide and
- * set once at start-up, before any thread is created.
+ * terminal the order is what matters. When stderr is the journal's stream
+ * (JOURNAL_STREAM), each line starts with its syslog priority ("<4>warn:
+ * ..."), which journald takes off and keeps, so `journalctl -p warning`
+ * works. The threshold and that choice are process-wide and set once at
+ * start-up (log_set_level), before any thread is created.
  */
 #ifndef FISHERD_LOG_H
 #define FISHERD_LOG_H

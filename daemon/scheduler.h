@@ -80,8 +80,10 @@ int sched_register_model(sched *s, const char *name, const char *path, const cha
  * done(ctx) on the loop thread once the last one has. */
 void sched_stop(sched *s, void (*done)(void *ctx), void *ctx);
 
-/* How many jobs run now, and bytes waiting in the record queue (/metrics). */
+/* How many jobs run now, how many wait to (queued, on the loop thread),
+ * and bytes waiting in the record queue (/metrics). */
 int sched_running(sched *s);
+size_t sched_waiting(sched *s);
 size_t sched_queued_bytes(sched *s);
 
 /* After sched_stop's done: closes the loop handles; call uv_run once more
