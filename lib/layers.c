@@ -947,6 +947,51 @@ void fisher_resize_bilinear_forward(float *out, const float *inp, int B, int H, 
         }
 }
 
+/* G = Uᵀ·U of a resize along one axis (in → out), U the (out, in) matrix of
+ * its taps: tridiagonal, since an output reads two neighbouring inputs.
+ * g0 (in) the diagonal, g1 (in) g1[i] = G[i, i + 1] (g1[in − 1] = 0). */
+static void resize_gram(double *g0, double *g1, int in, int out) {
+    memset(g0, 0, (size_t)in * sizeof *g0), memset(g1, 0, (size_t)in * sizeof *g1);
+    for (int o = 0; o < out; o++) {
+        resize_tap t = resize_source(o, in, out);
+        if (t.i0 == t.i1) {
+            g0[t.i0] += ((double)t.l0 + t.l1) * ((double)t.l0 + t.l1);
+        } else {
+            g0[t.i0] += (double)t.l0 * t.l0, g0[t.i1] += (double)t.l1 * t.l1;
+            g1[t.i0] += (double)t.l0 * t.l1;
+        }
+    }
+}
+
+/* Σ_pixels up[·, c]² = Σ_{a,a'} Gh[a,a'] · X_aᵀ Gw X_a' per channel, X_a the
+ * input's row a (W, C): with y = (Gw X_a)[w] and z = (Gh X)[a][w] (both
+ * tridiagonal), Σ_a Σ_w y·z. The off-diagonal of Gh is taken on both sides
+ * of the diagonal at once (z reads row a + 1 twice) — X_aᵀ Gw X_a' is
+ * symmetric. O(B·H·W·C) reads of the small input instead of O(B·OH·OW·C)
+ * writes and reads of the upsampled one. */
+void fisher_resize_bilinear_squares(double *acc, const float *inp, int B, int H, int W, int C, int OH,
+                                    int OW) {
+    double gh0[H], gh1[H], gw0[W], gw1[W];
+    resize_gram(gh0, gh1, H, OH);
+    resize_gram(gw0, gw1, W, OW);
+#pragma omp parallel for collapse(2) schedule(static) reduction(+ : acc[:C]) if ((size_t)B * H * W * C > PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int a = 0; a < H; a++) {
+            const float *row = inp + ((size_t)b * H + a) * W * C;
+            const float *below = a + 1 < H ? row + (size_t)W * C : NULL;
+            for (int w = 0; w < W; w++) {
+                const float *x = row + (size_t)w * C;
+                const float *left = w > 0 ? x - C : NULL, *right = w + 1 < W ? x + C : NULL;
+                double cl = w > 0 ? gw1[w - 1] : 0, cr = gw1[w], ch = 2 * gh1[a];
+                for (int c = 0; c < C; c++) {
+                    double y = gw0[w] * x[c] + (left ? cl * left[c] : 0) + (right ? cr * right[c] : 0);
+                    double z = gh0[a] * x[c] + (below ? ch * below[(size_t)w * C + c] : 0);
+                    acc[c] += y * z;
+                }
+            }
+        }
+}
+
 void fisher_resize_bilinear_backward(float *dinp, const float *dout, int B, int H, int W, int C,
                                      int OH, int OW) {
     /* output pixels share input taps, images do not: one image per thread */

@@ -214,6 +214,12 @@ void fisher_resize_bilinear_forward(float *out, const float *inp, int B, int H, 
                                     int OH, int OW);
 void fisher_resize_bilinear_backward(float *dinp, const float *dout, int B, int H, int W, int C,
                                      int OH, int OW);
+/* acc (C) += Σ over every output pixel of the resized inp's squares, per
+ * channel, without resizing: in double, the exact value of the forward's
+ * map (float taps) that the forward rounds to float. For Fisher statistics
+ * of layers that read an upsampled tensor the forward never builds. */
+void fisher_resize_bilinear_squares(double *acc, const float *inp, int B, int H, int W, int C, int OH,
+                                    int OW);
 
 /* ---- Concatenate along channels: parts[i] (R, widths[i]) -> out (R, Σ widths) ---- */
 void fisher_concat_forward(float *out, const float *const *parts, const int *widths, int n_parts,

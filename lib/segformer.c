@@ -997,14 +997,15 @@ static void fuse_stats(fisher_segformer *m, fisher_layer *l) {
     int h0 = m->acts[0].h, w0 = m->acts[0].w, N0 = m->acts[0].N;
     for (int s = 0; s < FISHER_STAGES; s++) {
         const stage_acts *sa = &m->acts[s];
-        const float *up = m->lc[0];
-        if (s > 0) {
-            fisher_resize_bilinear_forward(m->z_up, m->lc[s], B, sa->h, sa->w, D, h0, w0);
-            up = m->z_up; /* the forward's scratch, free during backward */
-        }
         float *H = l->H + (size_t)(FISHER_STAGES - 1 - s) * D;
-        /* the four input blocks share one output gradient: its S once */
-        fisher_stats_linear(H, s ? NULL : l->S, up, m->g.fuse, B * N0, D, D, 0);
+        if (s == 0) { /* the four input blocks share one output gradient: its S once */
+            fisher_stats_linear(H, l->S, m->lc[0], m->g.fuse, B * N0, D, D, 0);
+        } else { /* read off the stage's own grid, not the upsampled copy */
+            double sq[D];
+            memset(sq, 0, sizeof sq);
+            fisher_resize_bilinear_squares(sq, m->lc[s], B, sa->h, sa->w, D, h0, w0);
+            for (int j = 0; j < D; j++) H[j] = (float)(sq[j] / ((double)B * N0));
+        }
         for (int j = 0; j < D; j++) H[j] *= (float)N0;
     }
 }

@@ -16,6 +16,7 @@
 #include "layers.h"
 #include "loss.h"
 #include "optim.h"
+#include "rng.h"
 
 #define RTOL 1e-4
 #define ATOL 1e-5
@@ -467,6 +468,33 @@ static void test_resize_up(void **s) { (void)s; run_resize(&(resize_case){"resiz
 static void test_resize_down(void **s) { (void)s; run_resize(&(resize_case){"resize_down", 2, 9, 10, 3, 4, 6}); }
 static void test_resize_same(void **s) { (void)s; run_resize(&(resize_case){"resize_same", 2, 5, 6, 2, 5, 6}); }
 
+/* Σ of the resized input's squares per channel, read off the small input
+ * (fisher_resize_bilinear_squares), against resizing and summing: upsampling
+ * by 4 and by odd factors, down, the same size, a 1×1 input. The resize
+ * rounds each value to float, the Gram route does not: 1e-6 relative. */
+static void test_resize_squares(void **s) {
+    (void)s;
+    const int cases[][6] = {{2, 4, 4, 3, 16, 16}, {1, 5, 3, 2, 20, 12}, {2, 3, 5, 4, 7, 11},
+                            {2, 9, 10, 3, 4, 6}, {1, 8, 8, 5, 8, 8}, {3, 1, 1, 2, 4, 4}};
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 12);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int B = cases[i][0], H = cases[i][1], W = cases[i][2], C = cases[i][3], OH = cases[i][4], OW = cases[i][5];
+        size_t n_in = (size_t)B * H * W * C, n_out = (size_t)B * OH * OW * C;
+        float *inp = malloc(n_in * sizeof *inp), *up = malloc(n_out * sizeof *up);
+        for (size_t k = 0; k < n_in; k++) inp[k] = fisher_rng_normal(&rng);
+        fisher_resize_bilinear_forward(up, inp, B, H, W, C, OH, OW);
+        double want[8] = {0}, got[8] = {0};
+        for (size_t r = 0; r < n_out / C; r++)
+            for (int c = 0; c < C; c++) want[c] += (double)up[r * C + c] * up[r * C + c];
+        fisher_resize_bilinear_squares(got, inp, B, H, W, C, OH, OW);
+        for (int c = 0; c < C; c++)
+            if (!(fabs(got[c] - want[c]) <= 1e-6 * want[c]))
+                fail_msg("%dx%dx%d -> %dx%d channel %d: %.9g, resized %.9g", H, W, C, OH, OW, c, got[c], want[c]);
+        free(inp), free(up);
+    }
+}
+
 static void test_concat(void **s) {
     (void)s;
     /* Two rows of parts widths 2 and 3: out rows are [a0 a1 b0 b1 b2]. */
@@ -589,6 +617,7 @@ int main(void) {
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
         cmocka_unit_test(test_resize_up),
         cmocka_unit_test(test_resize_down),    cmocka_unit_test(test_resize_same),
+        cmocka_unit_test(test_resize_squares),
         cmocka_unit_test(test_concat),         cmocka_unit_test(test_loss),
         cmocka_unit_test(test_metrics),        cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_adamw_ranges),
