@@ -4,6 +4,7 @@
 #   make          build/libfisher.a, build/libfisher.so, build/fisherd
 #   make test     deps, build, unit + parity tests, then again under ASan+UBSan
 #   make run      the daemon on 127.0.0.1:8080 (REST API, dashboard), data in ./var
+#   make install  the daemon, dashboard, systemd unit, man page (PREFIX=/usr/local, DESTDIR)
 #   make bench    one training step, C vs PyTorch, side by side
 #   make fixtures regenerate the PyTorch golden files (needs python3-torch)
 #   make clean
@@ -31,9 +32,11 @@ DAEMON_LIBS := $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 # Every package building and testing needs. The daemon's (libmicrohttpd,
-# SQLite, libuv) are listed now so a machine set up once stays set up.
+# SQLite, libuv) are listed now so a machine set up once stays set up;
+# systemd for systemd-analyze and man-db for man, which check the unit and
+# the man page it names (tests/integration/test_install.py).
 DEB_PKGS := gcc make pkg-config libopenblas-openmp-dev libjansson-dev libcmocka-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev \
-            python3 python3-pytest libsqlite3-dev libuv1-dev libmicrohttpd-dev libsystemd-dev
+            python3 python3-pytest libsqlite3-dev libuv1-dev libmicrohttpd-dev libsystemd-dev systemd man-db
 
 LIB_SRC   := $(sort $(wildcard lib/*.c))
 LIB_OBJ   := $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
@@ -149,6 +152,41 @@ test: deps
 	$(MAKE) integration
 	$(MAKE) browser-test
 	$(MAKE) unit-asan
+
+# Installs the daemon like any other: the binary in sbin (a daemon's, and
+# `fisherd train | predict | eval` with it), the dashboard, the systemd unit,
+# the man page fisherd(8), and the example configuration as
+# $(SYSCONFDIR)/fisherd/fisherd.json unless one is there already (an upgrade
+# keeps the operator's; the pristine copy is in $(DATADIR)/fisherd). The
+# unit and the configuration name PREFIX's paths. DESTDIR stages it all
+# under another root (packaging; tests/integration/test_install.py).
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+DATADIR    ?= $(PREFIX)/share
+MANDIR     ?= $(DATADIR)/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+INSTALL_PATHS := sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/usr/local/share/|$(DATADIR)/|g' \
+                     -e 's|/etc/fisherd/|$(SYSCONFDIR)/fisherd/|g'
+
+.PHONY: install uninstall
+install: all web
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DATADIR)/fisherd/web $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/fisherd
+	install -m 0755 $(BUILD)/fisherd $(DESTDIR)$(SBINDIR)/fisherd
+	cd web && find . -name node_modules -prune -o -type f ! -name 'package*.json' ! -name README.md ! -name '.*' -print | \
+	  while read -r f; do install -D -m 0644 "$$f" "$(DESTDIR)$(DATADIR)/fisherd/web/$$f" || exit 1; done
+	install -m 0644 docs/fisherd.8 $(DESTDIR)$(MANDIR)/man8/fisherd.8
+	$(INSTALL_PATHS) systemd/fisherd.service > $(DESTDIR)$(UNITDIR)/fisherd.service
+	$(INSTALL_PATHS) systemd/fisherd.json > $(DESTDIR)$(DATADIR)/fisherd/fisherd.json
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/fisherd/fisherd.json ]; then \
+	  echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/fisherd/fisherd.json (the new example: $(DATADIR)/fisherd/fisherd.json)"; \
+	else install -m 0644 $(DESTDIR)$(DATADIR)/fisherd/fisherd.json $(DESTDIR)$(SYSCONFDIR)/fisherd/fisherd.json; fi
+
+# Removes what install put in place but the configuration and the data.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/fisherd $(DESTDIR)$(MANDIR)/man8/fisherd.8 $(DESTDIR)$(UNITDIR)/fisherd.service
+	rm -rf $(DESTDIR)$(DATADIR)/fisherd
 
 # The daemon in the foreground on 127.0.0.1:8080, data in ./var (Ctrl-C
 # stops it; jobs it was running continue at the next start).
