@@ -213,6 +213,15 @@ bench-store: all
 	$(CC) $(CFLAGS) -Idaemon tests/bench/bench_store.c -o $(BUILD)/bench/bench_store $(BUILD)/libfisherd.a $(BUILD)/libfisher.a $(DAEMON_LIBS) $(LDLIBS)
 	$(BUILD)/bench/bench_store --baseline
 
+# The paper's comparison through the daemon's REST API (issue 8): pretrain,
+# fine-tune with every strategy over 3 seeds, zero-shot, the freezing
+# hierarchy, a lambda x freeze_interval sweep; writes docs/RESULTS.md and
+# docs/images/experiment-*.svg. ≤ 60 min on 2 quiet cores; QUICK=1 ≤ 5 min.
+# EXPERIMENT_ARGS passes more (--data-root DIR --target FOLDER ..., --url).
+.PHONY: experiment
+experiment: all
+	/usr/bin/python3 tests/bench/experiment.py --fisherd $(BUILD)/fisherd $(if $(filter-out 0,$(QUICK)),--quick) $(EXPERIMENT_ARGS)
+
 # PyTorch is only the yardstick of the benchmark and the maker of the golden
 # files: it stays out of `deps`, so `make test` and CI never pull it in.
 torch-deps:
