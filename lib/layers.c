@@ -624,14 +624,46 @@ void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, 
 /* Sums of squares run in double (the reference sums in float32; double is
  * the exact value both approximate, and the parity tolerance covers it). */
 
-/* acc (C) += Σ_rows m[r,c]² over m (R, C). */
-static void add_column_squares(double *acc, const float *m, int R, int C) {
-#pragma omp parallel for schedule(static) reduction(+ : acc[:C]) if ((size_t)R * C > PAR_MIN)
-    for (int r = 0; r < R; r++) {
+/* acc (C) += Σ over rows [r0, r1) of m (·, C) squared, per column: the loop
+ * every statistic of a linear or conv layer spends its time in, and
+ * compute-bound at SSE2's two doubles an instruction. Cloned for AVX-512
+ * and AVX2, dispatched at load: the same multiplies and adds in the same
+ * order (no contraction under -std=c11) on wider vectors, so every clone
+ * gives the same sums. Called once per thread, not per row: a dispatched
+ * call per row cost more than the wider vectors saved. mit-b0 128x128
+ * batch 4, 1 thread: 6.9 -> 4.9 ms of add_column_squares a step. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+add_rows_squares(double *restrict acc, const float *restrict m, int r0, int r1, int C) {
+    for (int r = r0; r < r1; r++) {
         const float *m_r = m + (size_t)r * C;
 #pragma omp simd
         for (int c = 0; c < C; c++) acc[c] += (double)m_r[c] * m_r[c];
     }
+}
+
+/* acc (C) += Σ_rows m[r,c]² over m (R, C). Threads take contiguous bands
+ * of rows; their sums are added in thread order, so a run is reproducible
+ * for a given team size. */
+static void add_column_squares(double *acc, const float *m, int R, int C) {
+    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R;
+    if (T <= 1) {
+        add_rows_squares(acc, m, 0, R, C);
+        return;
+    }
+    double *part = calloc((size_t)T * C, sizeof *part);
+    if (!part) { /* no memory for the partial sums: one thread does it all */
+        add_rows_squares(acc, m, 0, R, C);
+        return;
+    }
+#pragma omp parallel num_threads(T)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        add_rows_squares(part + (size_t)t * C, m, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
+    }
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * C + c];
+    free(part);
 }
 
 void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout, int R, int IC,
