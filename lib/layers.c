@@ -641,29 +641,43 @@ add_rows_squares(double *restrict acc, const float *restrict m, int r0, int r1, 
     }
 }
 
-/* acc (C) += Σ_rows m[r,c]² over m (R, C). Threads take contiguous bands
- * of rows; their sums are added in thread order, so a run is reproducible
- * for a given team size. */
-static void add_column_squares(double *acc, const float *m, int R, int C) {
+/* acc (C) += Σ over rows [r0, r1) of m (·, C), per column (column_sums_d's
+ * loop, cloned like add_rows_squares). */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+add_rows(double *restrict acc, const float *restrict m, int r0, int r1, int C) {
+    for (int r = r0; r < r1; r++) {
+        const float *m_r = m + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) acc[c] += m_r[c];
+    }
+}
+
+typedef void rows_kernel(double *restrict acc, const float *restrict m, int r0, int r1, int C);
+
+/* acc (C) += kernel over all R rows of m (R, C). Threads take contiguous
+ * bands of rows; their sums are added in thread order, so a run is
+ * reproducible for a given team size. */
+static void add_columns(double *acc, const float *m, int R, int C, rows_kernel *kernel) {
     int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
     if (T > R) T = R;
-    if (T <= 1) {
-        add_rows_squares(acc, m, 0, R, C);
-        return;
-    }
-    double *part = calloc((size_t)T * C, sizeof *part);
-    if (!part) { /* no memory for the partial sums: one thread does it all */
-        add_rows_squares(acc, m, 0, R, C);
+    double *part = T > 1 ? calloc((size_t)T * C, sizeof *part) : NULL;
+    if (!part) { /* one thread, or no memory for the partial sums */
+        kernel(acc, m, 0, R, C);
         return;
     }
 #pragma omp parallel num_threads(T)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        add_rows_squares(part + (size_t)t * C, m, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
+        kernel(part + (size_t)t * C, m, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
     }
     for (int t = 0; t < T; t++)
         for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * C + c];
     free(part);
+}
+
+/* acc (C) += Σ_rows m[r,c]² over m (R, C). */
+static void add_column_squares(double *acc, const float *m, int R, int C) {
+    add_columns(acc, m, R, C, add_rows_squares);
 }
 
 void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout, int R, int IC,
@@ -817,9 +831,7 @@ void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
 /* sum (C) = Σ over rows of m (R, C). */
 static void column_sums_d(double *sum, const float *m, int R, int C) {
     memset(sum, 0, (size_t)C * sizeof *sum);
-#pragma omp parallel for schedule(static) reduction(+ : sum[:C]) if ((size_t)R * C > PAR_MIN)
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) sum[c] += m[(size_t)r * C + c];
+    add_columns(sum, m, R, C, add_rows);
 }
 
 void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *dout, int B, int P,
