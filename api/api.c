@@ -511,6 +511,41 @@ static int get_openapi(http_request *req, void *app, fisher_error *err) {
 
 /* ------------------------------------------------------------ submitting a job */
 
+/* Whether path, symlinks resolved, is root or lies below it. */
+static int under_root(const char *path, const char *root) {
+    size_t rl = strlen(root);
+    return !strncmp(path, root, rl) && (path[rl] == '/' || path[rl] == 0);
+}
+
+/* 1 with msg when what dataset folder `real` holds leads outside `root`:
+ * its images/ or masks/, or a file in them, a symlink to elsewhere. The
+ * job reads exactly these files (the library follows symlinks), so each
+ * is resolved here. One realpath per file: the open at submit decodes
+ * every file anyway. Dangling links are left for that open to name. */
+static int escapes_root(const char *real, const char *root, const char *given, char *msg, size_t len) {
+    for (int k = 0; k < 2; k++) {
+        char sub[PATH_MAX + 16], file[2 * PATH_MAX], to[PATH_MAX];
+        snprintf(sub, sizeof sub, "%s/%s", real, k ? "masks" : "images");
+        if (!realpath(sub, to) || !under_root(to, root)) {
+            snprintf(msg, len, "'%s': %s/ leads outside the data root %s", given, k ? "masks" : "images", root);
+            return 1;
+        }
+        DIR *d = opendir(sub);
+        for (struct dirent *e; d && (e = readdir(d));) {
+            if (e->d_name[0] == '.') continue;
+            snprintf(file, sizeof file, "%s/%s", sub, e->d_name);
+            if (realpath(file, to) && !under_root(to, root)) {
+                snprintf(msg, len, "'%s': %s/%s leads outside the data root %s", given, k ? "masks" : "images",
+                         e->d_name, root);
+                closedir(d);
+                return 1;
+            }
+        }
+        if (d) closedir(d);
+    }
+    return 0;
+}
+
 /* A dataset folder given in a spec, resolved under one of the data roots:
  * 0 and the real path in out, or -1 with why in msg. */
 static int resolve_dataset(const api *a, const char *given, char *out, char *msg, size_t len) {
@@ -538,6 +573,7 @@ static int resolve_dataset(const api *a, const char *given, char *out, char *msg
             snprintf(msg, len, "'%s' is not a dataset: it needs images/ and masks/ folders", given);
             return -1;
         }
+        if (escapes_root(real, root, given, msg, len)) return -1;
         snprintf(out, PATH_MAX, "%s", real);
         return 0;
     }
@@ -1532,6 +1568,7 @@ int api_serve(api *a, http_server **out, fisher_error *err) {
      * readers take what training leaves (make bench, serve_bench.py) */
     http_config hc = {.nice = 15, .listen = a->cfg.listen, .token = a->cfg.token[0] ? a->cfg.token : NULL,
                       .auth_reads = a->cfg.auth_reads, .static_root = web, .access_log = access_log,
+                      .timeout_s = (unsigned)a->cfg.http_timeout,
                       .error_log = error_log, .log_ctx = a};
     return http_server_start(&hc, routes, sizeof routes / sizeof *routes, a, out, err);
 }

@@ -22,6 +22,7 @@ void serve_config_defaults(serve_config *c) {
     snprintf(c->web_root, sizeof c->web_root, "./web");
     c->max_jobs = 1;
     c->threads = 2;
+    c->http_timeout = 30;
     c->log_level = LOG_INFO;
 }
 
@@ -51,9 +52,11 @@ static void usage(FILE *out) {
             "  --auth-reads         require the token for reads too\n"
             "  --web-root DIR       the dashboard's files [./web]\n"
             "  --log-level LEVEL    error | warn | info | debug [info]\n"
+            "  --http-timeout S     close a connection idle this long, or whose request has\n"
+            "                       not arrived whole by then, 1..3600 seconds [30]\n"
             "  --config FILE        a JSON object with the same keys (listen, data_dir,\n"
             "                       max_jobs, threads, data_roots, token_file, auth_reads,\n"
-            "                       web_root, log_level); flags win over it\n"
+            "                       web_root, log_level, http_timeout); flags win over it\n"
             "  --help\n");
 }
 
@@ -123,13 +126,14 @@ static int load_file(serve_config *c, const char *path, char *msg, size_t len) {
                       : !strcmp(key, "web_root")   ? copy_str(c->web_root, sizeof c->web_root, s, what, msg, len)
                                                    : set_log_level(c, s, what, msg, len);
             if (bad) goto out;
-        } else if (!strcmp(key, "max_jobs") || !strcmp(key, "threads")) {
-            long lo = 1, hi = !strcmp(key, "max_jobs") ? 64 : 256;
+        } else if (!strcmp(key, "max_jobs") || !strcmp(key, "threads") || !strcmp(key, "http_timeout")) {
+            long lo = 1, hi = !strcmp(key, "max_jobs") ? 64 : !strcmp(key, "threads") ? 256 : 3600;
             if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
                 fail(msg, len, "%s must be a whole number in %ld..%ld", what, lo, hi);
                 goto out;
             }
-            *(!strcmp(key, "max_jobs") ? &c->max_jobs : &c->threads) = (int)json_integer_value(v);
+            *(!strcmp(key, "max_jobs") ? &c->max_jobs : !strcmp(key, "threads") ? &c->threads : &c->http_timeout) =
+                (int)json_integer_value(v);
         } else if (!strcmp(key, "auth_reads")) {
             if (!json_is_boolean(v)) {
                 fail(msg, len, "%s must be true or false", what);
@@ -152,7 +156,7 @@ static int load_file(serve_config *c, const char *path, char *msg, size_t len) {
             }
         } else {
             fail(msg, len, "config %s: unknown key \"%s\" (known: listen, data_dir, max_jobs, threads, "
-                 "data_roots, token_file, auth_reads, web_root, log_level)", path, key);
+                 "data_roots, token_file, auth_reads, web_root, log_level, http_timeout)", path, key);
             goto out;
         }
     }
@@ -209,14 +213,15 @@ static int load_token(serve_config *c, char *msg, size_t len) {
 
 int serve_config_parse(serve_config *c, int argc, char **argv, char *msg, size_t len) {
     enum { O_LISTEN = 1000, O_DATA_DIR, O_MAX_JOBS, O_THREADS, O_DATA_ROOT, O_TOKEN_FILE,
-           O_AUTH_READS, O_WEB_ROOT, O_LOG_LEVEL, O_CONFIG, O_HELP };
+           O_AUTH_READS, O_WEB_ROOT, O_LOG_LEVEL, O_CONFIG, O_HELP, O_HTTP_TIMEOUT };
     static const struct option opts[] = {
         {"listen", required_argument, 0, O_LISTEN},         {"data-dir", required_argument, 0, O_DATA_DIR},
         {"max-jobs", required_argument, 0, O_MAX_JOBS},     {"threads", required_argument, 0, O_THREADS},
         {"data-root", required_argument, 0, O_DATA_ROOT},   {"token-file", required_argument, 0, O_TOKEN_FILE},
         {"auth-reads", no_argument, 0, O_AUTH_READS},       {"web-root", required_argument, 0, O_WEB_ROOT},
         {"log-level", required_argument, 0, O_LOG_LEVEL},   {"config", required_argument, 0, O_CONFIG},
-        {"help", no_argument, 0, O_HELP},                   {0, 0, 0, 0}};
+        {"help", no_argument, 0, O_HELP},                   {"http-timeout", required_argument, 0, O_HTTP_TIMEOUT},
+        {0, 0, 0, 0}};
     serve_config_defaults(c);
     /* the config file first, whatever its position, so every flag wins over it */
     for (int pass = 0; pass < 2; pass++) {
@@ -240,6 +245,7 @@ int serve_config_parse(serve_config *c, int argc, char **argv, char *msg, size_t
             case O_AUTH_READS: c->auth_reads = 1; break;
             case O_WEB_ROOT: bad = copy_str(c->web_root, sizeof c->web_root, optarg, "--web-root", msg, len); break;
             case O_LOG_LEVEL: bad = set_log_level(c, optarg, "--log-level", msg, len); break;
+            case O_HTTP_TIMEOUT: bad = set_long("--http-timeout", optarg, 1, 3600, &c->http_timeout, msg, len); break;
             }
             if (bad) return -1;
         }

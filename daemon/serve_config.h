@@ -18,6 +18,8 @@
  *   --auth-reads    "auth_reads"   false
  *   --web-root      "web_root"     ./web            the dashboard's static files
  *   --log-level     "log_level"    info             error | warn | info | debug
+ *   --http-timeout  "http_timeout" 30               seconds a connection may idle, or take
+ *                                                   to send a request's headers
  */
 #ifndef FISHERD_SERVE_CONFIG_H
 #define FISHERD_SERVE_CONFIG_H
@@ -36,6 +38,7 @@ typedef struct {
     char data_dir[PATH_MAX];
     int max_jobs;
     int threads;
+    int http_timeout;               /* seconds */
     char data_roots[SERVE_MAX_DATA_ROOTS][PATH_MAX]; /* resolved (realpath) */
     int n_data_roots;
     char token_file[PATH_MAX];

@@ -462,3 +462,267 @@ def test_corrupt_model_uploads_get_a_400_saying_why_and_nothing_is_stored(tmp_pa
         assert status == 201, body
     finally:
         d.stop()
+
+
+# ------------------------------------------------------- databases of other versions
+
+MIGRATIONS = sorted((ROOT / "migrations").glob("*.sql"))
+# Written by fisherd at commit 6ca0a54 (schema v1): a FisherAdapTune job of
+# 10 steps with drift, freezes and evaluations, a cancelled job, an upload.
+OLD_DB = Path(__file__).parent / "fixtures" / "fisherd-v1-6ca0a54.db"
+TABLES = ["jobs", "job_events", "groups", "drift_steps", "drift", "freezes", "metrics", "evals", "models"]
+
+
+def schema(db):
+    return sorted(query(db, "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+
+
+def rows(db):
+    """Every row of every table, by column name, so columns a later migration adds do not matter."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return {t: [dict(r) for r in con.execute(f"SELECT * FROM {t} ORDER BY rowid" if t in ("jobs", "job_events", "groups", "freezes", "models")
+                                                  else f"SELECT * FROM {t}")] for t in TABLES}
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def fresh_schema(tmp_path_factory):
+    data = tmp_path_factory.mktemp("fresh") / "var"
+    Daemon(data).start().stop()
+    return schema(data / "fisherd.db")
+
+
+@pytest.mark.parametrize("applied", range(len(MIGRATIONS)))
+def test_a_database_of_every_older_schema_is_migrated(tmp_path, fresh_schema, applied):
+    # a database left at each earlier version: the first `applied` migrations,
+    # as the daemon applies them (0: a file the first start left empty)
+    data = tmp_path / "var"
+    data.mkdir()
+    con = sqlite3.connect(data / "fisherd.db")
+    for m in MIGRATIONS[:applied]:
+        con.executescript(m.read_text())
+    con.close()
+    d = Daemon(data).start()
+    try:
+        status, job = d.post("/api/v1/jobs", small_job(steps=5))
+        assert d.wait(job["id"])["status"] == "succeeded"
+    finally:
+        d.stop()
+    db = data / "fisherd.db"
+    assert query(db, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert schema(db) == fresh_schema
+
+
+def test_a_database_an_older_fisherd_wrote_is_migrated_with_its_data(tmp_path, fresh_schema):
+    data = tmp_path / "var"
+    data.mkdir()
+    shutil.copy(OLD_DB, data / "fisherd.db")
+    before = rows(data / "fisherd.db")
+    assert before["drift"] and before["freezes"] and before["evals"] and before["models"]
+    d = Daemon(data).start()
+    try:
+        jobs = d.get("/api/v1/jobs")[1]["jobs"]
+        assert [(j["id"], j["name"], j["status"]) for j in jobs] == \
+            [("j_2", "old-cancelled", "cancelled"), ("j_1", "old-fisher", "succeeded")]
+        old = d.get("/api/v1/jobs/j_1")[1]
+        assert old["result"]["steps_done"] == 10 and len(old["events"]) == 3
+        key = d.get("/api/v1/jobs/j_1/groups")[1]["groups"][0]["key"]
+        assert d.get(f"/api/v1/jobs/j_1/drift?group={key}&max_points=0")[1]["series"][0]["step"] == [0, 5]
+        assert len(d.get("/api/v1/jobs/j_1/freezes")[1]["freezes"]) >= 1
+        assert [m["name"] for m in d.get("/api/v1/models")[1]["models"]] == ["old-upload", "old-fisher"]
+        # new work continues the old numbering
+        status, job = d.post("/api/v1/jobs", small_job(steps=5))
+        assert job["id"] == "j_3"
+        assert d.wait(job["id"])["status"] == "succeeded"
+    finally:
+        d.stop()
+    db = data / "fisherd.db"
+    assert query(db, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert schema(db) == fresh_schema
+    ok, detail = integrity(db)
+    assert ok, detail
+    after = rows(db)
+    for t in TABLES:  # every old row is still there, every old value unchanged
+        kept = [{k: r[k] for k in before[t][0]} for r in after[t]] if before[t] else []
+        missing = [r for r in before[t] if r not in kept]
+        assert not missing, f"{t}: {len(missing)} rows of the old database changed or went, e.g. {missing[:2]}"
+
+
+# ------------------------------------------------------------------------ load
+
+WRK_SCRIPT = r"""
+-- reads a dashboard makes, in turn; every answer's status is counted
+local paths = {PATHS}
+local threads, i = {}, 0
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function request()
+  i = i + 1
+  return wrk.format("GET", paths[(i % #paths) + 1])
+end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("status %d %d\n", k, v)) end
+end
+"""
+
+LOAD_SECONDS = int(os.environ.get("FAULT_LOAD_SECONDS", 60))
+
+
+def rss_kb(pid):
+    """(VmRSS, RssAnon) in kB: all resident memory, and the part that is not
+    file pages (the heap: where a leak would show)."""
+    got = {}
+    for line in open(f"/proc/{pid}/status"):
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon"):
+            got[key] = int(line.split()[1])
+    return got["VmRSS"], got["RssAnon"]
+
+
+def need_wrk():
+    if shutil.which("wrk"):
+        return
+    # as `make bench` does: Debian's wrk, when we may install it
+    r = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                       "--no-install-recommends wrk", shell=True, capture_output=True, text=True)
+    if r.returncode or not shutil.which("wrk"):
+        pytest.skip(f"wrk is not installed and could not be: {r.stderr[-300:]}")
+
+
+def test_under_load_for_60_s_while_a_job_trains_no_errors_and_memory_flat(tmp_path):
+    need_wrk()
+    d = Daemon(tmp_path / "var").start()
+    stop = threading.Event()
+    problems, counts = [], {"submitted": 0, "refused": 0, "cancelled": 0, "deleted": 0, "events": 0, "streams": 0}
+    lock = threading.Lock()
+
+    def note(what, n=1):
+        with lock:
+            counts[what] += n
+
+    try:
+        # a finished job to read, and one training all through the load
+        status, done_job = d.post("/api/v1/jobs", small_job(name="done", steps=200))
+        assert d.wait(done_job["id"])["status"] == "succeeded"
+        # freeze decisions every 100 steps: the method keeps each live chunk's
+        # drift since the last decision, so a job that never decides grows
+        # by design (18 MB in 2 minutes with freeze_interval 100000)
+        status, train = d.post("/api/v1/jobs", small_job(name="trains", steps=10**7, checkpoint_interval=500,
+                                                         fisher={"ema_interval": 10, "freeze_interval": 100}))
+        d.wait_step(train["id"], 20)
+        key = d.get(f"/api/v1/jobs/{done_job['id']}/groups")[1]["groups"][0]["key"]
+        paths = [f"/api/v1/jobs/{done_job['id']}/drift?group={key}&max_points=500",
+                 f"/api/v1/jobs/{train['id']}", "/api/v1/jobs?limit=20",
+                 f"/api/v1/jobs/{train['id']}/drift?group={key}&max_points=200",
+                 f"/api/v1/jobs/{done_job['id']}/heatmap?max_points=100", f"/api/v1/jobs/{train['id']}/groups",
+                 f"/api/v1/jobs/{done_job['id']}/metrics", "/metrics", "/healthz", "/api/v1/models"]
+        script = tmp_path / "reads.lua"
+        script.write_text(WRK_SCRIPT.replace("{PATHS}", "{" + ", ".join(json.dumps(p) for p in paths) + "}"))
+
+        def submitter():
+            # a job, a bad spec, a cancel and a delete, over and over
+            bad = small_job(optim={"lr": -1})
+            while not stop.is_set():
+                s, j = d.post("/api/v1/jobs", small_job(name="churn", steps=50))
+                if s != 201:
+                    problems.append(f"submit: {s} {j}")
+                    continue
+                note("submitted")
+                s, e = d.post("/api/v1/jobs", bad)
+                if s == 400:
+                    note("refused")
+                else:
+                    problems.append(f"bad spec: {s} {e}")
+                s, _ = d.post(f"/api/v1/jobs/{j['id']}/cancel", None)
+                if s in (200, 202):
+                    note("cancelled")
+                else:
+                    problems.append(f"cancel: {s}")
+                s, _ = d.request("DELETE", f"/api/v1/jobs/{j['id']}")
+                if s in (200, 204):
+                    note("deleted")
+                else:
+                    problems.append(f"delete {j['id']}: {s}")
+                time.sleep(0.2)
+
+        def streamer(path):
+            # an event stream, reopened whenever it ends, as EventSource does
+            while not stop.is_set():
+                try:
+                    with urllib.request.urlopen(d.base + path, timeout=30) as r:
+                        if r.status != 200:
+                            problems.append(f"stream {path}: {r.status}")
+                        note("streams")
+                        for line in r:
+                            if line.startswith(b"event:"):
+                                note("events")
+                            if stop.is_set():
+                                break
+                except Exception as e:  # a dropped stream is a problem; the daemon must keep it
+                    if not stop.is_set():
+                        problems.append(f"stream {path}: {e!r}")
+                    time.sleep(0.5)
+
+        workers = [threading.Thread(target=submitter, daemon=True)]
+        workers += [threading.Thread(target=streamer, args=(p,), daemon=True)
+                    for p in ("/api/v1/events", "/api/v1/events", f"/api/v1/jobs/{train['id']}/events",
+                              f"/api/v1/jobs/{train['id']}/events")]
+        step0 = d.get(f"/api/v1/jobs/{train['id']}")[1]["progress"]["step"]
+        rss = [(0.0, rss_kb(d.proc.pid))]
+        for w in workers:
+            w.start()
+        t0 = time.time()
+        wrk = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{LOAD_SECONDS}s", "--timeout", "10s", "-s", str(script), d.base],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while wrk.poll() is None:
+            time.sleep(1)
+            rss.append((time.time() - t0, rss_kb(d.proc.pid)))
+        out = wrk.stdout.read()
+        stop.set()
+        for w in workers:
+            w.join(40)
+        step1 = d.get(f"/api/v1/jobs/{train['id']}")[1]["progress"]["step"]
+        assert d.get("/healthz")[0] == 200
+    finally:
+        stop.set()
+        d.stop()
+
+    statuses = {int(a): int(b) for a, b in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
+    requests = sum(statuses.values())
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = sum(map(int, m.groups())) if m else 0
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    def mb(kb):
+        return kb // 1024
+    every10 = [(mb(v), mb(a)) for t, (v, a) in rss if int(t) % 10 == 0 and t - int(t) < 1]
+    anon_warm = next(a for t, (v, a) in rss if t >= 10)
+    anon_end, vm_end = rss[-1][1][1], rss[-1][1][0]
+    summary = (f"load: {LOAD_SECONDS} s, wrk {requests} reads ({rate.group(1) if rate else '?'} req/s) "
+               f"statuses {statuses}, socket errors {socket_errors}; {counts['submitted']} jobs submitted, "
+               f"{counts['refused']} bad specs refused, {counts['cancelled']} cancelled, {counts['deleted']} deleted; "
+               f"{counts['streams']} event streams opened, {counts['events']} events; training went "
+               f"{step0} -> {step1} steps; VmRSS start {mb(rss[0][1][0])} MB, end {mb(vm_end)} MB; "
+               f"RssAnon start {mb(rss[0][1][1])} MB, after 10 s {mb(anon_warm)} MB, end {mb(anon_end)} MB; "
+               f"(VmRSS, RssAnon) MB every 10 s: {every10}")
+    print(summary)
+    assert not problems, f"{summary}\n{problems[:10]}"
+    assert requests > 0 and set(statuses) == {200}, f"{summary}\n{out}"
+    assert socket_errors == 0, f"{summary}\n{out}"
+    assert step1 > step0, f"training stalled under load: {summary}"
+    assert counts["submitted"] >= 10 and counts["events"] > 0, summary
+    # Flat: the heap (RssAnon) after 10 s of this load — request threads'
+    # arenas touched, read caches filled — may grow by at most 8 MB more.
+    # Measured: +2 MB over 90 s (the writer's SQLite page cache, 16 MB at
+    # most, still filling as the job's history grows); a leak of 200 bytes
+    # a request would add ~10 MB. VmRSS also counts the database file's
+    # pages the writer maps (mmap), which grow with the file and are the
+    # kernel's page cache, not the daemon's: reported, not bounded.
+    assert anon_end - anon_warm <= 8 * 1024, summary
