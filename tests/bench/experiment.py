@@ -750,7 +750,8 @@ def report(jobs, cfg, args, mode, ds, mach, started, wall, version, out_md, img_
         w("")
     w("| | |")
     w("|---|---|")
-    w(f"| command | `{' '.join(shlex.quote(a) for a in [ 'tests/bench/experiment.py'] + sys.argv[1:])}` |")
+    via = " (run by `make experiment" + (" QUICK=1" if mode == "quick" else "") + "`)" if "MAKELEVEL" in os.environ else ""
+    w(f"| command | `{' '.join(shlex.quote(a) for a in ['tests/bench/experiment.py'] + sys.argv[1:])}`{via} |")
     w(f"| date | {started.strftime('%Y-%m-%d %H:%M UTC')} |")
     w(f"| machine | {mach['nproc']} cores, {mach['cpu']}; load average at the end {mach['load_at_end']} |")
     w(f"| source | git {mach['commit']}; fisherd {version} |")
@@ -760,6 +761,15 @@ def report(jobs, cfg, args, mode, ds, mach, started, wall, version, out_md, img_
     w(f"| wall time | {wall / 60:.1f} min for {len(jobs)} jobs, {at_once}, {threads} thread(s) each |")
     w(f"| raw numbers | `{os.path.relpath(raw_path, ROOT) if str(raw_path).startswith(str(ROOT)) else raw_path}` |")
     w("")
+    try:
+        load = float(mach["load_at_end"].split()[1])
+    except (ValueError, IndexError):
+        load = 0
+    if load > (mach["nproc"] or 1):
+        w(f"> The machine was busy (load average {mach['load_at_end']} on {mach['nproc']} cores): wall and step "
+          "times here are inflated and noisy and say little about fisherd's speed; IoU and F1 do not depend on the load "
+          "(the same spec on the same threads gives the same numbers).")
+        w("")
     w("## Set-up")
     w("")
     w(f"- Model: SegFormer `{cfg['config']}`, {cfg['image_size']}x{cfg['image_size']}, batch {cfg['batch_size']}, "
@@ -930,8 +940,17 @@ def report(jobs, cfg, args, mode, ds, mach, started, wall, version, out_md, img_
             first = (f"the first decision (step {', '.join(sorted({str(f['step']) for f in firsts}))}) froze "
                      f"{statistics.fmean(f['n_frozen'] for f in firsts) / n_chunks:.1%} of the {n_chunks} chunks"
                      if firsts else "nothing froze")
+            live = [g for g in gs if g["frozen_at"] is None]
+            if live:
+                sizes = sorted(g["size"] for g in live)
+                names = sorted({g["key"] for g in live})
+                survivors = (f"live at the end: {len(live) / len(runs):.3g} chunks per run of median size "
+                             f"{statistics.median(sizes):g} elements (" + ", ".join(f"`{n}`" for n in names[:4]) +
+                             (", …" if len(names) > 4 else "") + ")")
+            else:
+                survivors = "no chunk live at the end"
             w(f"- {hier_name[lab]}: {first}; {verdict}; {order} ({', '.join(f'{m:g}' for m in meds) or '—'}); "
-              f"{distinct} distinct freeze steps (live counted as one).")
+              f"{distinct} distinct freeze steps (live counted as one); {survivors}.")
         w("")
         img = f"experiment-hierarchy-{setting.replace('/', '_')}.svg"
         fig_hierarchy(hier_runs, hier_name, setting, cfg, Path(img_dir) / img)
