@@ -188,6 +188,17 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/fisherd $(DESTDIR)$(MANDIR)/man8/fisherd.8 $(DESTDIR)$(UNITDIR)/fisherd.service
 	rm -rf $(DESTDIR)$(DATADIR)/fisherd
 
+# The unit under a real systemd, PID 1 in a container (systemd-nspawn):
+# it starts, trains a job inside the sandbox, is restarted by the watchdog
+# when wedged and stops cleanly (tests/systemd/boot_check.py). Not part of
+# `make test`: it needs root on a machine that can run containers.
+.PHONY: systemd-check
+systemd-check: all web
+	@$(MAKE) --no-print-directory deps DEB_PKGS="systemd-container"
+	rm -rf $(BUILD)/systemd-check
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(BUILD)/systemd-check)
+	/usr/bin/python3 tests/systemd/boot_check.py $(BUILD)/systemd-check
+
 # The daemon in the foreground on 127.0.0.1:8080, data in ./var (Ctrl-C
 # stops it; jobs it was running continue at the next start).
 run: deps

@@ -173,6 +173,9 @@ def test_the_unit_verifies_and_the_installed_daemon_runs_as_the_unit_runs_it(wor
     try:
         msg = notify.recv(4096).decode()
         assert msg.startswith("READY=1\n"), msg
+        # named after its binary, not "exe" (its re-exec, openmp_env.c), in
+        # ps, top and systemd's journal and cgroup listing
+        assert Path(f"/proc/{proc.pid}/comm").read_text() == "fisherd\n"
 
         with urllib.request.urlopen(base + "/", timeout=30) as r:
             assert r.status == 200 and b"<html" in r.read().lower()
