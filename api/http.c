@@ -43,6 +43,16 @@
  *  5. Senders never block: a stream buffers at most cfg->sse_buffer bytes;
  *     beyond that the stream is dropped (the browser's EventSource
  *     reconnects) rather than slowing the publisher or growing memory.
+ *  6. A request arrives whole within the timeout, not only byte by byte.
+ *     MHD's timeout is for inactivity, so a client sending its headers a
+ *     byte every few seconds (slowloris) would hold a connection, and its
+ *     thread, for ever. A watchdog thread shuts down the socket of every
+ *     connection whose headers have not all arrived `timeout` after it
+ *     began waiting for them (MHD then sees the end and closes it); a body
+ *     must keep up HTTP__MIN_BODY_RATE on average past the same time. The
+ *     watchdog knows a connection from MHD's start until MHD's close
+ *     notice, which comes before MHD closes the descriptor, so it never
+ *     shuts down a descriptor that has become something else.
  */
 #include "http.h"
 
@@ -74,7 +84,20 @@
  * this many times the limit the connection is simply closed instead. */
 #define HTTP__DISCARD_FACTOR 16
 
+/* A request's body must come at least this fast on average (bytes/s)
+ * once the connection timeout has passed since its headers: each byte
+ * within the inactivity timeout is not enough (a body trickled in). */
+#define HTTP__MIN_BODY_RATE 1024.0
+
 /* ---------------------------------------------------------------- types */
+
+/* A connection as the watchdog sees it (invariant 6): since when it has
+ * been waiting for a request's headers, 0 while a request is handled. */
+typedef struct http__conn {
+    int fd;
+    double reading_since;
+    struct http__conn *prev, *next;
+} http__conn;
 
 typedef struct {
     char *text;                 /* literal, or the parameter's name */
@@ -110,9 +133,14 @@ struct http_server {
     http_error_log_fn error_log;
     void *log_ctx;
 
-    pthread_mutex_t lock;       /* guards the two fields below */
+    pthread_mutex_t lock;       /* guards the fields below */
     http_sse *streams;          /* live streams, for http_server_stop */
     int stopping;
+    http__conn *conns;          /* open connections, for the watchdog */
+    double deadline_ms;         /* a request's headers must arrive within this */
+    pthread_cond_t wake;        /* the watchdog sleeps on it; signalled at stop */
+    pthread_t watchdog;
+    int watchdog_started;
 };
 
 typedef struct {
@@ -144,6 +172,7 @@ struct http_request {
     size_t body_len, body_cap, body_limit;
     int body_too_large;
     uint64_t body_discarded;
+    double body_t0_ms;          /* when the headers were complete */
 
     int started, queued;
     struct MHD_Response *resp;
@@ -1206,6 +1235,10 @@ static enum MHD_Result http__begin(http_request *req) {
 /* A piece of the body. Past the limit the rest is read and dropped, so the
  * client still hears 413, up to HTTP__DISCARD_FACTOR times the limit. */
 static enum MHD_Result http__take_body(http_request *req, const char *data, size_t n) {
+    double late = http__now_ms() - req->body_t0_ms - req->srv->deadline_ms;
+    if (late > 0 && (double)(req->body_len + req->body_discarded + n) * 1e3 /
+                        (late + req->srv->deadline_ms) < HTTP__MIN_BODY_RATE)
+        return MHD_NO; /* trickled in (invariant 6) */
     if (req->body_too_large || n > req->body_limit - req->body_len) {
         if (!req->body_too_large) {
             req->body_too_large = 1;
@@ -1266,6 +1299,69 @@ static enum MHD_Result http__finish(http_request *req) {
     return http__queue(req);
 }
 
+/* ------------------------------------------------ the watchdog (invariant 6) */
+
+/* MHD's connection notices: a connection is watched from its start (it
+ * waits for its first request's headers) until it closes. */
+static void http__on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                                enum MHD_ConnectionNotificationCode code) {
+    http_server *srv = cls;
+    http__conn *c = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci || !(c = calloc(1, sizeof *c))) return; /* unwatched: only MHD's timeout applies */
+        c->fd = ci->connect_fd;
+        c->reading_since = http__now_ms();
+        pthread_mutex_lock(&srv->lock);
+        c->next = srv->conns;
+        if (c->next) c->next->prev = c;
+        srv->conns = c;
+        pthread_mutex_unlock(&srv->lock);
+        *socket_context = c;
+    } else if (c) {
+        pthread_mutex_lock(&srv->lock);
+        if (c->prev) c->prev->next = c->next;
+        else srv->conns = c->next;
+        if (c->next) c->next->prev = c->prev;
+        pthread_mutex_unlock(&srv->lock);
+        free(c);
+        *socket_context = NULL;
+    }
+}
+
+/* Since when conn waits for a request's headers; 0: it does not. */
+static void http__reading(http_server *srv, struct MHD_Connection *conn, double since) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    http__conn *c = ci ? ci->socket_context : NULL;
+    if (!c) return;
+    pthread_mutex_lock(&srv->lock);
+    c->reading_since = since;
+    pthread_mutex_unlock(&srv->lock);
+}
+
+static void *http__watchdog(void *arg) {
+    http_server *srv = arg;
+    /* a quarter of the deadline between rounds, at most 250 ms: a slow
+     * client is closed at most 25 % late */
+    double period = srv->deadline_ms / 4 < 250 ? srv->deadline_ms / 4 : 250;
+    pthread_mutex_lock(&srv->lock);
+    while (!srv->stopping) {
+        double now = http__now_ms();
+        for (http__conn *c = srv->conns; c; c = c->next)
+            if (c->reading_since > 0 && now - c->reading_since > srv->deadline_ms) {
+                shutdown(c->fd, SHUT_RDWR);
+                c->reading_since = 0;
+            }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        long ns = ts.tv_nsec + (long)(period * 1e6);
+        ts.tv_sec += ns / 1000000000L, ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&srv->wake, &srv->lock, &ts);
+    }
+    pthread_mutex_unlock(&srv->lock);
+    return NULL;
+}
+
 /* Lowers this connection thread's priority (Linux keeps a nice value and
  * a policy per thread): the main thread's nice plus `nice`, and
  * SCHED_IDLE, so that requests run on the CPU training leaves. With only
@@ -1304,6 +1400,8 @@ static enum MHD_Result http__on_request(void *cls, struct MHD_Connection *conn, 
         req->started = 1;
         req->conn = conn;
         req->method = method;
+        req->body_t0_ms = http__now_ms();
+        http__reading(req->srv, conn, 0); /* the headers are in (invariant 6) */
         if (req->srv->nice) http__be_nice(req->srv->nice);
         return http__begin(req);
     }
@@ -1341,8 +1439,9 @@ static void http__on_completed(void *cls, struct MHD_Connection *conn, void **re
                                enum MHD_RequestTerminationCode toe) {
     http_server *srv = cls;
     http_request *req = *req_cls;
-    (void)conn, (void)toe;
+    (void)toe;
     *req_cls = NULL;
+    http__reading(srv, conn, http__now_ms()); /* kept alive: the next request's headers */
     if (!req) return;
     uint64_t bytes = req->resp_bytes;
     if (req->sse) {
@@ -1455,6 +1554,7 @@ static void http__server_free(http_server *srv) {
     http__routes_free(srv->routes, srv->n_routes);
     free(srv->token);
     free(srv->static_root);
+    pthread_cond_destroy(&srv->wake);
     pthread_mutex_destroy(&srv->lock);
     free(srv);
 }
@@ -1466,7 +1566,11 @@ int http_server_start(const http_config *cfg, const http_route *routes, size_t n
     *out = NULL;
     http_server *srv = calloc(1, sizeof *srv);
     if (!srv) return fisher_errorf(err, "http server: out of memory");
-    if (pthread_mutex_init(&srv->lock, NULL)) {
+    pthread_condattr_t ca;
+    int cond_ok = !pthread_condattr_init(&ca) && !pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) &&
+                  !pthread_cond_init(&srv->wake, &ca);
+    if (!cond_ok || pthread_mutex_init(&srv->lock, NULL)) {
+        if (cond_ok) pthread_cond_destroy(&srv->wake);
         free(srv);
         return fisher_errorf(err, "http server: cannot create a mutex");
     }
@@ -1480,6 +1584,7 @@ int http_server_start(const http_config *cfg, const http_route *routes, size_t n
     srv->log_ctx = c.log_ctx;
     unsigned max_conn = c.max_connections ? c.max_connections : HTTP_DEFAULT_MAX_CONNECTIONS;
     unsigned timeout = c.timeout_s ? c.timeout_s : HTTP_DEFAULT_TIMEOUT_S;
+    srv->deadline_ms = timeout * 1e3;
     srv->heartbeat_ms = c.sse_heartbeat_ms ? c.sse_heartbeat_ms : HTTP_DEFAULT_SSE_HEARTBEAT_MS;
     /* An idle stream must write well within the timeout or MHD closes it. */
     if (srv->heartbeat_ms > timeout * 500u) srv->heartbeat_ms = timeout * 500u;
@@ -1541,11 +1646,23 @@ int http_server_start(const http_config *cfg, const http_route *routes, size_t n
         flags, 0, NULL, NULL, http__on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, http__on_mhd_log, srv,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, max_conn,
         MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_URI_LOG_CALLBACK, http__on_uri, srv,
-        MHD_OPTION_NOTIFY_COMPLETED, http__on_completed, srv, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, http__on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, http__on_connection, srv,
+        /* Beyond loopback, one host may hold at most half the connections,
+         * so one misbehaving client cannot lock the others out. On
+         * loopback every client (and a local reverse proxy) is 127.0.0.1:
+         * a per-address limit would only be a second global one. */
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, loopback ? 0u : (max_conn + 1) / 2, MHD_OPTION_END);
     if (!srv->mhd) {
         http__explain_start_failure(listen, &ss, ss_len, err);
         goto fail;
     }
+    if (pthread_create(&srv->watchdog, NULL, http__watchdog, srv)) {
+        MHD_stop_daemon(srv->mhd);
+        fisher_errorf(err, "http server: cannot start its watchdog thread");
+        goto fail;
+    }
+    srv->watchdog_started = 1;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = di ? di->port : 0;
     *out = srv;
@@ -1570,7 +1687,9 @@ void http_server_stop(http_server *srv) {
         http__sse_wake(s);
         pthread_mutex_unlock(&s->lock);
     }
+    pthread_cond_signal(&srv->wake);
     pthread_mutex_unlock(&srv->lock);
+    if (srv->watchdog_started) pthread_join(srv->watchdog, NULL);
     MHD_stop_daemon(srv->mhd);
     http__server_free(srv);
 }

@@ -1367,6 +1367,80 @@ static void test_connection_threads_are_nicer(void **state) {
     http_server_stop(srv);
 }
 
+/* Sends `head` at once, then `req` one byte every `gap_ms` until the
+ * server closes the connection; the milliseconds that took, or -1 if the
+ * whole request went out first (the server never closed it). */
+static double trickle(unsigned port, const char *head, const char *req, int gap_ms) {
+    int fd = tc_connect(port);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    tc_send(fd, head, strlen(head));
+    for (size_t i = 0; req[i]; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char c;
+        if ((poll(&p, 1, gap_ms) > 0 && recv(fd, &c, 1, MSG_DONTWAIT) <= 0) ||
+            send(fd, req + i, 1, MSG_NOSIGNAL) != 1) {
+            double ms = ms_since(&t0);
+            close(fd);
+            return ms;
+        }
+    }
+    close(fd);
+    return -1;
+}
+
+/* Slowloris: every byte arrives within the (1 s) inactivity timeout, so
+ * only a deadline on the request as a whole closes such a client — in
+ * its headers, or in its body. A prompt client is served meanwhile. */
+static void test_slow_requests_time_out(void **state) {
+    (void)state;
+    http_route routes[] = {{"GET", "/healthz", h_health, 0, 0}, {"POST", "/upload", h_upload, 0, 0}};
+    http_config c = {.listen = "127.0.0.1:0", .timeout_s = 1};
+    http_server *srv;
+    fisher_error err = {{0}};
+    if (http_server_start(&c, routes, 2, NULL, &srv, &err)) fail_msg("%s", err.msg);
+    unsigned port = http_server_port(srv);
+    double ms = trickle(port, "", "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n", 300);
+    printf("  headers a byte every 300 ms: closed after %.0f ms\n", ms);
+    assert_true(ms >= 900 && ms < 3000);
+    ms = trickle(port, "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 40\r\n\r\n",
+                 "0123456789012345678901234567890123456789", 300);
+    printf("  a body a byte every 300 ms: closed after %.0f ms\n", ms);
+    assert_true(ms >= 900 && ms < 3000);
+    tc_resp r = tc_get(port, "/healthz");
+    assert_int_equal(r.status, 200);
+    tc_free(&r);
+    http_server_stop(srv);
+}
+
+/* Beyond loopback one address holds at most half the connections: with
+ * 4 in all, a third from 127.0.0.1 is refused while two are open, and
+ * served once one of them has gone. */
+static void test_per_address_limit_beyond_loopback(void **state) {
+    (void)state;
+    http_route routes[] = {{"GET", "/healthz", h_health, HTTP_ROUTE_PUBLIC, 0}};
+    http_config c = {.listen = "0.0.0.0:0", .token = "a-token-of-16-chars", .timeout_s = 10, .max_connections = 4};
+    http_server *srv;
+    fisher_error err = {{0}};
+    if (http_server_start(&c, routes, 1, NULL, &srv, &err)) fail_msg("%s", err.msg);
+    unsigned port = http_server_port(srv);
+    int a = tc_connect(port), b = tc_connect(port), third = tc_connect(port);
+    const char *req = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    send(third, req, strlen(req), MSG_NOSIGNAL);
+    char buf[256];
+    ssize_t k = recv(third, buf, sizeof buf, 0);
+    printf("  a third connection from one address, over its 2: recv %zd\n", k);
+    assert_true(k <= 0);
+    close(third);
+    close(a);
+    usleep(300000); /* MHD notices the close */
+    tc_resp r = tc_get(port, "/healthz");
+    assert_int_equal(r.status, 200);
+    tc_free(&r);
+    close(b);
+    http_server_stop(srv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_connection_threads_are_nicer),
@@ -1387,6 +1461,8 @@ int main(void) {
         cmocka_unit_test(test_bearer_auth),
         cmocka_unit_test(test_start_errors),
         cmocka_unit_test(test_ipv6_loopback),
+        cmocka_unit_test(test_slow_requests_time_out),
+        cmocka_unit_test(test_per_address_limit_beyond_loopback),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
