@@ -17,8 +17,14 @@ typedef struct {
 } fisher_error;
 
 /* Formats the message into err (if non-NULL). Always returns -1 so callers
- * can write `return fisher_errorf(err, "...", ...);`. */
+ * can write `return fisher_errorf(err, "...", ...);`. A message too long
+ * for msg is cut at a character boundary, so one made of UTF-8 (file
+ * names, a spec's keys) stays UTF-8 and can travel in JSON. */
 int fisher_errorf(fisher_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* Drops an incomplete UTF-8 sequence from the end of s: what snprintf
+ * leaves when it truncates UTF-8 text. */
+void fisher_utf8_clip(char *s);
 
 #endif

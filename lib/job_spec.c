@@ -41,12 +41,14 @@ typedef struct {
 
 static int fail(parser *p, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(parser *p, const char *path, const char *fmt, ...) {
-    if (p->field) snprintf(p->field, p->field_len, "%s", path);
+    /* a path cut short must still be UTF-8: it travels in JSON answers */
+    if (p->field && (size_t)snprintf(p->field, p->field_len, "%s", path) >= p->field_len)
+        fisher_utf8_clip(p->field);
     if (p->err) {
         char msg[400];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof msg, fmt, ap);
+        if (vsnprintf(msg, sizeof msg, fmt, ap) >= (int)sizeof msg) fisher_utf8_clip(msg);
         va_end(ap);
         if (*path) fisher_errorf(p->err, "%s: %s", path, msg);
         else fisher_errorf(p->err, "%s", msg);
@@ -55,7 +57,7 @@ static int fail(parser *p, const char *path, const char *fmt, ...) {
 }
 
 static void join(char *out, size_t len, const char *parent, const char *key) {
-    snprintf(out, len, "%s%s%s", parent, *parent ? "." : "", key);
+    if ((size_t)snprintf(out, len, "%s%s%s", parent, *parent ? "." : "", key) >= len) fisher_utf8_clip(out);
 }
 
 /* Fails on any key of obj not in `known` (NULL-terminated). */
@@ -104,10 +106,29 @@ static int get_double(parser *p, json_t *obj, const char *path, const char *key,
     return 0;
 }
 
+/* A float field. The range is checked on the value as stored: a number
+ * that only becomes 0 (or leaves the range) when rounded to a float would
+ * otherwise be accepted here and refused when the stored spec is parsed
+ * again at the job's start (lr 1e-50 → 0). */
+static int in_float_range(double x, double lo, double hi, int lo_open) {
+    double f = (double)(float)x;
+    return isfinite(x) && isfinite(f) && f >= lo && f <= hi && !(lo_open && f == lo);
+}
+
 static int get_float(parser *p, json_t *obj, const char *path, const char *key, double lo, double hi,
                      int lo_open, float *out) {
-    double x = *out;
-    if (get_double(p, obj, path, key, lo, hi, lo_open, &x)) return -1;
+    json_t *v = json_object_get(obj, key);
+    if (!v) return 0;
+    char at[256];
+    join(at, sizeof at, path, key);
+    if (!json_is_number(v)) return fail(p, at, "must be a number");
+    double x = json_number_value(v);
+    if (!in_float_range(x, lo, hi, lo_open)) {
+        if (isfinite(x) && x >= lo && x <= hi && !(lo_open && x == lo))
+            return fail(p, at, "must be in %s%g, %g] as the 32-bit float it is kept as; %g becomes %g",
+                        lo_open ? "(" : "[", lo, hi, x, (double)(float)x);
+        return fail(p, at, "must be in %s%g, %g], got %g", lo_open ? "(" : "[", lo, hi, x);
+    }
     *out = (float)x;
     return 0;
 }
@@ -145,7 +166,7 @@ static int get_float_array(parser *p, json_t *obj, const char *path, const char 
     for (int i = 0; i < n; i++) {
         json_t *v = json_array_get(a, (size_t)i);
         double x = json_is_number(v) ? json_number_value(v) : NAN;
-        if (!json_is_number(v) || !isfinite(x) || x < lo || x > hi || (lo_open && x == lo)) {
+        if (!json_is_number(v) || !in_float_range(x, lo, hi, lo_open)) {
             char item[280];
             snprintf(item, sizeof item, "%s[%d]", at, i);
             return fail(p, item, "must be a number in %s%g, %g]", lo_open ? "(" : "[", lo, hi);
