@@ -57,12 +57,16 @@ fisher_segformer *fisher_model_load(const char *path, int *image_size, fisher_no
         fisher_errorf(err, "%s: %s", path, why);
         goto out;
     }
-    if (!(m = fisher_segformer_create(&cfg, err))) goto out;
     int64_t shape[FISHER_ST_MAX_DIMS];
     fisher_dtype dtype;
     int ndim;
     int has_head = fisher_safetensors_info(st, "decode_head.classifier.weight", &dtype, &ndim, shape, NULL) == 0;
     unsigned flags = has_head ? 0 : FISHER_LOAD_ENCODER_ONLY;
+    /* The file must fill the model before the model is built: a 16 KB
+     * upload whose config asks for a billion parameters was allocating and
+     * initialising gigabytes, only to find its first tensor missing
+     * (tests/fuzz/safetensors.c). */
+    if (fisher_segformer_check_file(&cfg, st, flags, err) || !(m = fisher_segformer_create(&cfg, err))) goto out;
     if (fisher_segformer_load(m, st, flags, err)) {
         fisher_segformer_free(m);
         m = NULL;

@@ -611,6 +611,49 @@ static int load_table(const fisher_tensor_table *t, float *data, const fisher_sa
     return 0;
 }
 
+int fisher_segformer_check_file(const fisher_segformer_config *cfg, const fisher_safetensors *st,
+                                unsigned flags, fisher_error *err) {
+    if (fisher_segformer_config_validate(cfg, err)) return -1;
+    fisher_segformer *m = calloc(1, sizeof *m); /* the tables only: no data, no layers' state */
+    if (!m) return fisher_errorf(err, "out of memory checking a weights file");
+    m->cfg = *cfg;
+    int rc = -1;
+    if (build_params(m, err)) goto out;
+    size_t encoder = 0, head = 0, head_missing = 0;
+    const fisher_tensor_table *tables[2] = {&m->params, &m->buffers};
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < tables[w]->count; i++) {
+            const fisher_tensor *e = &tables[w]->tensors[i];
+            if (w == 0) *(is_head(e->name) ? &head : &encoder) += e->numel;
+            fisher_dtype dt;
+            int nd;
+            int64_t shape[FISHER_ST_MAX_DIMS];
+            if (fisher_safetensors_info(st, e->name, &dt, &nd, shape, NULL)) {
+                if ((flags & FISHER_LOAD_ENCODER_ONLY) && is_head(e->name)) {
+                    head_missing = 1;
+                    continue;
+                }
+                fisher_safetensors_info(st, e->name, NULL, NULL, NULL, err); /* "no tensor named" */
+                goto out;
+            }
+            int same = (dt == FISHER_DTYPE_F32 || dt == FISHER_DTYPE_F16 || dt == FISHER_DTYPE_BF16) &&
+                       nd == e->ndim;
+            for (int d = 0; same && d < nd; d++) same = shape[d] == e->shape[d];
+            /* the reader words the dtype or shape problem as load would */
+            if (!same && fisher_safetensors_read_f32(st, e->name, NULL, e->ndim, e->shape, err)) goto out;
+        }
+    if (head_missing && head > encoder) {
+        fisher_errorf(err, "the file has no decode head, and the config's (%zu parameters) would "
+                           "outnumber its encoder (%zu): not a SegFormer this file can start",
+                      head, encoder);
+        goto out;
+    }
+    rc = 0;
+out:
+    fisher_segformer_free(m);
+    return rc;
+}
+
 int fisher_segformer_load(fisher_segformer *m, const fisher_safetensors *st, unsigned flags,
                           fisher_error *err) {
     if (load_table(&m->params, m->param_data, st, flags, err) ||

@@ -83,6 +83,16 @@ void fisher_segformer_init_random(fisher_segformer *m, uint64_t seed);
 #define FISHER_LOAD_ENCODER_ONLY 1u
 int fisher_segformer_load(fisher_segformer *m, const fisher_safetensors *st, unsigned flags,
                           fisher_error *err);
+/* What fisher_segformer_load would check, done before a model of cfg
+ * exists: every parameter and buffer in st, a float tensor of its shape
+ * (the decode head may be absent with FISHER_LOAD_ENCODER_ONLY, but then
+ * the random head it gets may not outnumber the encoder in parameters).
+ * Costs the tensor table only, so a small file whose config asks for a
+ * huge model is refused without the model's gigabytes being allocated.
+ * Returns 0, or -1 with the message load would give (or one saying the
+ * head is too large). */
+int fisher_segformer_check_file(const fisher_segformer_config *cfg, const fisher_safetensors *st,
+                                unsigned flags, fisher_error *err);
 /* Writes parameters and buffers (num_batches_tracked as I64) with the config
  * in __metadata__["config"]. */
 int fisher_segformer_save(const fisher_segformer *m, const char *path, fisher_error *err);

@@ -46,6 +46,10 @@ static void test_spec_errors_name_the_field(void **state) {
     expect_field_error("{\"strategy\": \"fisher\", \"fisher\": {\"gammas\": [0.8]}}", "fisher.gammas",
                        "array of 2");
     expect_field_error("{\"normalization\": {\"std\": [0.2, 0, 0.2]}}", "normalization.std[1]", "(0, 10]");
+    /* in range as written, 0 as the float kept: refused now, not when the job starts
+     * (found by tests/fuzz/job_spec.c) */
+    expect_field_error("{\"optim\": {\"lr\": 1e-50}}", "optim.lr", "1e-50 becomes 0");
+    expect_field_error("{\"normalization\": {\"std\": [1e-50, 1, 1]}}", "normalization.std[0]", "(0, 10]");
     expect_field_error("{\"augment\": {\"scale\": [1.5, 0.5]}}", "augment.scale", "low ≤ high");
     expect_field_error("[1, 2]", "", "JSON object");
     fisher_job_spec s;
@@ -54,6 +58,32 @@ static void test_spec_errors_name_the_field(void **state) {
     assert_int_equal(fisher_job_spec_parse(&s, "{\"name\": \"x\",}", NULL, 0, &err), -1);
     assert_non_null(strstr(err.msg, "not valid JSON"));
     assert_int_equal(fisher_job_spec_parse(&s, "{\"seed\": 1, \"seed\": 2}", NULL, 0, &err), -1);
+}
+
+/* A path too long for the field buffer is cut between characters, so it
+ * and the message stay UTF-8 on their way into a JSON answer (found by
+ * tests/fuzz/job_spec.c). */
+static void test_spec_error_cut_between_characters(void **state) {
+    (void)state;
+    char json[1200] = "{\"n", field[128];
+    for (int i = 0; i < 300; i++) strcat(json, "\xe2\x82\xac"); /* € is 3 bytes */
+    strcat(json, "\": 1}");
+    fisher_job_spec s;
+    fisher_job_spec_defaults(&s);
+    fisher_error err = {{0}};
+    assert_int_equal(fisher_job_spec_parse(&s, json, field, sizeof field, &err), -1);
+    size_t n = strlen(field);
+    assert_true(n > 100 && n < sizeof field);
+    assert_int_equal((n - 1) % 3, 0); /* "n" then whole euros */
+    assert_memory_equal(field, json + 2, n);
+    size_t m = strlen(err.msg);
+    assert_true(m > 0);
+    const unsigned char *u = (const unsigned char *)err.msg;
+    for (size_t i = 0; i < m;) { /* every sequence complete */
+        size_t k = u[i] < 0x80 ? 1 : u[i] >= 0xF0 ? 4 : u[i] >= 0xE0 ? 3 : 2;
+        assert_true(i + k <= m);
+        i += k;
+    }
 }
 
 static void test_spec_round_trip(void **state) {
@@ -339,6 +369,25 @@ static void test_missing_folder_fails_with_path(void **state) {
     assert_non_null(strstr(err.msg, "/nonexistent/cracks"));
 }
 
+/* A 40-byte file whose config asks for billions of parameters is refused
+ * for what it lacks before any of the model is allocated (it was building
+ * 13 GB of model first; found with tests/fuzz/safetensors.c). */
+static void test_model_load_checks_the_file_first(void **state) {
+    (void)state;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/huge.safetensors", out_dir); /* the group's directory */
+    float one = 1;
+    fisher_st_tensor t = {"x", FISHER_DTYPE_F32, 1, {1}, &one};
+    fisher_st_meta meta = {"config", "{\"hidden_sizes\": [2048, 2048, 2048, 2048], \"depths\": [16, 16, 16, 16], "
+                                     "\"num_attention_heads\": [1, 1, 1, 1], \"mlp_ratios\": [4, 4, 4, 4]}"};
+    fisher_error err = {{0}};
+    assert_int_equal(fisher_safetensors_write(path, &t, 1, &meta, 1, &err), 0);
+    assert_null(fisher_model_load(path, NULL, NULL, NULL, &err));
+    printf("  %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "no tensor named segformer.encoder.patch_embeddings.0.proj.weight"));
+    unlink(path);
+}
+
 static int setup(void **state) {
     (void)state;
     snprintf(out_dir, sizeof out_dir, "/tmp/fisher_job_XXXXXX");
@@ -353,6 +402,8 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spec_errors_name_the_field),
+        cmocka_unit_test(test_spec_error_cut_between_characters),
+        cmocka_unit_test(test_model_load_checks_the_file_first),
         cmocka_unit_test(test_spec_round_trip),
         cmocka_unit_test(test_run_writes_model_and_checkpoint),
         cmocka_unit_test(test_cancel_still_checkpoints),
