@@ -791,6 +791,10 @@ def report(jobs, cfg, args, mode, ds, mach, started, wall, version, out_md, img_
       "(the submission order is shuffled with a fixed seed so no strategy always has the same one).")
     for n in ds.notes:
         w(f"- Note: {n}.")
+    late = sorted({fi for fi in [cfg["freeze_interval"]] + cfg["sweep_freeze_intervals"] if fi >= cfg["steps"]})
+    if late:
+        w(f"- Note: freeze_interval {', '.join(map(str, late))} ≥ the {cfg['steps']} fine-tuning steps: those runs "
+          "make no freeze decision before their last step, so they train like `full`.")
     w("")
     zs_names = args.zero_shot
     sweep_setting = args.pretrain[0]
@@ -1052,6 +1056,9 @@ def main(argv=None):
     if not args.pretrain or not args.target:
         ap.error("--pretrain and --target need at least one name")
     threads = args.threads or max(1, 2 // args.parallel)
+    if max([cfg["freeze_interval"]] + cfg["sweep_freeze_intervals"]) >= cfg["steps"]:
+        log(f"warning: a freeze_interval of {cfg['freeze_interval']} / {cfg['sweep_freeze_intervals']} is not below "
+            f"{cfg['steps']} steps: some fisher runs will not freeze anything")
     raw_path = Path(args.raw or ROOT / "build" / "experiment" / f"{mode}.json")
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.time()
