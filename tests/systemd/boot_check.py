@@ -13,7 +13,8 @@ inside drive fisherd.service as an operator would:
   - `systemd-analyze security` rates the loaded unit;
   - a wedged process (SIGSTOP) is killed by the watchdog and restarted
     (WatchdogSec= shortened to 4 s by a drop-in, to keep this short);
-  - `systemctl stop` ends it cleanly (Result=success, status 0).
+  - `systemctl stop` ends it cleanly (Result=success, status 0);
+  - a configuration error (exit status 2) fails the unit without retries.
 
 Run by `make systemd-check` (as root; a minute; installs systemd-container
 when missing). Not part of `make test`: it needs a machine that can run a
@@ -81,6 +82,18 @@ try:
     res["job_after_restart"] = json.loads(get(f"/api/v1/jobs/{job}")[1])["status"]
     sh("systemctl", "stop", "fisherd")
     res["after_stop"] = show("ActiveState", "Result", "ExecMainStatus")
+    # a configuration error (exit status 2) is not retried
+    os.makedirs("/run/systemd/system/fisherd.service.d", exist_ok=True)
+    with open("/run/systemd/system/fisherd.service.d/bad.conf", "w") as f:
+        f.write("[Service]\nExecStart=\nExecStart=/usr/local/sbin/fisherd serve --max-jobs 0\n")
+    sh("systemctl", "daemon-reload")
+    def restarts():  # NRestarts starts again at 0 on a manual start; the journal does not
+        return sh("journalctl", "-u", "fisherd", "--no-pager", "-o", "cat").count("Scheduled restart job")
+    before = restarts()
+    sh("systemctl", "start", "fisherd")
+    time.sleep(7)  # past RestartSec=5s
+    res["bad_config"] = show("ActiveState", "Result", "ExecMainStatus")
+    res["bad_config_restarted"] = restarts() != before
 except Exception as e:
     res["error"] = repr(e)
 res["journal"] = sh("journalctl", "-u", "fisherd", "--no-pager", "-o", "cat").splitlines()[-40:]
@@ -128,6 +141,8 @@ def main():
             and res["after_wedge"].get("SubState") == "running" and res.get("job_after_restart") == "succeeded",
         "systemctl stop is clean": res.get("after_stop") == {"ActiveState": "inactive", "Result": "success",
                                                              "ExecMainStatus": "0"},
+        "a configuration error is not retried": res.get("bad_config") == {"ActiveState": "failed",
+            "Result": "exit-code", "ExecMainStatus": "2"} and res.get("bad_config_restarted") is False,
     }
     for what, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {what}")
