@@ -114,7 +114,7 @@ unit: $(UNIT_BIN)
 	done; exit $$fail
 
 unit-asan:
-	$(MAKE) BUILD=build/asan OPT="-O1 $(SAN)" LDFLAGS="$(SAN)" unit
+	$(MAKE) BUILD=$(BUILD)/asan OPT="-O1 $(SAN)" LDFLAGS="$(SAN)" unit
 
 # The command line, black-box (pytest): what a user types and gets.
 integration: all
