@@ -55,6 +55,7 @@
  *     shuts down a descriptor that has become something else.
  */
 #include "http.h"
+#include "http_internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -408,11 +409,44 @@ static int http__route_matches(const http__route *r, char *const *segs, size_t n
     return 1;
 }
 
+/* The route for `method` at the request's path, or NULL; *path_known
+ * says whether some route has that path (405 rather than 404). */
+static const http__route *http__route_find(const http_server *srv, const http_request *req,
+                                           const char *method, int *path_known) {
+    *path_known = 0;
+    for (size_t i = 0; i < srv->n_routes; i++) {
+        const http__route *r = &srv->routes[i];
+        if (!http__route_matches(r, req->segs, req->n_segs)) continue;
+        *path_known = 1;
+        if (!strcmp(r->method, method)) return r;
+    }
+    return NULL;
+}
+
 static int http__is_read(const char *method) {
     return !strcmp(method, "GET") || !strcmp(method, "HEAD");
 }
 
 /* ------------------------------------------------------ request parsing */
+
+/* The request object, born with the target exactly as sent (http__on_uri;
+ * http__probe_target). A target is printable ASCII (RFC 3986); anything
+ * else is refused later, and replaced here so that logs never carry
+ * control bytes. NULL when out of memory. */
+static http_request *http__request_new(http_server *srv, const char *uri) {
+    http_request *req = calloc(1, sizeof *req);
+    if (!req) return NULL;
+    req->srv = srv;
+    req->t0_ms = http__now_ms();
+    req->headers_tail = &req->headers;
+    if (!(req->target = http__strdup(uri))) {
+        free(req);
+        return NULL;
+    }
+    for (char *c = req->target; *c; c++)
+        if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e) *c = '?', req->bad_target = 1;
+    return req;
+}
 
 /* Splits req->target into decoded path segments and query pairs.
  * Returns 0, -1 with msg set for a target a handler must not see, or -2
@@ -486,7 +520,7 @@ static int http__parse_target(http_request *req, char *msg, size_t msg_size) {
 }
 
 /* application/json, optionally with parameters; a charset must be utf-8. */
-static int http__is_json_type(const char *ct) {
+int http__is_json_type(const char *ct) {
     if (!ct) return 0;
     while (*ct == ' ' || *ct == '\t') ct++;
     if (strncasecmp(ct, "application/json", 16)) return 0;
@@ -1163,17 +1197,8 @@ static enum MHD_Result http__begin(http_request *req) {
     if (parsed) return http__reject(req, 400, "%s", msg);
     int is_read = http__is_read(req->method);
     const char *want = strcmp(req->method, "HEAD") ? req->method : "GET";
-    const http__route *route = NULL;
-    int path_known = 0;
-    for (size_t i = 0; i < srv->n_routes; i++) {
-        const http__route *r = &srv->routes[i];
-        if (!http__route_matches(r, req->segs, req->n_segs)) continue;
-        path_known = 1;
-        if (!strcmp(r->method, want)) {
-            route = r;
-            break;
-        }
-    }
+    int path_known;
+    const http__route *route = http__route_find(srv, req, want, &path_known);
     int under_api = !strcmp(req->segs[0], "api");
     if (srv->token) {
         int needs = !is_read || (srv->auth_reads && (path_known || under_api) &&
@@ -1413,25 +1438,26 @@ static enum MHD_Result http__on_request(void *cls, struct MHD_Connection *conn, 
     return http__finish(req);
 }
 
+static void http__request_free(http_request *req) {
+    if (req->resp) MHD_destroy_response(req->resp);
+    if (req->sse) http__sse_unref(req->sse);
+    http__headers_free(req);
+    free(req->body);
+    free(req->query);
+    free(req->query_buf);
+    free(req->segs);
+    free(req->seg_buf);
+    free(req->target);
+    free(req);
+}
+
 /* MHD's first look at a request, with the target exactly as sent: this is
  * where the request object is born (MHD hands it back as *req_cls), and
  * where the raw target is kept, since the url MHD passes later is already
  * %-decoded — too late to tell "%2F" from "/". */
 static void *http__on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
-    http_request *req = calloc(1, sizeof *req);
-    if (!req) return NULL;
-    req->srv = cls;
-    req->conn = conn;
-    req->t0_ms = http__now_ms();
-    req->headers_tail = &req->headers;
-    if (!(req->target = http__strdup(uri))) {
-        free(req);
-        return NULL;
-    }
-    /* A target is printable ASCII (RFC 3986); anything else is refused,
-     * and replaced here so that logs never carry control bytes. */
-    for (char *c = req->target; *c; c++)
-        if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e) *c = '?', req->bad_target = 1;
+    http_request *req = http__request_new(cls, uri);
+    if (req) req->conn = conn;
     return req;
 }
 
@@ -1456,16 +1482,7 @@ static void http__on_completed(void *cls, struct MHD_Connection *conn, void **re
         srv->access_log(srv->log_ctx, req->method ? req->method : "-", req->target,
                         req->queued ? (int)req->status : 0, bytes, http__now_ms() - req->t0_ms);
     }
-    if (req->resp) MHD_destroy_response(req->resp);
-    if (req->sse) http__sse_unref(req->sse);
-    http__headers_free(req);
-    free(req->body);
-    free(req->query);
-    free(req->query_buf);
-    free(req->segs);
-    free(req->seg_buf);
-    free(req->target);
-    free(req);
+    http__request_free(req);
 }
 
 static void http__on_mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -1692,4 +1709,48 @@ void http_server_stop(http_server *srv) {
     if (srv->watchdog_started) pthread_join(srv->watchdog, NULL);
     MHD_stop_daemon(srv->mhd);
     http__server_free(srv);
+}
+
+/* ------------------------------------------------- tests and fuzzing */
+
+int http__probe_target(const char *target, const char *method, const http_route *routes,
+                       size_t n_routes, http__probe_fn probe, void *ctx, fisher_error *err) {
+    http_server srv = {0}; /* routes only: nothing here listens, locks or logs */
+    http_request *req = NULL;
+    int rc = -1;
+    if (n_routes && !(srv.routes = calloc(n_routes, sizeof *srv.routes))) {
+        fisher_errorf(err, "http probe: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_routes; i++) {
+        srv.n_routes = i + 1;
+        if (http__route_compile(&srv.routes[i], &routes[i], err)) goto out;
+    }
+    if (!(req = http__request_new(&srv, target))) {
+        fisher_errorf(err, "http probe: out of memory");
+        goto out;
+    }
+    req->method = method;
+    char msg[256];
+    int parsed = http__parse_target(req, msg, sizeof msg);
+    if (parsed == -2) {
+        fisher_errorf(err, "http probe: out of memory");
+        goto out;
+    }
+    if (parsed) {
+        rc = 400;
+        goto out;
+    }
+    int path_known;
+    req->route = http__route_find(&srv, req, strcmp(method, "HEAD") ? method : "GET", &path_known);
+    if (!req->route) {
+        rc = path_known ? 405 : 404;
+        goto out;
+    }
+    if (probe) probe(req, ctx);
+    rc = 0;
+out:
+    if (req) http__request_free(req);
+    http__routes_free(srv.routes, srv.n_routes);
+    return rc;
 }
