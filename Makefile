@@ -2,10 +2,13 @@
 #
 #   make deps     install the Debian packages building and testing need (root)
 #   make          build/libfisher.a, build/libfisher.so, build/fisherd
-#   make test     deps, build, unit + parity tests, then again under ASan+UBSan
+#   make test     deps, build, unit + parity tests, then again under ASan+UBSan,
+#                 then each fuzzer for 20 s
+#   make fuzz     the libFuzzer targets (clang), FUZZ_SECONDS (300) each
 #   make run      the daemon on 127.0.0.1:8080 (REST API, dashboard), data in ./var
 #   make install  the daemon, dashboard, systemd unit, man page (PREFIX=/usr/local, DESTDIR)
-#   make bench    one training step, C vs PyTorch, side by side
+#   make bench    C vs PyTorch, drift and freezing, a whole job, the API; one
+#                 table of ratios into README.md
 #   make fixtures regenerate the PyTorch golden files (needs python3-torch)
 #   make clean
 
@@ -146,12 +149,91 @@ browser-test: web
 	  (cd tests/browser && npm ci --no-audit --no-fund)
 	FISHERD=$(abspath $(BUILD)/fisherd) node --test --test-reporter=spec tests/browser/dashboard.test.mjs
 
+# Fuzzing (tests/fuzz/): libFuzzer targets for the job-spec validator, the
+# safetensors reader, the PNG/JPEG loaders and the HTTP request target.
+# Debian's clang builds the library a second time, with the fuzzer's
+# coverage hooks and ASan+UBSan, in $(BUILD)/fuzz (gcc's objects carry
+# neither). Each run first replays every input that once crashed
+# (tests/fuzz/regressions/<target>/), then fuzzes from the committed seeds
+# (tests/fuzz/corpus/<target>/); what it finds new goes to the git-ignored
+# $(FUZZ_SCRATCH)/<target>/, and a crash to $(FUZZ_SCRATCH)/crashes/.
+# One target at a time, one process each: the machine is shared.
+FUZZ_PKGS    := clang-14 libclang-rt-14-dev libomp-14-dev
+FUZZ_CC      := clang-14
+FUZZ_BUILD   := $(BUILD)/fuzz
+FUZZ_TARGETS := job_spec safetensors image http_target
+FUZZ_SECONDS ?= 300
+FUZZ_SCRATCH ?= tests/fuzz/scratch
+# -Wno-pass-failed: instrumented loops defeat `omp simd`, which clang reports.
+FUZZ_CFLAGS  := -O1 $(CFLAGS_BASE) -Wno-pass-failed -Idaemon -Iapi $(SAN) -fsanitize=fuzzer-no-link
+FUZZ_OBJ     := $(LIB_SRC:lib/%.c=$(FUZZ_BUILD)/lib/%.o) $(FUZZ_BUILD)/api/http.o \
+                $(FUZZ_BUILD)/daemon/store.o $(FUZZ_BUILD)/gen/migrations.o
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
+
+.PHONY: fuzz fuzz-smoke fuzz-deps fuzz-build
+fuzz-deps:
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(FUZZ_PKGS)"
+
+fuzz-build: fuzz-deps
+	$(MAKE) $(FUZZ_BIN)
+
+$(FUZZ_BUILD)/lib/%.o: lib/%.c $(wildcard lib/*.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/api/%.o: api/%.c $(wildcard lib/*.h daemon/*.h api/*.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/daemon/%.o: daemon/%.c $(wildcard lib/*.h daemon/*.h api/*.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/libfuzz.a: $(FUZZ_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_BIN): $(FUZZ_BUILD)/%: tests/fuzz/%.c tests/fuzz/fuzz_util.h $(FUZZ_BUILD)/libfuzz.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< -o $@ $(FUZZ_BUILD)/libfuzz.a $(DAEMON_LIBS) $(LDLIBS)
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  regs=$$(find tests/fuzz/regressions/$$t -type f 2>/dev/null | sort); \
+	  if [ -n "$$regs" ]; then \
+	    echo "fuzz $$t: replaying $$(echo "$$regs" | wc -l) regression inputs"; \
+	    OMP_NUM_THREADS=1 $(FUZZ_BUILD)/$$t $$regs > $(FUZZ_BUILD)/$$t.regressions.log 2>&1 || \
+	      { cat $(FUZZ_BUILD)/$$t.regressions.log; echo "fuzz $$t: a regression input fails again"; exit 1; }; \
+	  fi; \
+	  mkdir -p $(FUZZ_SCRATCH)/$$t $(FUZZ_SCRATCH)/crashes; \
+	  dict=; [ -f tests/fuzz/$$t.dict ] && dict=-dict=tests/fuzz/$$t.dict; \
+	  echo "fuzz $$t: $(FUZZ_SECONDS) s (log: $(FUZZ_BUILD)/$$t.log)"; \
+	  OMP_NUM_THREADS=1 $(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict \
+	    -artifact_prefix=$(FUZZ_SCRATCH)/crashes/$$t- $(FUZZ_SCRATCH)/$$t tests/fuzz/corpus/$$t \
+	    > $(FUZZ_BUILD)/$$t.log 2>&1 || { tail -60 $(FUZZ_BUILD)/$$t.log; echo "fuzz $$t: FAILED"; exit 1; }; \
+	  grep -aE '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::peak_rss_mb)' $(FUZZ_BUILD)/$$t.log | sed "s/^/  $$t: /"; \
+	done
+
+# Rewrites the binary seeds (images, safetensors) of tests/fuzz/corpus/.
+.PHONY: fuzz-seeds
+fuzz-seeds: $(BUILD)/libfisher.a
+	$(CC) $(CFLAGS) tests/fuzz/make_seeds.c -o $(BUILD)/make_seeds $(BUILD)/libfisher.a $(LDLIBS)
+	mkdir -p tests/fuzz/corpus/image tests/fuzz/corpus/safetensors
+	$(BUILD)/make_seeds tests/fuzz/corpus
+
+# The short run `make test` makes: 20 s per target.
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=20
+
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) browser-test
 	$(MAKE) unit-asan
+	$(MAKE) fuzz-smoke
 
 # Installs the daemon like any other: the binary in sbin (a daemon's, and
 # `fisherd train | predict | eval` with it), the dashboard, the systemd unit,
@@ -216,6 +298,8 @@ bench: deps torch-deps
 	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c daemon/cli.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
 	dpkg-query -W -f='$${Status}' wrk 2>/dev/null | grep -q 'ok installed' || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }; /usr/bin/python3 tests/bench/serve_bench.py --bin $(BUILD)/fisherd $(filter --quick,$(BENCH_ARGS))
+	/usr/bin/python3 tests/bench/e2e.py --bin $(BUILD)/fisherd
+	/usr/bin/python3 tests/bench/report.py --readme
 
 # The store's read and write paths at the sizes DESIGN.md sets targets for
 # (a 10k-point series, a 700 x 3000 heatmap, 700-value drift records).
