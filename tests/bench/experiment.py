@@ -190,13 +190,17 @@ class Datasets:
         self.folders = {d["path"] for d in listing["folders"]}
         self.notes = []
 
+    def _is_folder(self, name):
+        # the daemon's own listing first (a --url daemon's roots need not be readable here), then the disk
+        return name in self.folders or bool(self.data_root and (self.data_root / name / "images").is_dir()
+                                            and (self.data_root / name / "masks").is_dir())
+
     def _folder(self, name):
-        if self.data_root is None:
-            raise SystemExit(f"experiment: '{name}' is not a synthetic domain ({', '.join(sorted(self.synthetic))}) "
-                             "and no --data-root was given")
-        if not (self.data_root / name / "images").is_dir():
-            raise SystemExit(f"experiment: '{name}' is not a dataset folder under {self.data_root} "
-                             "(it needs images/ and masks/)")
+        if not self._is_folder(name):
+            where = f"under {self.data_root}" if self.data_root else "listed by GET /api/v1/datasets (no --data-root)"
+            raise SystemExit(f"experiment: '{name}' is neither a synthetic domain "
+                             f"({', '.join(sorted(self.synthetic))}) nor a dataset folder {where} "
+                             "(a folder needs images/ and masks/)")
         return {"path": name}
 
     def is_synthetic(self, name):
@@ -206,8 +210,7 @@ class Datasets:
         """role: 'train' | 'val' | 'eval' (zero-shot)."""
         if self.is_synthetic(name):
             return {"synthetic": {"domain": name, "count": count, "seed": seed}}
-        root = self.data_root / name if self.data_root else None
-        if root and (root / "train" / "images").is_dir() and (root / "val" / "images").is_dir():
+        if self._is_folder(f"{name}/train") and self._is_folder(f"{name}/val"):
             return self._folder(f"{name}/{'train' if role == 'train' else 'val'}")
         if role == "val":
             note = f"`{name}` has no train/ and val/ split: its val numbers are on the training images"
@@ -297,29 +300,39 @@ def run_jobs(api, cfg, ds, args, threads):
     t0 = time.time()
     done_steps = 0
     n_done = 0
-    while pending:
-        time.sleep(args.poll)
-        for jid in list(pending):
-            rec = api.get(f"/api/v1/jobs/{jid}")
-            if rec["status"] in ("queued", "running"):
-                continue
-            j = pending.pop(jid)
-            j["record"] = rec
-            n_done += 1
-            done_steps += j["spec"]["steps"]
-            k = j["key"]
-            what = k["kind"] if k["kind"] == "pretrain" else k["label"]
-            extra = f" λ={k['lambda']:g} fi={k['freeze_interval']}" if k["kind"] == "sweep" else ""
-            seed = f" seed {k['seed']}" if "seed" in k else ""
-            r = rec.get("result") or {}
-            if rec["status"] == "succeeded":
-                how = f"val IoU {r['val']['iou']:.3f}, {r['wall_seconds']:.0f} s"
-            else:
-                how = f"{rec['status'].upper()}: {rec.get('reason')}"
-            elapsed = time.time() - t0
-            eta = elapsed / done_steps * (total_steps - done_steps) if done_steps else 0
-            log(f"[{n_done:3d}/{len(jobs)}] {jid} {k['setting']}/{what}{extra}{seed}: {how}"
-                f" (elapsed {elapsed / 60:.1f} min, ~{eta / 60:.1f} min left)")
+    try:
+        while pending:
+            time.sleep(args.poll)
+            for jid in list(pending):
+                rec = api.get(f"/api/v1/jobs/{jid}")
+                if rec["status"] in ("queued", "running"):
+                    continue
+                j = pending.pop(jid)
+                j["record"] = rec
+                n_done += 1
+                done_steps += j["spec"]["steps"]
+                k = j["key"]
+                what = k["kind"] if k["kind"] == "pretrain" else k["label"]
+                extra = f" λ={k['lambda']:g} fi={k['freeze_interval']}" if k["kind"] == "sweep" else ""
+                seed = f" seed {k['seed']}" if "seed" in k else ""
+                r = rec.get("result") or {}
+                if rec["status"] == "succeeded":
+                    how = f"val IoU {r['val']['iou']:.3f}, {r['wall_seconds']:.0f} s"
+                else:
+                    how = f"{rec['status'].upper()}: {rec.get('reason')}"
+                elapsed = time.time() - t0
+                eta = elapsed / done_steps * (total_steps - done_steps) if done_steps else 0
+                log(f"[{n_done:3d}/{len(jobs)}] {jid} {k['setting']}/{what}{extra}{seed}: {how}"
+                    f" (elapsed {elapsed / 60:.1f} min, ~{eta / 60:.1f} min left)")
+    except KeyboardInterrupt:
+        # what was submitted and not finished would otherwise run on without anyone waiting for it
+        log(f"interrupted: cancelling {len(pending)} unfinished job(s)")
+        for jid in pending:
+            try:
+                api.post(f"/api/v1/jobs/{jid}/cancel", {})
+            except SystemExit as e:
+                log(str(e))
+        raise
     return jobs
 
 
@@ -1104,4 +1117,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
