@@ -53,6 +53,10 @@
  *     watchdog knows a connection from MHD's start until MHD's close
  *     notice, which comes before MHD closes the descriptor, so it never
  *     shuts down a descriptor that has become something else.
+ *  7. The bodies of all requests together hold at most max_body_total
+ *     bytes (srv->body_bytes, under srv->lock): each route's limit bounds
+ *     one upload, this bounds 64 of them at once. A body that would go
+ *     past it is refused with 503 and Retry-After before it is read.
  */
 #include "http.h"
 #include "http_internal.h"
@@ -126,6 +130,7 @@ struct http_server {
     char *static_root;          /* realpath of the root, NULL = none */
     size_t static_root_len;
     size_t max_body;
+    size_t max_body_total;      /* invariant 7 */
     int nice;
     unsigned heartbeat_ms;
     size_t sse_buffer;
@@ -142,6 +147,7 @@ struct http_server {
     pthread_cond_t wake;        /* the watchdog sleeps on it; signalled at stop */
     pthread_t watchdog;
     int watchdog_started;
+    size_t body_bytes;          /* held by requests' bodies now (invariant 7) */
 };
 
 typedef struct {
@@ -174,6 +180,7 @@ struct http_request {
     int body_too_large;
     uint64_t body_discarded;
     double body_t0_ms;          /* when the headers were complete */
+    size_t body_held;           /* counted in srv->body_bytes (invariant 7) */
 
     int started, queued;
     struct MHD_Response *resp;
@@ -1187,6 +1194,17 @@ static void http__allow(const http_request *req, char *out, size_t size) {
     }
 }
 
+/* Counts n more bytes of this request's body against max_body_total
+ * (invariant 7): 0, or -1 when they would go past it. */
+static int http__hold(http_request *req, size_t n) {
+    http_server *srv = req->srv;
+    pthread_mutex_lock(&srv->lock);
+    int ok = n <= srv->max_body_total - srv->body_bytes;
+    if (ok) srv->body_bytes += n, req->body_held += n;
+    pthread_mutex_unlock(&srv->lock);
+    return ok ? 0 : -1;
+}
+
 /* First call, headers read, body not yet: everything that can be decided
  * without the body is decided here, so a refused upload is never read. */
 static enum MHD_Result http__begin(http_request *req) {
@@ -1245,6 +1263,13 @@ static enum MHD_Result http__begin(http_request *req) {
             return http__reject(req, 413, "the request body is %llu bytes; the limit here is %zu", n,
                                 req->body_limit);
         if (!errno && end != cl && !*end && n > 0) {
+            if (http__hold(req, (size_t)n + 1)) {
+                http_add_header(req, "Retry-After", "5");
+                return http__reject(req, 503,
+                                    "the daemon is receiving other uploads (%zu bytes at most at once): "
+                                    "send this one again in a moment",
+                                    srv->max_body_total);
+            }
             req->body = malloc((size_t)n + 1);
             req->body_cap = req->body ? (size_t)n + 1 : 0;
         }
@@ -1279,6 +1304,7 @@ static enum MHD_Result http__take_body(http_request *req, const char *data, size
         size_t cap = req->body_cap ? req->body_cap * 2 : 4096;
         if (cap < req->body_len + n + 1) cap = req->body_len + n + 1;
         if (cap > req->body_limit + 1) cap = req->body_limit + 1;
+        if (http__hold(req, cap - req->body_cap)) return MHD_NO; /* invariant 7 */
         char *b = realloc(req->body, cap);
         if (!b) return MHD_NO;
         req->body = b;
@@ -1469,6 +1495,9 @@ static void http__on_completed(void *cls, struct MHD_Connection *conn, void **re
     *req_cls = NULL;
     http__reading(srv, conn, http__now_ms()); /* kept alive: the next request's headers */
     if (!req) return;
+    pthread_mutex_lock(&srv->lock);
+    srv->body_bytes -= req->body_held;
+    pthread_mutex_unlock(&srv->lock);
     uint64_t bytes = req->resp_bytes;
     if (req->sse) {
         pthread_mutex_lock(&req->sse->lock);
@@ -1595,6 +1624,7 @@ int http_server_start(const http_config *cfg, const http_route *routes, size_t n
     srv->auth_reads = c.auth_reads;
     srv->nice = c.nice < 0 ? 0 : c.nice > 19 ? 19 : c.nice;
     srv->max_body = c.max_body ? c.max_body : HTTP_DEFAULT_MAX_BODY;
+    srv->max_body_total = c.max_body_total ? c.max_body_total : HTTP_DEFAULT_MAX_BODY_TOTAL;
     srv->sse_buffer = c.sse_buffer ? c.sse_buffer : HTTP_DEFAULT_SSE_BUFFER;
     srv->access_log = c.access_log;
     srv->error_log = c.error_log;

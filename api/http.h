@@ -45,6 +45,7 @@ typedef struct http_sse http_sse;
 #define HTTP_DEFAULT_MAX_CONNECTIONS 64
 #define HTTP_DEFAULT_TIMEOUT_S 30
 #define HTTP_DEFAULT_MAX_BODY (1u << 20)
+#define HTTP_DEFAULT_MAX_BODY_TOTAL ((size_t)1 << 30)
 #define HTTP_DEFAULT_SSE_HEARTBEAT_MS 15000
 #define HTTP_DEFAULT_SSE_BUFFER (256u << 10)
 
@@ -67,6 +68,8 @@ typedef struct {
     unsigned max_connections;   /* concurrent connections, SSE streams included [64] */
     unsigned timeout_s;         /* a connection idle this long is closed [30] */
     size_t max_body;            /* request bodies larger than this get 413 [1 MiB] */
+    size_t max_body_total;      /* bytes all requests' bodies may hold at once; a body that
+                                 * would go past it gets 503 + Retry-After [1 GiB] */
     const char *token;          /* bearer token; NULL or "" = no auth. Required when `listen`
                                  * is not a loopback address */
     int auth_reads;             /* 1: GETs of routes need the token too, from the header or

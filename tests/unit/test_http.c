@@ -1441,6 +1441,43 @@ static void test_per_address_limit_beyond_loopback(void **state) {
     http_server_stop(srv);
 }
 
+/* Bodies held at once are bounded (max_body_total): while one client is
+ * sending a 3 KiB body, another's 3 KiB is refused with 503 and
+ * Retry-After before a byte of it is read, and taken once the first is
+ * done — so 64 clients cannot make the daemon hold 64 large uploads. */
+static void test_bodies_held_at_once_are_bounded(void **state) {
+    (void)state;
+    http_route routes[] = {{"POST", "/upload", h_upload, 0, 0}};
+    http_config c = {.listen = "127.0.0.1:0", .max_body = 4096, .max_body_total = 5000};
+    http_server *srv;
+    fisher_error err = {{0}};
+    if (http_server_start(&c, routes, 1, NULL, &srv, &err)) fail_msg("%s", err.msg);
+    unsigned port = http_server_port(srv);
+    int first = tc_connect(port);
+    const char *head = "POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 3000\r\n\r\n";
+    tc_send(first, head, strlen(head));
+    char body[3001];
+    memset(body, 'x', 3000);
+    body[3000] = 0;
+    tc_send(first, body, 1000); /* a third of it: the rest later */
+    usleep(200000);
+    tc_resp r = tc_raw(port, "POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 3000\r\n\r\n%s", body);
+    char ra[32];
+    printf("  a second 3000-byte body while 3000 are held (budget 5000): %d\n", r.status);
+    assert_int_equal(r.status, 503);
+    assert_true(tc_header(&r, "Retry-After", ra, sizeof ra));
+    tc_free(&r);
+    tc_send(first, body, 2000);
+    r = tc_read(first);
+    close(first);
+    assert_int_equal(r.status, 200);
+    tc_free(&r);
+    r = tc_raw(port, "POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 3000\r\n\r\n%s", body);
+    assert_int_equal(r.status, 200);
+    tc_free(&r);
+    http_server_stop(srv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_connection_threads_are_nicer),
@@ -1463,6 +1500,7 @@ int main(void) {
         cmocka_unit_test(test_ipv6_loopback),
         cmocka_unit_test(test_slow_requests_time_out),
         cmocka_unit_test(test_per_address_limit_beyond_loopback),
+        cmocka_unit_test(test_bodies_held_at_once_are_bounded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
