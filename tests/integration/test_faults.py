@@ -65,6 +65,14 @@ def committed_drift(db, job_id):
     return {(g, s): (m, bytes(a), bytes(b)) for g, s, m, a, b in rows}
 
 
+def committed_history(db, job_id):
+    """Every loss point, freeze decision and evaluation committed for a job."""
+    return {("metric", n, s): v for n, s, v in query(db, "SELECT name, step, value FROM metrics WHERE job_id = ?", job_id)} | \
+        {("freeze", s): r for s, *r in query(db, "SELECT step, kind, n_frozen, chunks_live, params_live, frozen "
+                                                 "FROM freezes WHERE job_id = ?", job_id)} | \
+        {("eval", d, s): r for d, s, *r in query(db, "SELECT dataset, step, loss, iou, f1 FROM evals WHERE job_id = ?", job_id)}
+
+
 def seeded(name):
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2**31))
     print(f"{name}: seed {seed} (FAULT_SEED={seed} repeats it)")
@@ -88,6 +96,7 @@ def test_sigkill_at_random_moments_20_times_loses_nothing_committed(tmp_path):
     assert status == 201, job
     jid = int(job["id"][2:])
     seen_drift = {}      # every drift row ever committed, as first seen
+    seen_history = {}    # every metric point, freeze decision and evaluation, likewise
     seen_api = {}        # (group key, step) -> drift value, as the API showed it
     kills, resumed_from = 0, []
     try:
@@ -120,6 +129,8 @@ def test_sigkill_at_random_moments_20_times_loses_nothing_committed(tmp_path):
             assert ok, f"after kill {kills}: {detail}"
             for k, v in committed_drift(db, jid).items():
                 seen_drift.setdefault(k, v)
+            for k, v in committed_history(db, jid).items():
+                seen_history.setdefault(k, v)
             d = Daemon(data).start()
             ev = d.get(f"/api/v1/jobs/{job['id']}")[1]["events"]
             why = [e["reason"] for e in ev if e["status"] == "queued" and e["reason"]]
@@ -154,7 +165,11 @@ def test_sigkill_at_random_moments_20_times_loses_nothing_committed(tmp_path):
     assert not missing, f"{len(missing)} committed drift rows are gone, e.g. {missing[:5]}"
     changed = [k for k, v in seen_drift.items() if final[k] != v]
     assert not changed, f"{len(changed)} drift rows changed across kills, e.g. {changed[:5]}"
-    print(f"sigkill: {len(seen_drift)} committed drift rows and {len(seen_api)} API points checked")
+    history = committed_history(db, jid)
+    gone = {k: (v, history.get(k)) for k, v in seen_history.items() if history.get(k) != v}
+    assert not gone, f"{len(gone)} committed metric points, freezes or evaluations are gone or changed: {list(gone.items())[:5]}"
+    print(f"sigkill: {len(seen_drift)} committed drift rows, {len(seen_history)} metric points, freezes and "
+          f"evaluations, and {len(seen_api)} API points checked")
     # no temporaries left behind by checkpoints cut short
     leftovers = sorted(p.name for p in (data / "jobs").rglob("*.tmp.*"))
     assert not leftovers, f"temporary files left behind: {leftovers}"
