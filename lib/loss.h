@@ -6,6 +6,12 @@
  *      + dice_weight · (1 − Dice),  Dice = 2·Σ p·t / (Σ p + Σ t + 1e-6)
  * with p = sigmoid(logit), summed over the whole batch.
  *
+ * Data-parallel training (comm.h) takes the loss over the GLOBAL batch:
+ * each rank sums its own pixels, one all-reduce of five doubles (Σ BCE,
+ * Σ p·t, Σ p, Σ t, pixel count) makes the global sums, and every rank gets
+ * the same loss and the gradient of that loss w.r.t. its own logits. The
+ * gradients of the ranks then simply add up (train.h).
+ *
  * Metrics threshold sigmoid(logit) ≥ 0.5, i.e. logit ≥ 0, and are computed
  * from confusion counts so they can be accumulated over any number of
  * batches before reading them out.
@@ -16,12 +22,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
+#include "error.h"
+
 #define FISHER_DICE_WEIGHT_DEFAULT 0.65f
 
 /* logits and target (n); target holds 0 or 1. Returns the loss; when
  * dlogits is non-NULL it receives (overwrites) d loss / d logits. */
 float fisher_seg_loss(float *dlogits, const float *logits, const float *target, size_t n,
                       float dice_weight);
+/* The loss of the global batch whose local part (n) this rank holds: *loss
+ * gets the global loss (the same on every rank), dlogits (when non-NULL)
+ * d global loss / d local logits. comm NULL: one process, bit for bit
+ * fisher_seg_loss. Every rank must call it (n may differ, even be 0).
+ * Returns 0, or -1 with err when the all-reduce fails. */
+int fisher_seg_loss_global(float *loss, float *dlogits, const float *logits, const float *target,
+                           size_t n, float dice_weight, fisher_comm *comm, fisher_error *err);
 
 typedef struct {
     int64_t tp, fp, fn, tn;
