@@ -444,23 +444,37 @@ void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const 
 void fisher_batchnorm_forward_train(float *out, float *mean, float *rstd, float *running_mean,
                                     float *running_var, const float *inp, const float *weight,
                                     const float *bias, int R, int C, float momentum, float eps) {
+    fisher_batchnorm_forward_train_sync(out, mean, rstd, running_mean, running_var, inp, weight, bias,
+                                        R, C, momentum, eps, NULL, NULL); /* cannot fail alone */
+}
+
+int fisher_batchnorm_forward_train_sync(float *out, float *mean, float *rstd, float *running_mean,
+                                        float *running_var, const float *inp, const float *weight,
+                                        const float *bias, int R, int C, float momentum, float eps,
+                                        fisher_comm *comm, fisher_error *err) {
     int par = (size_t)R * C > PAR_MIN;
-    double sum[C], sq[C];
+    double sum[C + 1], sq[C]; /* sum[C]: the rows, so the global count comes with the sums */
     for (int c = 0; c < C; c++) sum[c] = 0.0, sq[c] = 0.0;
+    sum[C] = (double)R;
 #pragma omp parallel for schedule(static) reduction(+ : sum[:C]) if (par)
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) sum[c] += inp[(size_t)r * C + c];
-    for (int c = 0; c < C; c++) mean[c] = (float)(sum[c] / R);
+    if (fisher_comm_sum_f64(comm, sum, (size_t)C + 1, err)) return -1;
+    double rows = sum[C]; /* of the global batch */
+    for (int c = 0; c < C; c++) mean[c] = (float)(sum[c] / rows);
 #pragma omp parallel for schedule(static) reduction(+ : sq[:C]) if (par)
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             double x = (double)inp[(size_t)r * C + c] - mean[c];
             sq[c] += x * x;
         }
+    /* the second pass around the global mean, as one process does: a
+     * one-pass Σx² − n·mean² would lose digits to cancellation */
+    if (fisher_comm_sum_f64(comm, sq, (size_t)C, err)) return -1;
     for (int c = 0; c < C; c++) {
-        double var = sq[c] / R;
+        double var = sq[c] / rows;
         rstd[c] = (float)(1.0 / sqrt(var + eps));
-        double unbiased = R > 1 ? sq[c] / (R - 1) : var;
+        double unbiased = rows > 1 ? sq[c] / (rows - 1) : var;
         running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
         running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)unbiased;
     }
@@ -470,6 +484,7 @@ void fisher_batchnorm_forward_train(float *out, float *mean, float *rstd, float 
         float *o = out + (size_t)r * C;
         for (int c = 0; c < C; c++) o[c] = (x[c] - mean[c]) * rstd[c] * weight[c] + bias[c];
     }
+    return 0;
 }
 
 void fisher_batchnorm_forward_eval(float *out, const float *inp, const float *weight,
@@ -491,9 +506,19 @@ void fisher_batchnorm_forward_eval(float *out, const float *inp, const float *we
 void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int R, int C) {
+    fisher_batchnorm_backward_sync(dinp, dweight, dbias, dout, inp, weight, mean, rstd, R, C, NULL,
+                                   NULL); /* cannot fail alone */
+}
+
+int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, const float *dout,
+                                   const float *inp, const float *weight, const float *mean,
+                                   const float *rstd, int R, int C, fisher_comm *comm,
+                                   fisher_error *err) {
     int par = (size_t)R * C > PAR_MIN;
-    double sum_g[C], sum_gn[C]; /* Σ dout, Σ dout·norm per channel */
+    /* Σ dout, Σ dout·norm per channel, and the rows: one buffer, one all-reduce */
+    double sums[2 * C + 1], *sum_g = sums, *sum_gn = sums + C;
     for (int c = 0; c < C; c++) sum_g[c] = 0.0, sum_gn[c] = 0.0;
+    sums[2 * C] = (double)R;
 #pragma omp parallel for schedule(static) reduction(+ : sum_g[:C], sum_gn[:C]) if (par)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
@@ -502,15 +527,18 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
             sum_gn[c] += (double)g[c] * ((x[c] - mean[c]) * rstd[c]);
         }
     }
+    /* the local sums: the gradient all-reduce adds the ranks' up */
     for (int c = 0; c < C; c++) {
         if (dweight) dweight[c] += (float)sum_gn[c];
         if (dbias) dbias[c] += (float)sum_g[c];
     }
-    if (!dinp) return;
+    if (!dinp) return 0;
+    if (fisher_comm_sum_f64(comm, sums, 2 * (size_t)C + 1, err)) return -1;
+    double rows = sums[2 * C];
     float k[C], mg[C], mgn[C];
     for (int c = 0; c < C; c++) {
         k[c] = weight[c] * rstd[c];
-        mg[c] = (float)(sum_g[c] / R), mgn[c] = (float)(sum_gn[c] / R);
+        mg[c] = (float)(sum_g[c] / rows), mgn[c] = (float)(sum_gn[c] / rows);
     }
 #pragma omp parallel for schedule(static) if (par)
     for (int r = 0; r < R; r++) {
@@ -521,6 +549,7 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
             dx[c] += k[c] * (g[c] - mg[c] - n * mgn[c]);
         }
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------- Elementwise */
@@ -867,6 +896,48 @@ void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *d
     H[1] = (float)((double)N / ((double)B * B));
 }
 
+/* acc (n) = (acc + x) in float, in shard order: the arithmetic of a
+ * communicator summing ranks in rank order (see the _shards contract). */
+static void add_f(float *acc, const float *x, int n) {
+    for (int i = 0; i < n; i++) acc[i] += x[i];
+}
+
+void fisher_stats_batchnorm_shards(float *H, float *S, const float *inp, const float *dout, int B,
+                                   int P, int C, int shards) {
+    if (shards <= 1) {
+        fisher_stats_batchnorm(H, S, inp, dout, B, P, C);
+        return;
+    }
+    int b = B / shards;
+    size_t per = (size_t)b * P * C;
+    float h[2], s[C];
+    fisher_stats_batchnorm(H, S, inp, dout, b, P, C);
+    for (int k = 1; k < shards; k++) {
+        fisher_stats_batchnorm(h, s, inp + k * per, dout + k * per, b, P, C);
+        add_f(H, h, 2), add_f(S, s, C);
+    }
+    for (int i = 0; i < 2; i++) H[i] /= (float)shards;
+    for (int c = 0; c < C; c++) S[c] /= (float)shards;
+}
+
+void fisher_stats_layernorm_shards(float *H, float *S, const float *inp, const float *dout, int B,
+                                   int N, int C, int shards) {
+    if (shards <= 1) {
+        fisher_stats_layernorm(H, S, inp, dout, B, N, C);
+        return;
+    }
+    int b = B / shards;
+    size_t per = (size_t)b * N * C;
+    float h[2], s[C];
+    fisher_stats_layernorm(H, S, inp, dout, b, N, C);
+    for (int k = 1; k < shards; k++) {
+        fisher_stats_layernorm(h, s, inp + k * per, dout + k * per, b, N, C);
+        add_f(H, h, 2), add_f(S, s, C);
+    }
+    for (int i = 0; i < 2; i++) H[i] /= (float)shards;
+    for (int c = 0; c < C; c++) S[c] /= (float)shards;
+}
+
 /* ------------------------------------------------ Efficient self-attention */
 
 int fisher_esa_dims_init(fisher_esa_dims *d, int B, int H, int W, int C, int NH, int sr, float eps) {
@@ -948,7 +1019,7 @@ void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scra
     if (st->v_H) fisher_stats_linear(st->v_H, st->v_S, kv_src, dv, B * M, C, C, 1);
     if (reduced && st->sr_H) fisher_stats_conv(st->sr_H, st->sr_S, inp, dsr, &d->sr_conv, 1);
     if (reduced && st->sr_ln_H)
-        fisher_stats_layernorm(st->sr_ln_H, st->sr_ln_S, a->sr, dsr_ln, B, M, C);
+        fisher_stats_layernorm_shards(st->sr_ln_H, st->sr_ln_S, a->sr, dsr_ln, B, M, C, st->shards);
 }
 
 /* ---------------------------------------------------------- Bilinear resize */

@@ -33,13 +33,19 @@
  * H W input height/width, OH OW output height/width, NH heads, M keys.
  *
  * None of these functions allocate, fail or touch global state; scratch
- * memory comes from the caller, sized by the *_scratch_floats helpers.
+ * memory comes from the caller, sized by the *_scratch_floats helpers. The
+ * one exception is SyncBN (the *_sync BatchNorm pair): its batch statistics
+ * span every rank of a data-parallel run, so it calls the caller's
+ * communicator (comm.h) and fails when that does.
  */
 #ifndef FISHER_LAYERS_H
 #define FISHER_LAYERS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "comm.h"
+#include "error.h"
 
 /* ---- Linear: out (R, OC) = inp (R, IC) · weight (OC, IC)ᵀ + bias (OC) ---- */
 void fisher_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -102,6 +108,25 @@ void fisher_batchnorm_forward_eval(float *out, const float *inp, const float *we
 void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int R, int C);
+/* SyncBN: the same over the GLOBAL batch of a data-parallel run, each rank
+ * holding its R rows (R may differ between ranks). Forward: two passes as
+ * above, each all-reducing its per-channel sums (Σx and the row count, then
+ * Σ(x − mean)²), so mean, rstd and the running statistics are the global
+ * batch's and identical on every rank. Backward: Σdout and Σdout·x̂ are
+ * all-reduced for dinp (skipped when dinp is NULL); dweight and dbias get
+ * the LOCAL sums only, because the gradient all-reduce that follows
+ * (train.h) adds them up across ranks — global sums here would be counted
+ * size times. comm NULL: exactly, bit for bit, the functions above. Every
+ * rank must call them, with the same C. Return 0, or -1 with err when the
+ * communicator fails. */
+int fisher_batchnorm_forward_train_sync(float *out, float *mean, float *rstd, float *running_mean,
+                                        float *running_var, const float *inp, const float *weight,
+                                        const float *bias, int R, int C, float momentum, float eps,
+                                        fisher_comm *comm, fisher_error *err);
+int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, const float *dout,
+                                   const float *inp, const float *weight, const float *mean,
+                                   const float *rstd, int R, int C, fisher_comm *comm,
+                                   fisher_error *err);
 
 /* ---- Elementwise ---- */
 /* GELU, exact: x·Φ(x) with the erf form (PyTorch's default). */
@@ -147,6 +172,17 @@ void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *d
                             int C);
 void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *dout, int B, int N,
                             int C);
+/* The norm layers' statistics as the mean over `shards` equal shards of the
+ * batch (B % shards == 0), each computed on its B/shards samples, summed in
+ * shard order in float and divided by shards. The norm statistics are not
+ * means over rows (squares of sums, divided by B and B²), so N data-parallel
+ * ranks averaging theirs do not compute the one-process value; one process
+ * with shards = N computes exactly what they do, which is how the
+ * equivalence is tested. shards ≤ 1: the functions above. */
+void fisher_stats_batchnorm_shards(float *H, float *S, const float *inp, const float *dout, int B,
+                                   int P, int C, int shards);
+void fisher_stats_layernorm_shards(float *H, float *S, const float *inp, const float *dout, int B,
+                                   int N, int C, int shards);
 
 /* Where fisher_esa_backward leaves the statistics of its six layers; any
  * pointer may be NULL (that layer's statistics are not computed). */
@@ -154,6 +190,7 @@ typedef struct {
     float *q_H, *q_S, *k_H, *k_S, *v_H, *v_S;
     float *sr_H, *sr_S, *sr_ln_H, *sr_ln_S;
     float *o_H, *o_S;
+    int shards;            /* of the LayerNorm's statistics; 0 or 1: the whole batch */
 } fisher_esa_stats;
 
 /* ---- Efficient self-attention (SegFormer), the whole sub-layer ----
