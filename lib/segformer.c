@@ -288,6 +288,13 @@ struct fisher_segformer {
     grad_scratch g;
     const float *images; /* the last forward's input: stage 1's conv backward reads it */
     int last_training;
+
+    /* data-parallel training (segformer.h) */
+    fisher_comm *comm;                       /* NULL: one process */
+    float *stats_pack;                       /* H and S of the layers that train, packed for
+                                              * one all-reduce (as many floats as stats_data) */
+    size_t stats_floats;
+    int stat_shards;                         /* norm statistics over this many shards [1] */
 };
 
 static float *P(fisher_segformer *m, int i) {
@@ -439,11 +446,15 @@ static int finish_layers(fisher_segformer *m, fisher_error *err) {
     if (m->trainable) memset(m->trainable, 1, (size_t)m->params.count);
     m->earliest = 0;
     m->stats_data = calloc(total, sizeof(float));
+    m->stats_pack = malloc((total ? total : 1) * sizeof(float));
+    m->stats_floats = total;
+    m->stat_shards = 1;
     size_t rows = 0;
     for (int i = 0; i < m->params.count; i++) rows += (size_t)m->params.tensors[i].shape[0];
     m->rows_of = calloc((size_t)m->params.count, sizeof *m->rows_of); /* all rows live */
     m->live_rows = malloc(rows);
-    if (!m->layer_of || !m->stats_data || !m->trainable || !m->rows_of || !m->live_rows)
+    if (!m->layer_of || !m->stats_data || !m->stats_pack || !m->trainable || !m->rows_of ||
+        !m->live_rows)
         return fisher_errorf(err, "out of memory building the model");
     float *at = m->stats_data;
     for (int i = 0; i < m->n_layers; i++) {
@@ -510,6 +521,7 @@ void fisher_segformer_free(fisher_segformer *m) {
     free(m->rows_of);
     free(m->live_rows);
     free(m->stats_data);
+    free(m->stats_pack);
     free(m->param_data);
     free(m->grad_data);
     free(m->buffer_data);
@@ -529,6 +541,14 @@ size_t fisher_segformer_layers(const fisher_segformer *m, const fisher_layer **l
 }
 
 void fisher_segformer_collect_stats(fisher_segformer *m, int on) { m->collect_stats = on; }
+
+void fisher_segformer_set_comm(fisher_segformer *m, fisher_comm *comm) { m->comm = comm; }
+
+int fisher_segformer_set_stat_shards(fisher_segformer *m, int shards, fisher_error *err) {
+    if (shards < 1) return fisher_errorf(err, "stat_shards must be ≥ 1, got %d", shards);
+    m->stat_shards = shards;
+    return 0;
+}
 
 void fisher_segformer_set_live(fisher_segformer *m, const uint8_t *live) {
     m->earliest = INT_MAX;
@@ -891,7 +911,15 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
 }
 
 const float *fisher_segformer_forward(fisher_segformer *m, const float *images, int training) {
-    if (!m->act_memory) return NULL;
+    return fisher_segformer_forward_sync(m, images, training, NULL);
+}
+
+const float *fisher_segformer_forward_sync(fisher_segformer *m, const float *images, int training,
+                                           fisher_error *err) {
+    if (!m->act_memory) {
+        fisher_errorf(err, "forward before prepare: the model has no activations yet");
+        return NULL;
+    }
     const fisher_segformer_config *c = &m->cfg;
     int B = m->B, D = c->decoder_hidden_size, L = c->num_labels;
     float eps = c->layer_norm_eps;
@@ -939,9 +967,12 @@ const float *fisher_segformer_forward(fisher_segformer *m, const float *images, 
     float *run_mean = m->buffer_data + m->buffers.tensors[m->bn_mean].offset;
     float *run_var = m->buffer_data + m->buffers.tensors[m->bn_var].offset;
     if (training) {
-        fisher_batchnorm_forward_train(m->bn, m->bn_mean_b, m->bn_rstd_b, run_mean, run_var, m->fuse,
-                                       P(m, m->bn_w), P(m, m->bn_b), B * N0, D,
-                                       c->batch_norm_momentum, c->batch_norm_eps);
+        m->last_training = 0; /* until this forward is whole */
+        if (fisher_batchnorm_forward_train_sync(m->bn, m->bn_mean_b, m->bn_rstd_b, run_mean, run_var,
+                                                m->fuse, P(m, m->bn_w), P(m, m->bn_b), B * N0, D,
+                                                c->batch_norm_momentum, c->batch_norm_eps, m->comm,
+                                                err))
+            return NULL;
         m->num_batches_tracked++;
     } else {
         fisher_batchnorm_forward_eval(m->bn, m->fuse, P(m, m->bn_w), P(m, m->bn_b), run_mean,
@@ -1003,7 +1034,8 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
     zero(g->ln, nc);
     fisher_linear_backward(g->ln, G(m, p->fc1_w), G(m, p->fc1_b), dh1, a->ln2, P(m, p->fc1_w),
                            LIVE(m, p->fc1_w), B * N, C, Hd);
-    if ((l = stats_for(m, p->ln2_w))) fisher_stats_layernorm(l->H, l->S, a->x1, g->ln, B, N, C);
+    if ((l = stats_for(m, p->ln2_w)))
+        fisher_stats_layernorm_shards(l->H, l->S, a->x1, g->ln, B, N, C, m->stat_shards);
     fisher_layernorm_backward(dres, G(m, p->ln2_w), G(m, p->ln2_b), g->ln, a->x1, P(m, p->ln2_w),
                               a->ln2_mean, a->ln2_rstd, B * N, C);
 
@@ -1020,12 +1052,14 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
 #define HS(l, f) st.f##_H = l ? l->H : NULL, st.f##_S = l ? l->S : NULL
         HS(q, q), HS(k, k), HS(v, v), HS(o, o), HS(sr, sr), HS(srln, sr_ln);
 #undef HS
+        st.shards = m->stat_shards;
         stp = &st;
     }
     zero(g->ln, nc);
     fisher_esa_backward(g->ln, &dw, m->esa_scratch, dres, a->ln1, &a->esa, &w, &rows, &sa->esa,
                         stp);
-    if ((l = stats_for(m, p->ln1_w))) fisher_stats_layernorm(l->H, l->S, x, g->ln, B, N, C);
+    if ((l = stats_for(m, p->ln1_w)))
+        fisher_stats_layernorm_shards(l->H, l->S, x, g->ln, B, N, C, m->stat_shards);
     fisher_layernorm_backward(dres, G(m, p->ln1_w), G(m, p->ln1_b), g->ln, x, P(m, p->ln1_w),
                               a->ln1_mean, a->ln1_rstd, B * N, C);
 }
@@ -1053,10 +1087,47 @@ static void fuse_stats(fisher_segformer *m, fisher_layer *l) {
     }
 }
 
+/* Every layer that trains (and so collected statistics in this backward)
+ * gets the mean over ranks of its H and S: packed, one f32 all-reduce,
+ * divided by size, unpacked. The same layers on every rank, as every rank
+ * holds the same live mask. Layers that do not train keep what they held,
+ * which the method never reads. */
+static int average_stats(fisher_segformer *m, fisher_error *err) {
+    size_t n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        fisher_layer *l = &m->layers[i];
+        if (!stats_for(m, l->weight)) continue;
+        memcpy(m->stats_pack + n, l->H, l->h_len * sizeof(float)), n += l->h_len;
+        memcpy(m->stats_pack + n, l->S, l->s_len * sizeof(float)), n += l->s_len;
+    }
+    if (fisher_comm_sum_f32(m->comm, m->stats_pack, n, err)) return -1;
+    float size = (float)m->comm->size;
+    for (size_t k = 0; k < n; k++) m->stats_pack[k] /= size;
+    n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        fisher_layer *l = &m->layers[i];
+        if (!stats_for(m, l->weight)) continue;
+        memcpy(l->H, m->stats_pack + n, l->h_len * sizeof(float)), n += l->h_len;
+        memcpy(l->S, m->stats_pack + n, l->s_len * sizeof(float)), n += l->s_len;
+    }
+    return 0;
+}
+
+static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error *err);
+
 int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_error *err) {
     if (!m->act_memory || !m->last_training)
         return fisher_errorf(err, "backward needs a training forward first (BatchNorm's batch "
                                   "statistics are what it differentiates)");
+    if (m->collect_stats && m->B % m->stat_shards)
+        return fisher_errorf(err, "batch of %d does not split into %d equal statistics shards",
+                             m->B, m->stat_shards);
+    if (backward_pass(m, dlogits, err)) return -1;
+    if (m->collect_stats && m->comm) return average_stats(m, err);
+    return 0;
+}
+
+static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error *err) {
     const fisher_segformer_config *c = &m->cfg;
     grad_scratch *g = &m->g;
     int B = m->B, D = c->decoder_hidden_size, L = c->num_labels;
@@ -1081,11 +1152,14 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
     if (!flows) return 0;
     zero(g->bn, nd);
     fisher_relu_backward(g->bn, g->relu, m->relu, nd);
-    if ((l = stats_for(m, m->bn_w))) fisher_stats_batchnorm(l->H, l->S, m->fuse, g->bn, B, N0, D);
+    if ((l = stats_for(m, m->bn_w)))
+        fisher_stats_batchnorm_shards(l->H, l->S, m->fuse, g->bn, B, N0, D, m->stat_shards);
     flows = flows_below(m, m->bn_w);
     if (flows) zero(g->fuse, nd);
-    fisher_batchnorm_backward(flows ? g->fuse : NULL, G(m, m->bn_w), G(m, m->bn_b), g->bn, m->fuse,
-                              P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B * N0, D);
+    if (fisher_batchnorm_backward_sync(flows ? g->fuse : NULL, G(m, m->bn_w), G(m, m->bn_b), g->bn,
+                                       m->fuse, P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B * N0, D,
+                                       m->comm, err))
+        return -1;
     if (!flows) return 0;
     /* the stage-wise fuse of the forward, in reverse: stage s's share of
      * d(fuse) is resized back to its resolution, then through W_s and lc_s */
@@ -1125,7 +1199,7 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         const float *last = sa->blocks[depth - 1].out;
         if (!flows_below_or_at(m, sp->ln_w)) return 0; /* this stage and all below are frozen */
         if ((l = stats_for(m, sp->ln_w)))
-            fisher_stats_layernorm(l->H, l->S, last, g->stage_out[s], B, N, C);
+            fisher_stats_layernorm_shards(l->H, l->S, last, g->stage_out[s], B, N, C, m->stat_shards);
         zero(g->res, nc);
         fisher_layernorm_backward(g->res, G(m, sp->ln_w), G(m, sp->ln_b), g->stage_out[s], last,
                                   P(m, sp->ln_w), sa->out_mean, sa->out_rstd, B * N, C);
@@ -1135,7 +1209,7 @@ int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_
         }
         if (!flows_below_or_at(m, sp->patch_ln_w)) return 0;
         if ((l = stats_for(m, sp->patch_ln_w)))
-            fisher_stats_layernorm(l->H, l->S, sa->patch_out, g->res, B, N, C);
+            fisher_stats_layernorm_shards(l->H, l->S, sa->patch_out, g->res, B, N, C, m->stat_shards);
         zero(g->patch, nc);
         fisher_layernorm_backward(g->patch, G(m, sp->patch_ln_w), G(m, sp->patch_ln_b), g->res,
                                   sa->patch_out, P(m, sp->patch_ln_w), sa->x0_mean, sa->x0_rstd,

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "error.h"
 #include "safetensors.h"
 #include "tensors.h"
@@ -113,6 +114,11 @@ int fisher_segformer_prepare(fisher_segformer *m, int B, int H, int W, fisher_er
  * statistics. Returns the full-resolution logits (B, H, W, num_labels),
  * valid until the next call, or NULL when prepare has not been called. */
 const float *fisher_segformer_forward(fisher_segformer *m, const float *images, int training);
+/* The same, with err: NULL with err set when prepare has not been called,
+ * or when a training forward's SyncBN all-reduce fails (a model with a
+ * communicator: fisher_segformer_set_comm). */
+const float *fisher_segformer_forward_sync(fisher_segformer *m, const float *images, int training,
+                                           fisher_error *err);
 /* Logits at 1/4 resolution (B, H/4, W/4, num_labels) of the last forward. */
 const float *fisher_segformer_logits_quarter(const fisher_segformer *m, int *h4, int *w4);
 
@@ -124,6 +130,31 @@ void fisher_segformer_zero_grad(fisher_segformer *m);
  * every parameter gradient. Returns 0, or -1 (err set) when there is no
  * training forward to differentiate. */
 int fisher_segformer_backward(fisher_segformer *m, const float *dlogits, fisher_error *err);
+
+/* ---- Data-parallel training (issue 9; comm.h) ----
+ *
+ * With a communicator, each rank's model holds its own shard of the global
+ * batch and
+ *   - the decode head's BatchNorm2d trains on the global batch's statistics
+ *     (SyncBN, layers.h), so its running statistics are identical on every
+ *     rank and its input gradient is the one-process gradient's rows;
+ *   - after a backward that collected Fisher statistics, every layer that
+ *     trains gets the mean over ranks of its H_new and S_new (one f32
+ *     all-reduce of all of them), as the reference does in distributed
+ *     training, so every rank's method sees the same numbers.
+ * Gradients stay per rank (partial sums of the global loss's gradient): the
+ * trainer all-reduces them (train.h). comm NULL (the default): one process.
+ * comm is not owned and must outlive its use; every rank must run the same
+ * sequence of training forwards and backwards. */
+void fisher_segformer_set_comm(fisher_segformer *m, fisher_comm *comm);
+
+/* The norm layers' Fisher statistics (BatchNorm2d, LayerNorm) as the mean
+ * over `shards` equal shards of the batch (layers.h, _shards): what
+ * `shards` data-parallel ranks average, computed by one process — the
+ * reference point of the equivalence test. 1 (the default): the whole
+ * batch. The batch must divide by it (checked by backward). Returns 0, or
+ * -1 for shards < 1. */
+int fisher_segformer_set_stat_shards(fisher_segformer *m, int shards, fisher_error *err);
 
 /* ---- Layers and their Fisher statistics (FISHERADAPTUNE.md §1) ---- */
 
