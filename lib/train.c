@@ -120,11 +120,69 @@ fail:
     return -1;
 }
 
+/* The communicator the model sees: the caller's, with every byte counted
+ * into the trainer's per-step figures. */
+static int counted_f64(fisher_comm *c, double *x, size_t n, fisher_error *err) {
+    fisher_trainer *t = c->ctx;
+    t->allreduce_bytes += n * sizeof *x, t->allreduce_calls++;
+    return fisher_comm_sum_f64(t->comm, x, n, err);
+}
+
+static int counted_f32(fisher_comm *c, float *x, size_t n, fisher_error *err) {
+    fisher_trainer *t = c->ctx;
+    t->allreduce_bytes += n * sizeof *x, t->allreduce_calls++;
+    return fisher_comm_sum_f32(t->comm, x, n, err);
+}
+
+int fisher_trainer_set_comm(fisher_trainer *t, fisher_comm *comm, fisher_error *err) {
+    if (!comm) return fisher_errorf(err, "set_comm needs a communicator");
+    if (fisher_comm_validate(comm, err)) return -1;
+    if (!t->fused && !(t->fused = malloc(FISHER_FUSED_FLOATS * sizeof *t->fused)))
+        return fisher_errorf(err, "out of memory for the gradient all-reduce buffer");
+    t->comm = comm;
+    t->counted = (fisher_comm){comm->rank, comm->size, counted_f64, counted_f32, t};
+    fisher_segformer_set_comm(t->model, &t->counted);
+    return 0;
+}
+
+/* Sums the gradients of the elements AdamW updates (t->ranges) over the
+ * ranks: packed run after run into the fused buffer, one all-reduce each
+ * time it fills (and once for the rest), then unpacked. Elements outside
+ * the runs (frozen, or not in the recipe) are neither sent nor used. */
+static int allreduce_gradients(fisher_trainer *t, fisher_error *err) {
+    float *g = fisher_segformer_grad_data(t->model), *buf = t->fused;
+    size_t used = 0, r = 0, at = t->n_ranges ? t->ranges[0].start : 0; /* next element to pack */
+    size_t ur = 0, uat = at;                                          /* next to unpack */
+    uint64_t before = t->allreduce_bytes;
+    while (r < t->n_ranges) {
+        size_t take = t->ranges[r].end - at, room = FISHER_FUSED_FLOATS - used;
+        if (take > room) take = room;
+        memcpy(buf + used, g + at, take * sizeof *buf);
+        used += take, at += take;
+        if (at == t->ranges[r].end && ++r < t->n_ranges) at = t->ranges[r].start;
+        if (used < FISHER_FUSED_FLOATS && r < t->n_ranges) continue;
+        if (fisher_comm_sum_f32(&t->counted, buf, used, err)) return -1;
+        for (size_t k = 0; k < used;) { /* back into the runs it came from */
+            size_t n = t->ranges[ur].end - uat;
+            if (n > used - k) n = used - k;
+            memcpy(g + uat, buf + k, n * sizeof *buf);
+            k += n, uat += n;
+            if (uat == t->ranges[ur].end && ++ur < t->n_ranges) uat = t->ranges[ur].start;
+        }
+        used = 0;
+    }
+    t->grad_allreduce_bytes = t->allreduce_bytes - before;
+    return 0;
+}
+
 void fisher_trainer_free(fisher_trainer *t) {
     if (t->model) {
         fisher_segformer_collect_stats(t->model, 0);
         fisher_segformer_set_live(t->model, NULL);
+        if (t->comm) fisher_segformer_set_comm(t->model, NULL);
     }
+    free(t->fused);
+    t->fused = NULL, t->comm = NULL;
     free(t->ranges);
     t->ranges = NULL;
     fisher_adamw_free(&t->opt);
@@ -144,9 +202,15 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     }
     fisher_segformer_collect_stats(m, t->method && fisher_method_needs_stats(t->method, t->step));
     fisher_segformer_zero_grad(m);
-    const float *logits = fisher_segformer_forward(m, images, 1);
-    *loss = fisher_seg_loss(t->dlogits, logits, masks, t->n_logits, t->dice_weight);
+    t->allreduce_bytes = t->grad_allreduce_bytes = t->allreduce_calls = 0;
+    fisher_comm *comm = t->comm ? &t->counted : NULL;
+    const float *logits = fisher_segformer_forward_sync(m, images, 1, err);
+    if (!logits) return -1;
+    if (fisher_seg_loss_global(loss, t->dlogits, logits, masks, t->n_logits, t->dice_weight, comm, err))
+        return -1;
     if (fisher_segformer_backward(m, t->dlogits, err)) return -1;
+    /* before the method: its empirical estimator squares the global gradient */
+    if (comm && allreduce_gradients(t, err)) return -1;
     if (t->method) {
         if (fisher_method_step(t->method, t->step, &t->report, err)) return -1;
         if (t->report.n_frozen) after_freezing(t);

@@ -64,7 +64,20 @@ typedef struct {
     float *dlogits;            /* (B, H, W, labels) */
     size_t n_logits;
     float dice_weight;
+    /* data parallel (see the top of this file); all zero/NULL for one process */
+    fisher_comm *comm;         /* the caller's, not owned */
+    fisher_comm counted;       /* what the model calls: forwards to comm, counts bytes */
+    float *fused;              /* (FISHER_FUSED_FLOATS) gradient all-reduce buffer */
+    uint64_t allreduce_bytes;  /* bytes all-reduced by the last step: loss, SyncBN,
+                                * Fisher statistics and gradients */
+    uint64_t grad_allreduce_bytes; /* of which gradients (falls as chunks freeze) */
+    uint64_t allreduce_calls;  /* collectives of the last step */
 } fisher_trainer;
+
+/* Floats per gradient all-reduce: 1 Mi (4 MiB). Large enough that mit-b0's
+ * 3.7 M parameters go in 4 calls rather than one per tensor (hundreds),
+ * small enough to stay a bounded copy. */
+#define FISHER_FUSED_FLOATS ((size_t)1 << 20)
 
 /* Prepares m for batches of (B, H, W), the strategy's trainable set and an
  * AdamW over it. method may be NULL (defaults) and is used by
@@ -72,10 +85,16 @@ typedef struct {
 int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, int W,
                         fisher_adamw_config optim, float dice_weight, fisher_strategy strategy,
                         const fisher_method_config *method, fisher_error *err);
+/* Makes t one rank of a data-parallel run over comm (see the top of this
+ * file), before its first step. t must not move in memory from now on (the
+ * model calls back into it to count bytes); comm must outlive t. Returns 0,
+ * or -1 with err for an invalid communicator. */
+int fisher_trainer_set_comm(fisher_trainer *t, fisher_comm *comm, fisher_error *err);
 /* Releases what init allocated and detaches from the model; a second call
  * does nothing. */
 void fisher_trainer_free(fisher_trainer *t);
-/* One step on images (B, H, W, C) and masks; the batch's loss in *loss.
+/* One step on images (B, H, W, C) and masks; the batch's loss in *loss
+ * (with a communicator: this rank's shard, and the global batch's loss).
  * In the order of FISHERADAPTUNE.md §6: forward, loss, backward, Fisher
  * statistics and the method's decisions, then AdamW on the live elements
  * only (decoupled decay included), moments of frozen elements zeroed. */
