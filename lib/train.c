@@ -134,12 +134,57 @@ static int counted_f32(fisher_comm *c, float *x, size_t n, fisher_error *err) {
     return fisher_comm_sum_f32(t->comm, x, n, err);
 }
 
+/* FNV-1a over n bytes, continuing from h. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Whether every rank starts from what this one does. Each rank's 64-bit
+ * fingerprint goes out as four 16-bit pieces x with their squares; the
+ * ranks agree iff size·Σx² = (Σx)² for every piece (equality in
+ * Cauchy–Schwarz), and the sums are exact in double (pieces < 2¹⁶, squares
+ * < 2³², for any plausible number of ranks). Every rank sees the same sums,
+ * so all of them fail or none. */
+static int check_ranks_alike(fisher_trainer *t, fisher_error *err) {
+    fisher_segformer *m = t->model;
+    uint64_t h = 14695981039346656037ull;
+    h = fnv1a(h, fisher_segformer_param_data(m), fisher_segformer_params(m)->total * sizeof(float));
+    h = fnv1a(h, fisher_segformer_buffer_data(m), fisher_segformer_buffers(m)->total * sizeof(float));
+    uint64_t shape[3] = {t->n_logits, (uint64_t)t->strategy, t->params_trainable};
+    h = fnv1a(h, shape, sizeof shape);
+    const fisher_adamw_config *o = &t->opt.cfg;
+    float opt[5] = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay};
+    h = fnv1a(h, opt, sizeof opt);
+    double x[8];
+    for (int k = 0; k < 4; k++) {
+        x[k] = (double)((h >> (16 * k)) & 0xffff);
+        x[4 + k] = x[k] * x[k];
+    }
+    if (fisher_comm_sum_f64(t->comm, x, 8, err)) return -1;
+    for (int k = 0; k < 4; k++)
+        if (x[4 + k] * t->comm->size != x[k] * x[k])
+            return fisher_errorf(err,
+                                 "rank %d of %d: the ranks do not start alike (parameters, BatchNorm "
+                                 "buffers, local batch shape, strategy, optimiser settings or trainable "
+                                 "set differ): load the same model and pass the same configuration on "
+                                 "every rank",
+                                 t->comm->rank, t->comm->size);
+    return 0;
+}
+
 int fisher_trainer_set_comm(fisher_trainer *t, fisher_comm *comm, fisher_error *err) {
     if (!comm) return fisher_errorf(err, "set_comm needs a communicator");
     if (fisher_comm_validate(comm, err)) return -1;
     if (!t->fused && !(t->fused = malloc(FISHER_FUSED_FLOATS * sizeof *t->fused)))
         return fisher_errorf(err, "out of memory for the gradient all-reduce buffer");
+    t->fused_floats = FISHER_FUSED_FLOATS;
     t->comm = comm;
+    if (check_ranks_alike(t, err)) {
+        t->comm = NULL;
+        return -1;
+    }
     t->counted = (fisher_comm){comm->rank, comm->size, counted_f64, counted_f32, t};
     fisher_segformer_set_comm(t->model, &t->counted);
     return 0;
@@ -153,15 +198,18 @@ static int allreduce_gradients(fisher_trainer *t, fisher_error *err) {
     float *g = fisher_segformer_grad_data(t->model), *buf = t->fused;
     size_t used = 0, r = 0, at = t->n_ranges ? t->ranges[0].start : 0; /* next element to pack */
     size_t ur = 0, uat = at;                                          /* next to unpack */
+    size_t cap = t->fused_floats && t->fused_floats < FISHER_FUSED_FLOATS ? t->fused_floats
+                                                                           : FISHER_FUSED_FLOATS;
     uint64_t before = t->allreduce_bytes;
     while (r < t->n_ranges) {
-        size_t take = t->ranges[r].end - at, room = FISHER_FUSED_FLOATS - used;
+        size_t take = t->ranges[r].end - at, room = cap - used;
         if (take > room) take = room;
         memcpy(buf + used, g + at, take * sizeof *buf);
         used += take, at += take;
         if (at == t->ranges[r].end && ++r < t->n_ranges) at = t->ranges[r].start;
-        if (used < FISHER_FUSED_FLOATS && r < t->n_ranges) continue;
+        if (used < cap && r < t->n_ranges) continue;
         if (fisher_comm_sum_f32(&t->counted, buf, used, err)) return -1;
+        t->grad_allreduce_calls++;
         for (size_t k = 0; k < used;) { /* back into the runs it came from */
             size_t n = t->ranges[ur].end - uat;
             if (n > used - k) n = used - k;
@@ -202,7 +250,7 @@ int fisher_trainer_step(fisher_trainer *t, const float *images, const float *mas
     }
     fisher_segformer_collect_stats(m, t->method && fisher_method_needs_stats(t->method, t->step));
     fisher_segformer_zero_grad(m);
-    t->allreduce_bytes = t->grad_allreduce_bytes = t->allreduce_calls = 0;
+    t->allreduce_bytes = t->grad_allreduce_bytes = t->allreduce_calls = t->grad_allreduce_calls = 0;
     fisher_comm *comm = t->comm ? &t->counted : NULL;
     const float *logits = fisher_segformer_forward_sync(m, images, 1, err);
     if (!logits) return -1;

@@ -68,6 +68,9 @@ typedef struct {
     fisher_comm *comm;         /* the caller's, not owned */
     fisher_comm counted;       /* what the model calls: forwards to comm, counts bytes */
     float *fused;              /* (FISHER_FUSED_FLOATS) gradient all-reduce buffer */
+    size_t fused_floats;       /* floats per gradient all-reduce: FISHER_FUSED_FLOATS, or
+                                * fewer (tests exercise the packing across buffers) */
+    uint64_t grad_allreduce_calls; /* gradient all-reduces of the last step */
     uint64_t allreduce_bytes;  /* bytes all-reduced by the last step: loss, SyncBN,
                                 * Fisher statistics and gradients */
     uint64_t grad_allreduce_bytes; /* of which gradients (falls as chunks freeze) */
@@ -86,9 +89,15 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
                         fisher_adamw_config optim, float dice_weight, fisher_strategy strategy,
                         const fisher_method_config *method, fisher_error *err);
 /* Makes t one rank of a data-parallel run over comm (see the top of this
- * file), before its first step. t must not move in memory from now on (the
- * model calls back into it to count bytes); comm must outlive t. Returns 0,
- * or -1 with err for an invalid communicator. */
+ * file), before its first step; every rank calls it. t must not move in
+ * memory from now on (the model calls back into it to count bytes); comm
+ * must outlive t. Ranks must start alike — the same parameters and
+ * buffers, local batch shape, strategy, optimiser settings and trainable
+ * set — and this checks it with one all-reduce of a fingerprint of all
+ * that (not of the method's config: pass the same one everywhere). Calls
+ * that change training state (fisher_trainer_freeze, _restore) must be
+ * made on every rank alike too. Returns 0, or -1 with err for an invalid
+ * communicator, a failed all-reduce, or ranks that do not start alike. */
 int fisher_trainer_set_comm(fisher_trainer *t, fisher_comm *comm, fisher_error *err);
 /* Releases what init allocated and detaches from the model; a second call
  * does nothing. */
