@@ -280,6 +280,8 @@ static void test_loss_over_ranks_equals_one_batch(void **state) {
  * communicator is refused with a reason. */
 static int failing_f64(fisher_comm *c, double *x, size_t n, fisher_error *err) {
     (void)x, (void)n;
+    int *calls_left = c->ctx; /* succeed that often first (size 1: a sum is the identity) */
+    if (calls_left && (*calls_left)-- > 0) return 0;
     return fisher_errorf(err, "rank %d: peer on host-b went away", c->rank);
 }
 static int failing_f32(fisher_comm *c, float *x, size_t n, fisher_error *err) {
@@ -313,6 +315,10 @@ static void test_comm_failure_fails_the_step(void **state) {
     assert_non_null(strstr(err.msg, "allreduce_sum_f32"));
 
     fisher_comm fails = {0, 1, failing_f64, failing_f32, NULL};
+    assert_int_equal(fisher_trainer_set_comm(&t, &fails, &err), -1); /* its start-alike check */
+    assert_string_equal(err.msg, "rank 0: peer on host-b went away");
+    int calls_left = 1;
+    fails.ctx = &calls_left;
     assert_int_equal(fisher_trainer_set_comm(&t, &fails, &err), 0);
     static float images[32 * 32 * 3], masks[32 * 32];
     float loss;
@@ -341,13 +347,21 @@ typedef struct {
     int decided[STEPS];
     double seconds;
     int rc;
+    uint64_t grad_calls[STEPS];
+    uint64_t seed;             /* of the model's random init */
     fisher_error err;
 } run;
+
+/* Floats per gradient all-reduce in the rank runs: small, so that a step
+ * packs the live runs across several buffers (the default 1 Mi would hold
+ * all of tiny's 455 841 parameters at once). */
+enum { FUSED = 65536 };
 
 static void *run_main(void *arg) {
     run *a = arg;
     fisher_set_threads(1);
     a->m = tiny_model();
+    fisher_segformer_init_random(a->m, a->seed);
     fisher_method_config mc = fisher_method_defaults();
     mc.ema_interval = 1, mc.freeze_interval = FREEZE_EVERY;
     fisher_adamw_config oc = fisher_adamw_defaults();
@@ -361,6 +375,7 @@ static void *run_main(void *arg) {
         goto out;
     if (a->comm.size) {
         if (fisher_trainer_set_comm(&a->t, &a->comm, &a->err)) goto out;
+        a->t.fused_floats = FUSED;
     } else if (fisher_segformer_set_stat_shards(a->m, 2, &a->err)) { /* what 2 ranks average */
         goto out;
     }
@@ -375,6 +390,7 @@ static void *run_main(void *arg) {
         if (s == 0 && (a->grad0 = malloc(total * sizeof(float))))
             memcpy(a->grad0, fisher_segformer_grad_data(a->m), total * sizeof(float));
         a->grad_bytes[s] = a->t.grad_allreduce_bytes, a->bytes[s] = a->t.allreduce_bytes;
+        a->grad_calls[s] = a->t.grad_allreduce_calls;
         a->decided[s] = a->t.report.decided && !a->t.report.zero_freeze;
         a->stats[s] = a->t.report.stats;
     }
@@ -469,6 +485,7 @@ static void test_two_ranks_train_as_one_process_full(void **state) {
     size_t total = fisher_segformer_params(one.m)->total;
     for (int s = 0; s < STEPS; s++) { /* every parameter, every step; nothing without a comm */
         assert_int_equal(ranks[0].grad_bytes[s], total * sizeof(float));
+        assert_int_equal(ranks[0].grad_calls[s], (total + FUSED - 1) / FUSED);
         assert_int_equal(one.bytes[s], 0);
     }
     printf("  full: %llu bytes all-reduced per step, %llu of them gradients\n",
@@ -514,6 +531,7 @@ static void test_two_ranks_train_as_one_process_fisher(void **state) {
      * so they fall as chunks freeze */
     for (int s = 0; s < STEPS; s++) {
         assert_int_equal(ranks[0].grad_bytes[s], ranks[0].live_before[s] * sizeof(float));
+        assert_int_equal(ranks[0].grad_calls[s], (ranks[0].live_before[s] + FUSED - 1) / FUSED);
         if (s) assert_true(ranks[0].grad_bytes[s] <= ranks[0].grad_bytes[s - 1]);
         printf("%s%llu", s ? " " : "  gradient bytes per step: ", (unsigned long long)ranks[0].grad_bytes[s]);
     }
@@ -521,6 +539,37 @@ static void test_two_ranks_train_as_one_process_fisher(void **state) {
     assert_true(ranks[0].grad_bytes[FREEZE_EVERY + 1] < ranks[0].grad_bytes[FREEZE_EVERY]);
     assert_true(ranks[0].grad_bytes[STEPS - 1] < ranks[0].grad_bytes[0] / 2);
     free_run(&one), free_run(&ranks[0]), free_run(&ranks[1]);
+}
+
+/* Ranks that start from different models refuse to train, all of them,
+ * saying why. */
+static void *alike_main(void *arg) {
+    run *a = arg;
+    fisher_set_threads(1);
+    a->m = tiny_model();
+    fisher_segformer_init_random(a->m, a->seed);
+    a->rc = fisher_trainer_init(&a->t, a->m, 1, 32, 32, fisher_adamw_defaults(), 0.65f,
+                                FISHER_STRATEGY_FULL, NULL, &a->err) ||
+            fisher_trainer_set_comm(&a->t, &a->comm, &a->err);
+    return NULL;
+}
+
+static void test_ranks_must_start_alike(void **state) {
+    (void)state;
+    for (int same = 0; same < 2; same++) {
+        hub h;
+        hub_init(&h, 2);
+        static run ranks[2];
+        memset(ranks, 0, sizeof ranks);
+        for (int r = 0; r < 2; r++) ranks[r].comm = hub_comm(&h, r), ranks[r].seed = same ? 4 : (uint64_t)r;
+        run_ranks(2, alike_main, ranks, sizeof ranks[0]);
+        hub_destroy(&h);
+        for (int r = 0; r < 2; r++) {
+            assert_int_equal(ranks[r].rc, same ? 0 : 1);
+            if (!same) assert_non_null(strstr(ranks[r].err.msg, "do not start alike"));
+            free_run(&ranks[r]);
+        }
+    }
 }
 
 /* Without a communicator and with one shard, the functions behave exactly
@@ -565,6 +614,7 @@ int main(void) {
         cmocka_unit_test(test_loss_over_ranks_equals_one_batch),
         cmocka_unit_test(test_stat_shards_average_norm_statistics),
         cmocka_unit_test(test_comm_failure_fails_the_step),
+        cmocka_unit_test(test_ranks_must_start_alike),
         cmocka_unit_test(test_two_ranks_train_as_one_process_full),
         cmocka_unit_test(test_two_ranks_train_as_one_process_fisher),
     };
