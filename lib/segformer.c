@@ -293,7 +293,6 @@ struct fisher_segformer {
     fisher_comm *comm;                       /* NULL: one process */
     float *stats_pack;                       /* H and S of the layers that train, packed for
                                               * one all-reduce (as many floats as stats_data) */
-    size_t stats_floats;
     int stat_shards;                         /* norm statistics over this many shards [1] */
 };
 
@@ -447,7 +446,6 @@ static int finish_layers(fisher_segformer *m, fisher_error *err) {
     m->earliest = 0;
     m->stats_data = calloc(total, sizeof(float));
     m->stats_pack = malloc((total ? total : 1) * sizeof(float));
-    m->stats_floats = total;
     m->stat_shards = 1;
     size_t rows = 0;
     for (int i = 0; i < m->params.count; i++) rows += (size_t)m->params.tensors[i].shape[0];

@@ -141,13 +141,14 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
-/* Whether every rank starts from what this one does. Each rank's 64-bit
+/* Whether every rank holds what this one does. Each rank's 64-bit
  * fingerprint goes out as four 16-bit pieces x with their squares; the
  * ranks agree iff size·Σx² = (Σx)² for every piece (equality in
  * Cauchy–Schwarz), and the sums are exact in double (pieces < 2¹⁶, squares
  * < 2³², for any plausible number of ranks). Every rank sees the same sums,
  * so all of them fail or none. */
-static int check_ranks_alike(fisher_trainer *t, fisher_error *err) {
+int fisher_trainer_check_ranks(fisher_trainer *t, fisher_error *err) {
+    if (!t->comm) return 0;
     fisher_segformer *m = t->model;
     uint64_t h = 14695981039346656037ull;
     h = fnv1a(h, fisher_segformer_param_data(m), fisher_segformer_params(m)->total * sizeof(float));
@@ -166,11 +167,12 @@ static int check_ranks_alike(fisher_trainer *t, fisher_error *err) {
     for (int k = 0; k < 4; k++)
         if (x[4 + k] * t->comm->size != x[k] * x[k])
             return fisher_errorf(err,
-                                 "rank %d of %d: the ranks do not start alike (parameters, BatchNorm "
-                                 "buffers, local batch shape, strategy, optimiser settings or trainable "
-                                 "set differ): load the same model and pass the same configuration on "
-                                 "every rank",
-                                 t->comm->rank, t->comm->size);
+                                 "rank %d of %d at step %lld: the ranks are not alike (parameters, "
+                                 "BatchNorm buffers, local batch shape, strategy, optimiser settings or "
+                                 "trainable set differ): at the start, load the same model and pass the "
+                                 "same configuration on every rank; later, the communicator did not "
+                                 "return the same sums on every rank",
+                                 t->comm->rank, t->comm->size, (long long)t->step);
     return 0;
 }
 
@@ -181,7 +183,7 @@ int fisher_trainer_set_comm(fisher_trainer *t, fisher_comm *comm, fisher_error *
         return fisher_errorf(err, "out of memory for the gradient all-reduce buffer");
     t->fused_floats = FISHER_FUSED_FLOATS;
     t->comm = comm;
-    if (check_ranks_alike(t, err)) {
+    if (fisher_trainer_check_ranks(t, err)) {
         t->comm = NULL;
         return -1;
     }

@@ -99,6 +99,13 @@ int fisher_trainer_init(fisher_trainer *t, fisher_segformer *m, int B, int H, in
  * made on every rank alike too. Returns 0, or -1 with err for an invalid
  * communicator, a failed all-reduce, or ranks that do not start alike. */
 int fisher_trainer_set_comm(fisher_trainer *t, fisher_comm *comm, fisher_error *err);
+/* Whether every rank still holds what this one does (parameters, buffers
+ * and the rest of set_comm's check), at the cost of one pass over the
+ * parameters and one all-reduce of 8 doubles. Ranks stay identical only if
+ * the communicator returns the same bits everywhere (comm.h); a worker can
+ * call this every so often, on every rank alike, to catch one that does
+ * not. Returns 0, or -1 with err on every rank when they differ. */
+int fisher_trainer_check_ranks(fisher_trainer *t, fisher_error *err);
 /* Releases what init allocated and detaches from the model; a second call
  * does nothing. */
 void fisher_trainer_free(fisher_trainer *t);
