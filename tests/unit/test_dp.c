@@ -679,6 +679,44 @@ static void test_two_ranks_decide_alike_empirical(void **state) {
     free_runs(&one, ranks, 2);
 }
 
+/* A communicator of one rank whose sums are the identity: the trainer,
+ * model, loss and SyncBN go through every collective path (fused packing
+ * included), and the run must be bit for bit the run without one. */
+static int identity_f64(fisher_comm *c, double *x, size_t n, fisher_error *err) {
+    (void)c, (void)x, (void)n, (void)err;
+    return 0;
+}
+static int identity_f32(fisher_comm *c, float *x, size_t n, fisher_error *err) {
+    (void)c, (void)x, (void)n, (void)err;
+    return 0;
+}
+
+static void test_one_rank_comm_changes_nothing(void **state) {
+    (void)state;
+    static run plain, one_rank;
+    memset(&plain, 0, sizeof plain), memset(&one_rank, 0, sizeof one_rank);
+    plain.strategy = one_rank.strategy = FISHER_STRATEGY_FISHER;
+    plain.B = one_rank.B = GLOBAL_B;
+    plain.shards = 1;
+    one_rank.comm = (fisher_comm){0, 1, identity_f64, identity_f32, NULL};
+    run_main(&plain);
+    run_main(&one_rank);
+    if (plain.rc || one_rank.rc) fail_msg("%s%s", plain.err.msg, one_rank.err.msg);
+    size_t total = fisher_segformer_params(plain.m)->total;
+    assert_memory_equal(fisher_segformer_param_data(plain.m), fisher_segformer_param_data(one_rank.m),
+                        total * sizeof(float));
+    assert_memory_equal(fisher_segformer_buffer_data(plain.m), fisher_segformer_buffer_data(one_rank.m),
+                        fisher_segformer_buffers(plain.m)->total * sizeof(float));
+    assert_memory_equal(plain.loss, one_rank.loss, sizeof plain.loss);
+    const fisher_chunk *a, *b;
+    size_t n = fisher_method_chunks(plain.t.method, &a);
+    assert_int_equal(fisher_method_chunks(one_rank.t.method, &b), n);
+    for (size_t c = 0; c < n; c++) assert_int_equal(a[c].frozen_at, b[c].frozen_at);
+    assert_true(one_rank.bytes[0] > one_rank.grad_bytes[0]); /* it did go through the collectives */
+    assert_true(one_rank.grad_calls[0] > 1);
+    free_run(&plain), free_run(&one_rank);
+}
+
 /* Ranks that start from different models refuse to train, all of them,
  * saying why; ranks that drift apart later are caught by check_ranks. */
 static void *alike_main(void *arg) {
@@ -760,6 +798,7 @@ int main(void) {
         cmocka_unit_test(test_stat_shards_average_norm_statistics),
         cmocka_unit_test(test_comm_failure_fails_the_step),
         cmocka_unit_test(test_ranks_must_start_alike),
+        cmocka_unit_test(test_one_rank_comm_changes_nothing),
         cmocka_unit_test(test_two_ranks_train_as_one_process_full),
         cmocka_unit_test(test_two_ranks_train_as_one_process_fisher),
         cmocka_unit_test(test_four_ranks_train_as_one_process_fisher),
