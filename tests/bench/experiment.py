@@ -721,7 +721,20 @@ def spearman(xs, ys):
     return num / den if den else None
 
 
-def machine():
+def source_commit():
+    """The commit the run starts from (read at the start: the tree may move
+    while the jobs run)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return commit + (" (with uncommitted changes in the tree)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def machine(commit):
     model = "unknown"
     try:
         for line in open("/proc/cpuinfo"):
@@ -730,15 +743,6 @@ def machine():
                 break
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        if dirty:
-            commit += " (with uncommitted changes in the tree)"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (not a git checkout)"
     try:
         load = open("/proc/loadavg").read().split()[:3]
     except OSError:
@@ -1074,6 +1078,7 @@ def main(argv=None):
             f"{cfg['steps']} steps: some fisher runs will not freeze anything")
     raw_path = Path(args.raw or ROOT / "build" / "experiment" / f"{mode}.json")
     started = datetime.datetime.now(datetime.timezone.utc)
+    commit = source_commit()
     t0 = time.time()
 
     daemon = None
@@ -1102,7 +1107,7 @@ def main(argv=None):
     Path(args.images).mkdir(parents=True, exist_ok=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     raw_path.parent.mkdir(parents=True, exist_ok=True)
-    mach = machine()
+    mach = machine(commit)
     summary = report(jobs, cfg, args, mode, ds, mach, started, wall, version, args.out, args.images, raw_path)
     raw = {"mode": mode, "config": cfg, "argv": sys.argv[1:], "machine": mach, "started": started.isoformat(),
            "wall_seconds": wall, "url": args.url or daemon.url, "summary": summary,
