@@ -30,7 +30,9 @@ CFLAGS  ?= $(OPT)
 CFLAGS  += $(CFLAGS_BASE)
 LDLIBS  := $(BLAS_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -fopenmp -lm -lpthread
 # The daemon's own: HTTP, the store, the event loop, sd_notify. lib/ never needs them.
-DAEMON_PKGS := libmicrohttpd sqlite3 libuv libsystemd
+# libsystemd is not linked: notify.c loads it when a service manager
+# listens (libsystemd-dev, in DEB_PKGS, brings its header).
+DAEMON_PKGS := libmicrohttpd sqlite3 libuv
 DAEMON_LIBS := $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 

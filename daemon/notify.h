@@ -6,9 +6,9 @@
  * pings from the event loop, so that systemd restarts a daemon whose loop
  * has wedged (WatchdogSec= in systemd/fisherd.service).
  *
- * Outside systemd (NOTIFY_SOCKET unset) every call does nothing and costs
- * one getenv: the same binary runs in a terminal, in tests and under a
- * unit with Type=notify. Failures to notify are not the daemon's problem:
+ * Outside systemd (NOTIFY_SOCKET unset) every call does nothing, and
+ * libsystemd is not even loaded: the same binary runs in a terminal, in
+ * tests and under a unit with Type=notify. Failures to notify are not the daemon's problem:
  * they are ignored, as sd_notify's callers conventionally do.
  */
 #ifndef FISHERD_NOTIFY_H
