@@ -377,13 +377,14 @@ def main(argv):
     args = parse_args(argv)
     model, nproc = machine()
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    source = source_state()  # at the start: the tree may move during the run
     busy = cpu_busy()
     header = [
         "# SegFormer training step: libfisher (C) vs PyTorch",
         "",
         f"- machine: {model}, nproc {nproc}",
         f"- date: {now}",
-        f"- source: {source_state()}; PyTorch {torch.__version__}",
+        f"- source: {source}; PyTorch {torch.__version__}",
         "- CPU busy before the run (1 s sample): " +
         ("unknown" if busy is None else f"{100 * busy:.0f}%") +
         (" — something else is running: absolute times suffer, the 2-thread rows "
@@ -406,7 +407,7 @@ def main(argv):
     with open(args.out, "w") as f:
         f.write("\n".join(header) + "\n\n" + body)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"date": now, "source": source_state(), "machine": model, "nproc": nproc,
+        json.dump({"date": now, "source": source, "machine": model, "nproc": nproc,
                    "torch": torch.__version__, "cpu_busy": busy, "rounds": args.rounds,
                    "rows": rows, "fisher": fisher}, f, indent=1)
     print("\n" + body, end="")
