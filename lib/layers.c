@@ -902,40 +902,36 @@ static void add_f(float *acc, const float *x, int n) {
     for (int i = 0; i < n; i++) acc[i] += x[i];
 }
 
-void fisher_stats_batchnorm_shards(float *H, float *S, const float *inp, const float *dout, int B,
-                                   int P, int C, int shards) {
+/* BatchNorm's and LayerNorm's statistics have one signature: (B, P or N, C). */
+typedef void norm_stats_fn(float *H, float *S, const float *inp, const float *dout, int B, int P, int C);
+
+/* stats over `shards` equal parts of the batch, averaged part by part. */
+static void norm_stats_shards(norm_stats_fn *stats, float *H, float *S, const float *inp, const float *dout,
+                              int B, int P, int C, int shards) {
     if (shards <= 1) {
-        fisher_stats_batchnorm(H, S, inp, dout, B, P, C);
+        stats(H, S, inp, dout, B, P, C);
         return;
     }
     int b = B / shards;
     size_t per = (size_t)b * P * C;
     float h[2], s[C];
-    fisher_stats_batchnorm(H, S, inp, dout, b, P, C);
+    stats(H, S, inp, dout, b, P, C);
     for (int k = 1; k < shards; k++) {
-        fisher_stats_batchnorm(h, s, inp + k * per, dout + k * per, b, P, C);
+        stats(h, s, inp + k * per, dout + k * per, b, P, C);
         add_f(H, h, 2), add_f(S, s, C);
     }
     for (int i = 0; i < 2; i++) H[i] /= (float)shards;
     for (int c = 0; c < C; c++) S[c] /= (float)shards;
 }
 
+void fisher_stats_batchnorm_shards(float *H, float *S, const float *inp, const float *dout, int B,
+                                   int P, int C, int shards) {
+    norm_stats_shards(fisher_stats_batchnorm, H, S, inp, dout, B, P, C, shards);
+}
+
 void fisher_stats_layernorm_shards(float *H, float *S, const float *inp, const float *dout, int B,
                                    int N, int C, int shards) {
-    if (shards <= 1) {
-        fisher_stats_layernorm(H, S, inp, dout, B, N, C);
-        return;
-    }
-    int b = B / shards;
-    size_t per = (size_t)b * N * C;
-    float h[2], s[C];
-    fisher_stats_layernorm(H, S, inp, dout, b, N, C);
-    for (int k = 1; k < shards; k++) {
-        fisher_stats_layernorm(h, s, inp + k * per, dout + k * per, b, N, C);
-        add_f(H, h, 2), add_f(S, s, C);
-    }
-    for (int i = 0; i < 2; i++) H[i] /= (float)shards;
-    for (int c = 0; c < C; c++) S[c] /= (float)shards;
+    norm_stats_shards(fisher_stats_layernorm, H, S, inp, dout, B, N, C, shards);
 }
 
 /* ------------------------------------------------ Efficient self-attention */
