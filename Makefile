@@ -221,7 +221,7 @@ fuzz: fuzz-build
 # Rewrites the binary seeds (images, safetensors) of tests/fuzz/corpus/.
 .PHONY: fuzz-seeds
 fuzz-seeds: $(BUILD)/libfisher.a
-	$(CC) $(CFLAGS) tests/fuzz/make_seeds.c -o $(BUILD)/make_seeds $(BUILD)/libfisher.a $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests/unit tests/fuzz/make_seeds.c -o $(BUILD)/make_seeds $(BUILD)/libfisher.a $(LDLIBS)
 	mkdir -p tests/fuzz/corpus/image tests/fuzz/corpus/safetensors
 	$(BUILD)/make_seeds tests/fuzz/corpus
 

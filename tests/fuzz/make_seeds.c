@@ -22,6 +22,7 @@
 #include <jpeglib.h>
 #include <png.h>
 
+#include "png_memory.h" /* tests/unit's: libpng into a memory buffer */
 #include "safetensors.h"
 #include "segformer.h"
 
@@ -38,23 +39,6 @@ static void put(const char *sub, const char *name, const void *buf, size_t len) 
 }
 
 /* ------------------------------------------------------------------ PNG */
-
-typedef struct {
-    unsigned char *buf;
-    size_t len, cap;
-} membuf;
-
-static void mem_write(png_structp png, png_bytep data, png_size_t n) {
-    membuf *m = png_get_io_ptr(png);
-    if (m->len + n > m->cap) {
-        m->cap = (m->len + n) * 2;
-        m->buf = realloc(m->buf, m->cap);
-    }
-    memcpy(m->buf + m->len, data, n);
-    m->len += n;
-}
-
-static void mem_flush(png_structp png) { (void)png; }
 
 /* A w×h PNG of colour type `color` at `depth` bits, a diagonal gradient. */
 static membuf png_make(int w, int h, int color, int depth, int interlace, int with_trns) {
