@@ -1514,6 +1514,12 @@ static void http__on_completed(void *cls, struct MHD_Connection *conn, void **re
     http__request_free(req);
 }
 
+/* What MHD says when a content reader returns END_WITH_ERROR. Ours does
+ * so only to end an event stream on purpose — its client left, the server
+ * is stopping, or it fell behind and was dropped (invariant 5; the
+ * browser reconnects) — so the line is no error of the daemon's. */
+#define HTTP__STREAM_ENDED_BY_US "Closing connection (application error generating response)"
+
 static void http__on_mhd_log(void *cls, const char *fmt, va_list ap) {
     const http_server *srv = cls;
     if (!srv->error_log) return;
@@ -1521,6 +1527,7 @@ static void http__on_mhd_log(void *cls, const char *fmt, va_list ap) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    if (!strncmp(msg, HTTP__STREAM_ENDED_BY_US, sizeof HTTP__STREAM_ENDED_BY_US - 1)) return;
     char line[600];
     snprintf(line, sizeof line, "libmicrohttpd: %s", msg);
     srv->error_log(srv->log_ctx, line);

@@ -370,6 +370,20 @@ def test_events_stream_until_the_job_ends(daemon):
     assert daemon.get(f"/api/v1/jobs/{job['id']}")[1]["status"] == "succeeded"
 
 
+def test_a_client_leaving_an_event_stream_is_not_an_error(tmp_path):
+    d = Daemon(tmp_path / "var").start()
+    try:
+        with socket.create_connection(("127.0.0.1", d.port)) as s:
+            s.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: fisherd\r\n\r\n")
+            assert b"text/event-stream" in s.recv(4096)
+        time.sleep(0.5)  # the stream's thread sees the socket close at once; give the log a moment
+        assert d.get("/healthz")[0] == 200
+    finally:
+        d.stop()
+    errors = [line for line in d.log.read_text().splitlines() if line.startswith("error")]
+    assert not errors, errors
+
+
 def test_openapi_describes_every_route(daemon):
     status, doc = daemon.get("/api/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
