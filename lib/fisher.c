@@ -34,10 +34,9 @@ struct fisher_method {
     fisher_chunk_drift *drift;     /* per chunk */
     float *est;                    /* estimator H and S of every layer, laid out like the model's */
     float **est_H, **est_S;        /* per layer, into est */
-    float *h_sorted;               /* per layer (h_len): |H| ascending for its weight's row blocks,
-                                    * sorted once per measurement instead of once per chunk */
+    float *h_sorted;               /* laid out like est: each layer's |H| ascending for its weight's
+                                    * row blocks, sorted once per measurement instead of per chunk */
     uint8_t *h_sorted_ok;          /* per layer: h_sorted is this measurement's */
-    size_t h_len_max;
     float *empirical;              /* per element (empirical estimator only) */
     uint8_t *live;                 /* per element */
     size_t params_live, chunks_live;
@@ -100,12 +99,7 @@ fisher_method *fisher_method_create(fisher_segformer *m, const fisher_method_con
     fm->est_H = calloc(n_layers, sizeof *fm->est_H);
     fm->est_S = calloc(n_layers, sizeof *fm->est_S);
     fm->live = malloc(tab->total);
-    size_t h_total = 0;
-    for (size_t l = 0; l < n_layers; l++) {
-        h_total += layers[l].h_len;
-        fm->h_len_max = layers[l].h_len > fm->h_len_max ? layers[l].h_len : fm->h_len_max;
-    }
-    fm->h_sorted = malloc((h_total + 1) * sizeof *fm->h_sorted);
+    fm->h_sorted = malloc(est_len * sizeof *fm->h_sorted);
     fm->h_sorted_ok = calloc(n_layers, 1);
     if (!fm->chunks || !fm->est || !fm->est_H || !fm->est_S || !fm->live || !fm->h_sorted || !fm->h_sorted_ok)
         goto oom;
@@ -208,22 +202,16 @@ void fisher_method_chunk_fisher(const fisher_method *fm, size_t c, float *out) {
     });
 }
 
-/* Layer l's sorted |H| in h_sorted (the layers' H back to back). */
-static float *h_sorted_of(const fisher_method *fm, size_t l) {
-    const fisher_layer *layers;
-    fisher_segformer_layers(fm->model, &layers);
-    size_t at = 0;
-    for (size_t i = 0; i < l; i++) at += layers[i].h_len;
-    return fm->h_sorted + at;
-}
+/* Layer l's sorted |H|: where its H sits in est. */
+static float *h_sorted_of(const fisher_method *fm, size_t l) { return fm->h_sorted + (fm->est_H[l] - fm->est); }
 
 /* Sorts |H| of every layer whose weight still has a live row block of
  * several columns, for the outer-product measurements of its chunks. */
-static int sort_layer_H(fisher_method *fm, int team) {
+static void sort_layer_H(fisher_method *fm, int team) {
     const fisher_layer *layers;
     size_t n = fisher_segformer_layers(fm->model, &layers);
     memset(fm->h_sorted_ok, 0, n);
-    if (fm->empirical) return 0;
+    if (fm->empirical) return;
     for (size_t c = 0; c < fm->n_chunks; c++) {
         const fisher_chunk *ch = &fm->chunks[c];
         const fisher_layer *l = &layers[ch->layer];
@@ -231,17 +219,15 @@ static int sort_layer_H(fisher_method *fm, int team) {
             l->cls != FISHER_CLASS_LAYERNORM)
             fm->h_sorted_ok[ch->layer] = 1;
     }
-    float *tmp = malloc((size_t)team * (fm->h_len_max + 1) * sizeof *tmp);
-    if (!tmp) return -1;
+    /* the sort's scratch is the thread's chunk scratch: a row block of the
+     * weight holds at least one row, so scratch_len ≥ the row length */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team)
     for (size_t l = 0; l < n; l++) {
         if (!fm->h_sorted_ok[l]) continue;
         const fisher_tensor *w = &fisher_segformer_params(fm->model)->tensors[layers[l].weight];
         fisher_outer_sort(fm->est_H[l], row_len(w), h_sorted_of(fm, l),
-                          tmp + (size_t)omp_get_thread_num() * (fm->h_len_max + 1));
+                          fm->scratch + (size_t)omp_get_thread_num() * fm->scratch_len);
     }
-    free(tmp);
-    return 0;
 }
 
 /* Chunk c's Fisher as an outer product S-block ⊗ H-block (every estimator
@@ -337,7 +323,7 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r,
     if (step % fm->cfg.ema_interval == 0) {
         r->measured = 1;
         int failed = 0, team = fm->threads < omp_get_max_threads() ? fm->threads : omp_get_max_threads();
-        if (sort_layer_H(fm, team)) return fisher_errorf(err, "out of memory measuring Fisher drift");
+        sort_layer_H(fm, team);
         /* chunks are independent: measured in parallel, each thread with its own scratch */
 #pragma omp parallel for schedule(dynamic, 4) num_threads(team) reduction(| : failed)
         for (size_t c = 0; c < fm->n_chunks; c++) {
