@@ -292,20 +292,10 @@ static int failing_f32(fisher_comm *c, float *x, size_t n, fisher_error *err) {
     return -1; /* without a message: the library names the collective */
 }
 
-static fisher_segformer *tiny_model(void) {
-    fisher_error err;
-    fisher_segformer_config cfg;
-    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
-    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
-    assert_non_null(m);
-    fisher_segformer_init_random(m, 0);
-    return m;
-}
-
 static void test_comm_failure_fails_the_step(void **state) {
     (void)state;
     fisher_set_threads(1);
-    fisher_segformer *m = tiny_model();
+    fisher_segformer *m = test_tiny_model(0);
     fisher_error err = {{0}};
     fisher_trainer t;
     assert_int_equal(fisher_trainer_init(&t, m, 1, 32, 32, fisher_adamw_defaults(), 0.65f,
@@ -386,7 +376,7 @@ enum { FUSED = 65536 };
 static void *run_main(void *arg) {
     run *a = arg;
     fisher_set_threads(1);
-    a->m = tiny_model();
+    a->m = test_tiny_model(0);
     fisher_segformer_init_random(a->m, a->seed);
     fisher_method_config mc = fisher_method_defaults();
     mc.ema_interval = 1, mc.freeze_interval = FREEZE_EVERY, mc.estimator = a->estimator;
@@ -554,7 +544,7 @@ static void assert_equivalent(run *one, run *ranks, int n, float lr) {
             assert_close(e->name, b0 + e->offset, b1 + e->offset, e->numel, 1e-3, 0);
     }
     /* and the run moved them: equal because right, not because idle */
-    fisher_segformer *fresh = tiny_model();
+    fisher_segformer *fresh = test_tiny_model(0);
     assert_true(max_abs_diff(p1, fisher_segformer_param_data(fresh), tab->total) > 5 * lr);
     fisher_segformer_free(fresh);
 }
@@ -722,7 +712,7 @@ static void test_one_rank_comm_changes_nothing(void **state) {
 static void *alike_main(void *arg) {
     run *a = arg;
     fisher_set_threads(1);
-    a->m = tiny_model();
+    a->m = test_tiny_model(0);
     fisher_segformer_init_random(a->m, a->seed);
     a->rc = fisher_trainer_init(&a->t, a->m, 1, 32, 32, fisher_adamw_defaults(), 0.65f,
                                 FISHER_STRATEGY_FULL, NULL, &a->err) ||
@@ -779,7 +769,7 @@ static void test_stat_shards_average_norm_statistics(void **state) {
     assert_memory_equal(H, Hw, sizeof H);
     assert_memory_equal(S, Sw, sizeof S);
     fisher_error err;
-    fisher_segformer *m = tiny_model();
+    fisher_segformer *m = test_tiny_model(0);
     assert_int_equal(fisher_segformer_set_stat_shards(m, 0, &err), -1);
     assert_int_equal(fisher_segformer_set_stat_shards(m, 3, &err), 0);
     assert_int_equal(fisher_segformer_prepare(m, 2, 32, 32, &err), 0);

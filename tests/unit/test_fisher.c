@@ -14,20 +14,10 @@
 #include "synth.h"
 #include "train.h"
 
-static fisher_segformer *tiny(void) {
-    fisher_error err = {{0}};
-    fisher_segformer_config cfg;
-    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
-    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
-    assert_non_null(m);
-    fisher_segformer_init_random(m, 1);
-    return m;
-}
-
 static void test_chunking(void **state) {
     (void)state;
     fisher_error err = {{0}};
-    fisher_segformer *m = tiny();
+    fisher_segformer *m = test_tiny_model(1);
     const fisher_tensor_table *tab = fisher_segformer_params(m);
     fisher_method_config cfg = fisher_method_defaults();
     for (int columns = 0; columns < 2; columns++) {
@@ -77,7 +67,7 @@ static void batch(float *images, float *masks, int step) {
 static void test_frozen_elements_never_move(void **state) {
     (void)state;
     fisher_error err = {{0}};
-    fisher_segformer *m = tiny();
+    fisher_segformer *m = test_tiny_model(1);
     fisher_method_config cfg = fisher_method_defaults();
     cfg.ema_interval = 2, cfg.freeze_interval = 4;
     fisher_adamw_config opt = fisher_adamw_defaults();
@@ -136,7 +126,7 @@ static void test_recipes_train_their_tensors(void **state) {
     float *images = malloc(2 * 64 * 64 * 3 * sizeof(float)), *masks = malloc(2 * 64 * 64 * sizeof(float));
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         fisher_error err = {{0}};
-        fisher_segformer *m = tiny();
+        fisher_segformer *m = test_tiny_model(1);
         const fisher_tensor_table *tab = fisher_segformer_params(m);
         fisher_adamw_config opt = fisher_adamw_defaults();
         opt.lr = 1e-3f;
@@ -353,7 +343,7 @@ static void test_skipping_frozen_work_changes_nothing(void **state) {
         fisher_segformer *m[2];
         fisher_trainer t[2];
         for (int way = 0; way < 2; way++) {
-            m[way] = tiny();
+            m[way] = test_tiny_model(1);
             assert_int_equal(fisher_trainer_init(&t[way], m[way], 2, 64, 64, opt, 0.65f,
                                                  cases[k].strategy, &cfg, &err), 0);
             t[way].skip_frozen_work = way;

@@ -41,16 +41,6 @@ static void on_progress(void *ctx, const fisher_progress *p) {
     if (log->cancel && p->step == log->cancel_after) *log->cancel = 1;
 }
 
-static fisher_segformer *tiny(void) {
-    fisher_error err;
-    fisher_segformer_config cfg;
-    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
-    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
-    assert_non_null(m);
-    fisher_segformer_init_random(m, 0);
-    return m;
-}
-
 static fisher_train_config config(int64_t steps) {
     fisher_train_config tc = {.threads = 2, .batch_size = 4, .image_height = 64, .image_width = 64,
                               .steps = steps, .dice_weight = 0.65f, .optim = fisher_adamw_defaults()};
@@ -61,7 +51,7 @@ static fisher_train_config config(int64_t steps) {
 static void test_training_learns(void **state) {
     (void)state;
     fisher_error err = {{0}};
-    fisher_segformer *m = tiny();
+    fisher_segformer *m = test_tiny_model(0);
     synth_source train = {1, -1}, val = {2, -1};
     fisher_seg_metrics before, after;
     double loss_before, loss_after;
@@ -80,7 +70,7 @@ static void test_training_learns(void **state) {
 static void test_cancel_stops_between_steps(void **state) {
     (void)state;
     fisher_error err = {{0}};
-    fisher_segformer *m = tiny();
+    fisher_segformer *m = test_tiny_model(0);
     synth_source train = {1, -1};
     volatile int cancel = 0;
     progress_log log = {.cancel = &cancel, .cancel_after = 3};
@@ -93,7 +83,7 @@ static void test_cancel_stops_between_steps(void **state) {
 static void test_failing_batch_fails_the_run(void **state) {
     (void)state;
     fisher_error err = {{0}};
-    fisher_segformer *m = tiny();
+    fisher_segformer *m = test_tiny_model(0);
     synth_source train = {1, 2};
     fisher_train_config tc = config(10);
     assert_int_equal(fisher_train(m, &tc, synth_batch, &train, NULL, NULL, NULL, &err), -1);
@@ -109,7 +99,7 @@ static void test_failing_batch_fails_the_run(void **state) {
 static void test_trainer_free_twice(void **state) {
     (void)state;
     fisher_error err = {{0}};
-    fisher_segformer *m = tiny();
+    fisher_segformer *m = test_tiny_model(0);
     fisher_trainer t;
     assert_int_equal(fisher_trainer_init(&t, m, 2, 32, 32, fisher_adamw_defaults(), 0.65f,
                                          FISHER_STRATEGY_FISHER, NULL, &err), 0);

@@ -27,6 +27,7 @@
 #include <zlib.h>
 
 #include "safetensors.h"
+#include "segformer.h"
 
 /* rm -r for a test's temporary directory; returns rmdir's result. */
 static inline int rm_tree(const char *dir) {
@@ -124,6 +125,18 @@ static inline void assert_close_each(const char *name, const float *got, const f
 static inline void assert_close(const char *name, const float *got, const float *want, size_t n,
                                 double rtol, double atol) {
     assert_close_each(name, got, want, n, rtol, atol, NULL);
+}
+
+/* The `tiny` SegFormer, randomly initialised from seed; fails the test
+ * when it cannot be made. */
+static inline fisher_segformer *test_tiny_model(uint64_t seed) {
+    fisher_error err = {{0}};
+    fisher_segformer_config cfg;
+    assert_int_equal(fisher_segformer_config_named(&cfg, "tiny", &err), 0);
+    fisher_segformer *m = fisher_segformer_create(&cfg, &err);
+    assert_non_null(m);
+    fisher_segformer_init_random(m, seed);
+    return m;
 }
 
 #endif
