@@ -184,10 +184,7 @@ def test_the_unit_verifies_and_the_installed_daemon_runs_as_the_unit_runs_it(wor
         spec = {"name": "unit", "image_size": 32, "batch_size": 2, "steps": 10, "strategy": "fisher",
                 "fisher": {"ema_interval": 2, "freeze_interval": 5},
                 "data": {"train": {"synthetic": {"domain": "concrete", "count": 8, "seed": 1}}}}
-        req = urllib.request.Request(base + "/api/v1/jobs", data=json.dumps(spec).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            job = json.loads(r.read())["id"]
+        job = submit(base, spec)
         deadline = time.time() + 120
         while time.time() < deadline:
             with urllib.request.urlopen(f"{base}/api/v1/jobs/{job}", timeout=30) as r:
@@ -286,6 +283,14 @@ def get_json(url):
         return json.loads(r.read())
 
 
+def submit(base, spec):
+    """POSTs a job spec; returns the new job's id."""
+    req = urllib.request.Request(base + "/api/v1/jobs", data=json.dumps(spec).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["id"]
+
+
 def test_a_backup_taken_while_the_daemon_trains_is_a_whole_database(tmp_path):
     """README's backup recipes -- VACUUM INTO and the online backup API --
     on a live database in WAL mode: each copy passes integrity_check and a
@@ -296,10 +301,7 @@ def test_a_backup_taken_while_the_daemon_trains_is_a_whole_database(tmp_path):
         spec = {"name": "backed-up", "image_size": 32, "batch_size": 2, "steps": 20, "strategy": "fisher",
                 "fisher": {"ema_interval": 2, "freeze_interval": 10},
                 "data": {"train": {"synthetic": {"domain": "concrete", "count": 8, "seed": 1}}}}
-        req = urllib.request.Request(base + "/api/v1/jobs", data=json.dumps(spec).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            job = json.loads(r.read())["id"]
+        job = submit(base, spec)
         deadline = time.time() + 120
         while get_json(f"{base}/api/v1/jobs/{job}")["status"] in ("queued", "running"):
             assert time.time() < deadline
@@ -308,9 +310,7 @@ def test_a_backup_taken_while_the_daemon_trains_is_a_whole_database(tmp_path):
         drift = get_json(f"{base}/api/v1/jobs/{job}/groups")
         # a second job writes while the copies are taken
         spec.update(name="writing", steps=100000)
-        with urllib.request.urlopen(urllib.request.Request(base + "/api/v1/jobs", data=json.dumps(spec).encode(),
-                                    method="POST", headers={"Content-Type": "application/json"}), timeout=30):
-            pass
+        submit(base, spec)
 
         live = tmp_path / "live" / "fisherd.db"
         (tmp_path / "a").mkdir()
