@@ -31,7 +31,10 @@
  *   early_stopping     {"patience": evaluations without a better val loss; 0 = off} [0]
  *   checkpoint_interval steps between checkpoints; 0 = only at the end [0]
  *   seed               init, shuffling and augmentation [0]
- *   threads            compute threads [2]
+ *   threads            compute threads (per rank in a distributed job) [2]
+ *   distributed        {"ranks": 1..64, "hostfile": NAME} data-parallel over MPI
+ *                      ranks [1, ""]; batch_size must divide by ranks; NAME is a
+ *                      file in the daemon's hostfile folder ("" = this machine)
  */
 #ifndef FISHER_JOB_H
 #define FISHER_JOB_H
@@ -40,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "dataset.h"
 #include "error.h"
 #include "fisher.h"
@@ -79,6 +83,8 @@ typedef struct {
     int64_t checkpoint_interval;
     uint64_t seed;
     int threads;
+    int ranks;                     /* distributed.ranks: data-parallel ranks, 1 = one process */
+    char hostfile[64];             /* distributed.hostfile: a plain file name, or "" */
 } fisher_job_spec;
 
 /* The defaults above. */
@@ -135,7 +141,10 @@ typedef struct {
      * durable here, so that a checkpoint never gets ahead of the history a
      * resumed run continues */
     void (*on_checkpoint_begin)(void *ctx, int64_t step);
-    /* strategy "fisher": after every step that measured drift or froze chunks */
+    /* strategy "fisher": after every step that measured drift or froze
+     * chunks; r's per-chunk arrays have n_chunks entries. chunks is the
+     * method's tracking state, or NULL when the report crossed a process
+     * boundary (a distributed job's stream carries only the report). */
     void (*on_method)(void *ctx, int64_t step, const fisher_method_report *r,
                       const fisher_chunk *chunks, size_t n_chunks);
 } fisher_job_callbacks;
@@ -185,5 +194,24 @@ int fisher_job_run(const fisher_job_spec *spec, const char *out_dir, const fishe
  * error saying so. */
 int fisher_job_resume(const fisher_job_spec *spec, const char *out_dir, const fisher_job_callbacks *cb,
                       const volatile int *cancel, fisher_job_result *result, fisher_error *err);
+
+/* One rank of a data-parallel run of s over comm (issue 9; comm.h). Every
+ * rank calls it with the same spec and out_dir; comm->size == s->ranks. A
+ * NULL comm is one process: exactly fisher_job_run (resume 0) or
+ * fisher_job_resume (resume 1).
+ *   - Each rank trains on its own contiguous shard of every global batch
+ *     (the spec's batch_size), so N ranks compute what one process would
+ *     with the whole batch (within float tolerance of the reduction order).
+ *   - Evaluations are split across ranks and their sums all-reduced: every
+ *     rank gets the same metrics, and early stopping decides alike.
+ *   - *cancel may be set on any rank; the ranks agree on it every step, so
+ *     all stop after the same step.
+ *   - Rank 0 alone writes out_dir's checkpoint and model and calls cb;
+ *     other ranks may pass NULL. A resumed run reads out_dir's checkpoint
+ *     on every rank (a path every rank can read).
+ * Returns as fisher_job_run; a failed collective is an error on that rank. */
+int fisher_job_run_rank(const fisher_job_spec *spec, const char *out_dir, int resume, fisher_comm *comm,
+                        const fisher_job_callbacks *cb, const volatile int *cancel,
+                        fisher_job_result *result, fisher_error *err);
 
 #endif
