@@ -155,7 +155,19 @@ int fisherd_serve(int argc, char **argv) {
         return 1;
     }
     sched_config sc = {.data_dir = cfg.data_dir, .max_jobs = cfg.max_jobs, .threads = cfg.threads,
+                       .mpirun = cfg.mpirun, .hostfile_dir = cfg.hostfile_dir,
                        .on_records = api_on_records, .on_status = api_on_status, .ctx = d.api};
+    /* a distributed job's pipe to mpirun may close under a write ("ack",
+     * "cancel"): that is the job's end, an EPIPE, not the daemon's */
+    signal(SIGPIPE, SIG_IGN);
+    char launcher[PATH_MAX];
+    if (serve_find_program(cfg.mpirun, launcher, sizeof launcher))
+        log_msg(LOG_INFO, 0, "distributed jobs unavailable: mpirun '%s' not found (install openmpi-bin, or give "
+                "--mpirun PATH)", cfg.mpirun);
+    else
+        log_msg(LOG_INFO, 0, "distributed jobs launch with %s%s%s", launcher,
+                cfg.hostfile_dir[0] ? "; hostfiles in " : " on this machine only (no --hostfile-dir)",
+                cfg.hostfile_dir);
     int failed = 0;
     if (sched_start(&d.loop, db, &sc, &d.sched, &err)) {
         log_msg(LOG_ERROR, 0, "%s", err.msg);

@@ -11,6 +11,12 @@
  * sched_cancel and sched_delete: each is carried to the loop thread as a
  * command and waits for its answer, so the store keeps exactly one writer.
  *
+ * A distributed job's thread runs no training itself: it launches
+ * `mpirun -np N ... fisherd worker` in a process group of its own and
+ * turns rank 0's record stream (job_stream.h) into the very callbacks a
+ * local run calls, so the store cannot tell the two apart; cancel, stop
+ * and resume take the same paths (the stream carries the cancel).
+ *
  * Lifecycle edges taken here (store.h draws the whole diagram):
  *   queued -> running        a slot is free and the job can start
  *   queued -> queued         it waits for another job's model (reason says)
@@ -41,6 +47,12 @@ typedef struct {
     int max_jobs;                /* jobs training at once */
     int threads;                 /* compute threads per job (caps the spec's) */
     size_t queue_bytes;          /* the record queue's budget; 0: 64 MiB */
+    /* Distributed jobs (spec distributed.ranks > 1) run as `mpirun ...
+     * fisherd worker` rather than on a thread's own computation: the
+     * launcher (a path, or a name found in PATH; NULL: "mpirun") and the
+     * folder their hostfiles are in (NULL or "": this machine only). */
+    const char *mpirun;
+    const char *hostfile_dir;
     /* After every batch of records is committed: the batch, on the loop
      * thread (the SSE fan-out). Optional. */
     void (*on_records)(void *ctx, const store_record *recs, size_t n);

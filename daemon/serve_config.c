@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -20,6 +21,7 @@ void serve_config_defaults(serve_config *c) {
     snprintf(c->listen, sizeof c->listen, "127.0.0.1:8080");
     snprintf(c->data_dir, sizeof c->data_dir, "./var");
     snprintf(c->web_root, sizeof c->web_root, "./web");
+    snprintf(c->mpirun, sizeof c->mpirun, "mpirun");
     c->max_jobs = 1;
     c->threads = 2;
     c->http_timeout = 30;
@@ -54,9 +56,13 @@ static void usage(FILE *out) {
             "  --log-level LEVEL    error | warn | info | debug [info]\n"
             "  --http-timeout S     close a connection idle this long, or whose request has\n"
             "                       not arrived whole by then, 1..3600 seconds [30]\n"
+            "  --hostfile-dir DIR   Open MPI hostfiles distributed jobs may name; without\n"
+            "                       it they run on this machine only\n"
+            "  --mpirun PATH        the launcher of distributed jobs [mpirun, from PATH]\n"
             "  --config FILE        a JSON object with the same keys (listen, data_dir,\n"
             "                       max_jobs, threads, data_roots, token_file, auth_reads,\n"
-            "                       web_root, log_level, http_timeout); flags win over it\n"
+            "                       web_root, log_level, http_timeout, hostfile_dir,\n"
+            "                       mpirun); flags win over it\n"
             "  --help\n");
 }
 
@@ -90,6 +96,48 @@ static int add_data_root(serve_config *c, const char *dir, const char *what, cha
     return 0;
 }
 
+/* The hostfile folder, resolved once: a hostfile a spec names is then
+ * checked against the real folder, after every symlink. */
+static int set_hostfile_dir(serve_config *c, const char *dir, const char *what, char *msg, size_t len) {
+    char resolved[PATH_MAX];
+    struct stat st;
+    errno = 0;
+    if (!*dir) return fail(msg, len, "%s must not be empty", what);
+    if (!realpath(dir, resolved) || stat(resolved, &st) || !S_ISDIR(st.st_mode))
+        return fail(msg, len, "%s '%s' is not a folder%s%s", what, dir, errno ? ": " : "",
+                    errno ? strerror(errno) : "");
+    memcpy(c->hostfile_dir, resolved, strlen(resolved) + 1);
+    return 0;
+}
+
+int serve_find_program(const char *name, char *out, size_t len) {
+    if (!*name) return -1;
+    if (strchr(name, '/')) {
+        if (access(name, X_OK) || strlen(name) >= len) return -1;
+        struct stat st;
+        if (stat(name, &st) || !S_ISREG(st.st_mode)) return -1;
+        memcpy(out, name, strlen(name) + 1);
+        return 0;
+    }
+    const char *path = getenv("PATH");
+    if (!path || !*path) path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path;;) {
+        const char *end = strchr(p, ':');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        char cand[PATH_MAX];
+        /* an empty entry is the current folder, as for execvp */
+        int w = n ? snprintf(cand, sizeof cand, "%.*s/%s", (int)n, p, name) : snprintf(cand, sizeof cand, "./%s", name);
+        struct stat st;
+        if (w > 0 && (size_t)w < sizeof cand && (size_t)w < len && !access(cand, X_OK) && !stat(cand, &st) &&
+            S_ISREG(st.st_mode)) {
+            memcpy(out, cand, (size_t)w + 1);
+            return 0;
+        }
+        if (!end) return -1;
+        p = end + 1;
+    }
+}
+
 static int set_log_level(serve_config *c, const char *s, const char *what, char *msg, size_t len) {
     if (log_level_parse(s, &c->log_level))
         return fail(msg, len, "%s must be error, warn, info or debug, got '%s'", what, s);
@@ -115,7 +163,8 @@ static int load_file(serve_config *c, const char *path, char *msg, size_t len) {
         int is_str = json_is_string(v);
         const char *s = is_str ? json_string_value(v) : "";
         if (!strcmp(key, "listen") || !strcmp(key, "data_dir") || !strcmp(key, "token_file") ||
-            !strcmp(key, "web_root") || !strcmp(key, "log_level")) {
+            !strcmp(key, "web_root") || !strcmp(key, "log_level") || !strcmp(key, "hostfile_dir") ||
+            !strcmp(key, "mpirun")) {
             if (!is_str) {
                 fail(msg, len, "%s must be a string", what);
                 goto out;
@@ -124,6 +173,8 @@ static int load_file(serve_config *c, const char *path, char *msg, size_t len) {
                       : !strcmp(key, "data_dir")   ? copy_str(c->data_dir, sizeof c->data_dir, s, what, msg, len)
                       : !strcmp(key, "token_file") ? copy_str(c->token_file, sizeof c->token_file, s, what, msg, len)
                       : !strcmp(key, "web_root")   ? copy_str(c->web_root, sizeof c->web_root, s, what, msg, len)
+                      : !strcmp(key, "hostfile_dir") ? set_hostfile_dir(c, s, what, msg, len)
+                      : !strcmp(key, "mpirun")     ? copy_str(c->mpirun, sizeof c->mpirun, s, what, msg, len)
                                                    : set_log_level(c, s, what, msg, len);
             if (bad) goto out;
         } else if (!strcmp(key, "max_jobs") || !strcmp(key, "threads") || !strcmp(key, "http_timeout")) {
@@ -156,7 +207,8 @@ static int load_file(serve_config *c, const char *path, char *msg, size_t len) {
             }
         } else {
             fail(msg, len, "config %s: unknown key \"%s\" (known: listen, data_dir, max_jobs, threads, "
-                 "data_roots, token_file, auth_reads, web_root, log_level, http_timeout)", path, key);
+                 "data_roots, token_file, auth_reads, web_root, log_level, http_timeout, hostfile_dir, mpirun)",
+                 path, key);
             goto out;
         }
     }
@@ -213,7 +265,7 @@ static int load_token(serve_config *c, char *msg, size_t len) {
 
 int serve_config_parse(serve_config *c, int argc, char **argv, char *msg, size_t len) {
     enum { O_LISTEN = 1000, O_DATA_DIR, O_MAX_JOBS, O_THREADS, O_DATA_ROOT, O_TOKEN_FILE,
-           O_AUTH_READS, O_WEB_ROOT, O_LOG_LEVEL, O_CONFIG, O_HELP, O_HTTP_TIMEOUT };
+           O_AUTH_READS, O_WEB_ROOT, O_LOG_LEVEL, O_CONFIG, O_HELP, O_HTTP_TIMEOUT, O_HOSTFILE_DIR, O_MPIRUN };
     static const struct option opts[] = {
         {"listen", required_argument, 0, O_LISTEN},         {"data-dir", required_argument, 0, O_DATA_DIR},
         {"max-jobs", required_argument, 0, O_MAX_JOBS},     {"threads", required_argument, 0, O_THREADS},
@@ -221,6 +273,7 @@ int serve_config_parse(serve_config *c, int argc, char **argv, char *msg, size_t
         {"auth-reads", no_argument, 0, O_AUTH_READS},       {"web-root", required_argument, 0, O_WEB_ROOT},
         {"log-level", required_argument, 0, O_LOG_LEVEL},   {"config", required_argument, 0, O_CONFIG},
         {"help", no_argument, 0, O_HELP},                   {"http-timeout", required_argument, 0, O_HTTP_TIMEOUT},
+        {"hostfile-dir", required_argument, 0, O_HOSTFILE_DIR}, {"mpirun", required_argument, 0, O_MPIRUN},
         {0, 0, 0, 0}};
     serve_config_defaults(c);
     /* the config file first, whatever its position, so every flag wins over it */
@@ -246,6 +299,8 @@ int serve_config_parse(serve_config *c, int argc, char **argv, char *msg, size_t
             case O_WEB_ROOT: bad = copy_str(c->web_root, sizeof c->web_root, optarg, "--web-root", msg, len); break;
             case O_LOG_LEVEL: bad = set_log_level(c, optarg, "--log-level", msg, len); break;
             case O_HTTP_TIMEOUT: bad = set_long("--http-timeout", optarg, 1, 3600, &c->http_timeout, msg, len); break;
+            case O_HOSTFILE_DIR: bad = set_hostfile_dir(c, optarg, "--hostfile-dir", msg, len); break;
+            case O_MPIRUN: bad = copy_str(c->mpirun, sizeof c->mpirun, optarg, "--mpirun", msg, len); break;
             }
             if (bad) return -1;
         }

@@ -20,6 +20,11 @@
  *   --log-level     "log_level"    info             error | warn | info | debug
  *   --http-timeout  "http_timeout" 30               seconds a connection may idle, or take
  *                                                   to send a request's headers
+ *   --hostfile-dir  "hostfile_dir" none             folder of Open MPI hostfiles that
+ *                                                   distributed jobs may name; without it
+ *                                                   they run on this machine only
+ *   --mpirun        "mpirun"       mpirun           the launcher of distributed jobs (a
+ *                                                   path, or a name looked up in PATH)
  */
 #ifndef FISHERD_SERVE_CONFIG_H
 #define FISHERD_SERVE_CONFIG_H
@@ -46,6 +51,8 @@ typedef struct {
     int auth_reads;
     char web_root[PATH_MAX];
     log_level log_level;
+    char hostfile_dir[PATH_MAX];    /* resolved (realpath); "" = none */
+    char mpirun[PATH_MAX];
 } serve_config;
 
 void serve_config_defaults(serve_config *c);
@@ -54,6 +61,12 @@ void serve_config_defaults(serve_config *c);
  * defaults, then checks it as a whole. Returns 0, 1 when --help was asked
  * (usage printed to stdout), or -1 with msg saying what is wrong. */
 int serve_config_parse(serve_config *c, int argc, char **argv, char *msg, size_t msg_len);
+
+/* The launcher `mpirun` names (a path with a '/', else looked up in PATH
+ * as execvp would), resolved into out: 0, or -1 when there is no such
+ * executable. Asked again at each use, so installing Open MPI under a
+ * running daemon is enough. */
+int serve_find_program(const char *name, char *out, size_t len);
 
 /* Whether a host is a loopback address (127.0.0.0/8, ::1, localhost). */
 int serve_host_is_loopback(const char *host);

@@ -58,6 +58,8 @@ static void test_defaults(void **state) {
     assert_int_equal(c.n_data_roots, 0);
     assert_int_equal(c.token[0], 0);
     assert_int_equal(c.log_level, LOG_INFO);
+    assert_string_equal(c.hostfile_dir, "");   /* distributed jobs: this machine only */
+    assert_string_equal(c.mpirun, "mpirun");
 }
 
 static void test_flags_win_over_file(void **state) {
@@ -105,6 +107,9 @@ static void test_refusals(void **state) {
         {{"--auth-reads", NULL}, "needs --token-file"},
         {{"--bogus", NULL}, "unknown option"},
         {{"extra", NULL}, "unexpected argument 'extra'"},
+        {{"--hostfile-dir", "/nonexistent/hostfiles", NULL}, "--hostfile-dir '/nonexistent/hostfiles' is not a folder"},
+        {{"--hostfile-dir", "/etc/hostname", NULL}, "is not a folder"},
+        {{"--mpirun", "", NULL}, "--mpirun must not be empty"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         assert_int_equal(parse(&c, msg, cases[i].args), -1);
@@ -120,6 +125,9 @@ static void test_refusals(void **state) {
         {"[1, 2]", "must be a JSON object"},
         {"{\"listen\": ", "line 1"},
         {"{\"data_roots\": \"/tmp\"}", "must be an array"},
+        {"{\"hostfile_dir\": 3}", "\"hostfile_dir\" must be a string"},
+        {"{\"hostfile_dir\": \"/nonexistent/h\"}", "is not a folder"},
+        {"{\"mpirun\": false}", "\"mpirun\" must be a string"},
     };
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         write_text("bad.json", files[i][0], cfg, sizeof cfg);
@@ -127,6 +135,59 @@ static void test_refusals(void **state) {
         assert_int_equal(parse(&c, msg, args), -1);
         if (!strstr(msg, files[i][1])) fail_msg("file %zu: '%s' does not say '%s'", i, msg, files[i][1]);
     }
+}
+
+/* The hostfile folder is kept resolved (a job's hostfile is checked
+ * against the real folder); the launcher comes from the file unless a
+ * flag says otherwise. */
+static void test_distributed_keys(void **state) {
+    (void)state;
+    char msg[512], cfg[600], hosts[600], link[600], real[PATH_MAX];
+    snprintf(hosts, sizeof hosts, "%s/hostfiles", dir);
+    assert_int_equal(mkdir(hosts, 0755), 0);
+    snprintf(link, sizeof link, "%s/hosts-link", dir);
+    assert_int_equal(symlink(hosts, link), 0);
+    assert_non_null(realpath(hosts, real));
+    char text[1400];
+    snprintf(text, sizeof text, "{\"hostfile_dir\": \"%s\", \"mpirun\": \"/opt/ompi/bin/mpirun\"}", link);
+    write_text("dist.json", text, cfg, sizeof cfg);
+    serve_config c;
+    const char *file_only[] = {"--config", cfg, NULL};
+    assert_int_equal(parse(&c, msg, file_only), 0);
+    assert_string_equal(c.hostfile_dir, real);
+    assert_string_equal(c.mpirun, "/opt/ompi/bin/mpirun");
+    const char *flags[] = {"--mpirun", "mpiexec", "--config", cfg, "--hostfile-dir", dir, NULL};
+    assert_int_equal(parse(&c, msg, flags), 0);
+    assert_string_equal(c.mpirun, "mpiexec");
+    assert_non_null(realpath(dir, real));
+    assert_string_equal(c.hostfile_dir, real);
+}
+
+/* As execvp would find it: a name through PATH, a path as it is; only an
+ * executable regular file counts. */
+static void test_find_program(void **state) {
+    (void)state;
+    char out[PATH_MAX], path[600];
+    assert_int_equal(serve_find_program("sh", out, sizeof out), 0);
+    assert_int_equal(access(out, X_OK), 0);
+    assert_non_null(strchr(out, '/'));
+    assert_int_equal(serve_find_program("/bin/sh", out, sizeof out), 0);
+    assert_string_equal(out, "/bin/sh");
+    assert_int_equal(serve_find_program("fisherd-no-such-launcher", out, sizeof out), -1);
+    assert_int_equal(serve_find_program("", out, sizeof out), -1);
+    assert_int_equal(serve_find_program("/tmp", out, sizeof out), -1);       /* a folder */
+    write_text("not-executable", "#!/bin/sh\n", path, sizeof path);
+    assert_int_equal(serve_find_program(path, out, sizeof out), -1);
+    assert_int_equal(chmod(path, 0755), 0);
+    assert_int_equal(serve_find_program(path, out, sizeof out), 0);
+    /* a name looked up in PATH, which the daemon may have changed */
+    char *old = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
+    setenv("PATH", dir, 1);
+    assert_int_equal(serve_find_program("not-executable", out, sizeof out), 0);
+    assert_string_equal(out, path);
+    assert_int_equal(serve_find_program("sh", out, sizeof out), -1);
+    if (old) setenv("PATH", old, 1), free(old);
+    else unsetenv("PATH");
 }
 
 static void test_loopback(void **state) {
@@ -146,6 +207,8 @@ int main(void) {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_flags_win_over_file),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_distributed_keys),
+        cmocka_unit_test(test_find_program),
         cmocka_unit_test(test_loopback),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
