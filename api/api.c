@@ -698,6 +698,40 @@ static int check_folders(http_request *req, const fisher_job_spec *js) {
     return 0;
 }
 
+/* A distributed spec against what this daemon can run: the hostfile a
+ * regular file in --hostfile-dir after every symlink is resolved (the
+ * parser already refused names with a '/'), and an mpirun to launch the
+ * ranks with. Refused at submit (400, naming the field), so the job does
+ * not wait in the queue only to fail at its start. -1 after answering. */
+static int check_distributed(http_request *req, const api *a, const fisher_job_spec *js) {
+    if (js->hostfile[0]) {
+        const char *dir = a->cfg.hostfile_dir;
+        if (!dir[0])
+            return http_respond_error(req, 400, "invalid_spec", "distributed.hostfile",
+                                      "distributed.hostfile: this daemon has no --hostfile-dir, so its distributed "
+                                      "jobs run on this machine only; leave hostfile empty (\"\")"), -1;
+        char path[PATH_MAX + 80], real[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, js->hostfile);
+        struct stat st;
+        size_t dl = strlen(dir);
+        const char *why = !realpath(path, real)                       ? "there is no such file in"
+                          : strncmp(real, dir, dl) || real[dl] != '/' ? "it leads outside"
+                          : stat(real, &st) || !S_ISREG(st.st_mode)   ? "it is not a regular file in"
+                                                                      : NULL;
+        if (why)
+            return http_respond_error(req, 400, "invalid_spec", "distributed.hostfile",
+                                      "distributed.hostfile: '%s': %s the hostfile folder %s", js->hostfile, why,
+                                      dir), -1;
+    }
+    char launcher[PATH_MAX];
+    if (js->ranks > 1 && serve_find_program(a->cfg.mpirun, launcher, sizeof launcher))
+        return http_respond_error(req, 400, "invalid_spec", "distributed.ranks",
+                                  "distributed.ranks: this daemon cannot run distributed jobs: mpirun '%s' is not "
+                                  "installed (openmpi-bin; or the daemon's --mpirun); ranks 1 runs here",
+                                  a->cfg.mpirun), -1;
+    return 0;
+}
+
 static int post_job(http_request *req, void *app, fisher_error *err) {
     api *a = app;
     if (a->refusing) return http_respond_error(req, 503, NULL, NULL, "the daemon is stopping; submit again once it is back");
@@ -743,7 +777,7 @@ static int post_job(http_request *req, void *app, fisher_error *err) {
         rc = http_respond_error(req, 400, "invalid_spec", field[0] ? field : NULL, "%s", e.msg);
         goto out;
     }
-    if (check_folders(req, &js)) goto out;
+    if (check_folders(req, &js) || check_distributed(req, a, &js)) goto out;
     if (!(norm = fisher_job_spec_to_json(&js))) {
         rc = fisher_errorf(err, "out of memory");
         goto out;

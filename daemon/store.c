@@ -53,8 +53,9 @@
 
 /* ------------------------------------------------------------ statements */
 
-/* A job's columns, then two of its summary's results (store.h,
- * store_job_get): the strategy from the spec, and the best val IoU so
+/* A job's columns, then three of its summary's results (store.h,
+ * store_job_get): the strategy and the rank count (1 for a spec from
+ * before distributed jobs) from the spec, and the best val IoU so
  * far, a range scan of its val_iou points on the metrics primary key
  * (job_id, name, step). The third, zero_shot, is SQL_JOB_ZERO_SHOT's,
  * read per row: SQLite's JSON functions would print its IoUs with 15
@@ -63,12 +64,13 @@
     "id, name, status, reason, base_model, wait_for_job, created_at, started_at, "         \
     "finished_at, step, steps, loss, params_total, params_live, chunks_total, chunks_live, " \
     "checkpoint_path, checkpoint_step, out_dir, json_extract(spec, '$.strategy'), "        \
+    "coalesce(json_extract(spec, '$.distributed.ranks'), 1), "                              \
     "(SELECT max(value) FROM metrics WHERE job_id = jobs.id AND name = 'val_iou')"
 /* column positions of JOB_COLUMNS (then spec, result in SQL_JOB_GET) */
 enum {
     JC_ID, JC_NAME, JC_STATUS, JC_REASON, JC_BASE, JC_WAIT, JC_CREATED, JC_STARTED,
     JC_FINISHED, JC_STEP, JC_STEPS, JC_LOSS, JC_PTOTAL, JC_PLIVE, JC_CTOTAL, JC_CLIVE,
-    JC_CKPATH, JC_CKSTEP, JC_OUTDIR, JC_STRATEGY, JC_BEST_VAL, JC_SPEC, JC_RESULT
+    JC_CKPATH, JC_CKSTEP, JC_OUTDIR, JC_STRATEGY, JC_RANKS, JC_BEST_VAL, JC_SPEC, JC_RESULT
 };
 #define MODEL_COLUMNS "id, name, path, config, parameters, bytes, job_id, created_at"
 
@@ -1329,6 +1331,7 @@ static json_t *job_json(sqlite3_stmt *st) {
     bad |= jset(o, "checkpoint", ckpt);
     bad |= jset(o, "out_dir", col_text(st, JC_OUTDIR));
     bad |= jset(o, "strategy", col_text(st, JC_STRATEGY));
+    bad |= jset(o, "ranks", col_int(st, JC_RANKS));
     bad |= jset(o, "best_val_iou", col_real(st, JC_BEST_VAL));
     if (bad) {
         json_decref(o);

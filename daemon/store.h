@@ -298,7 +298,7 @@ typedef struct {
 
 /* {"jobs": [job summary…], "next_cursor": "…" | null}, newest first. A
  * summary is a job without spec, result, evals and events (see
- * store_job_get; strategy, best_val_iou and zero_shot are in it). Each
+ * store_job_get; strategy, ranks, best_val_iou and zero_shot are in it). Each
  * row costs one read of the job and three lookups on primary keys
  * (its val_iou points, its evals), so a page stays fast whatever the
  * history holds. Walking the
@@ -313,6 +313,7 @@ int store_jobs_list(store *s, const store_job_filter *f, json_t **out, fisher_er
  *  "chunks": {"total", "live"}, "checkpoint": {"path", "step"} | null,
  *  "out_dir",
  *  "strategy": the spec's strategy | null,
+ *  "ranks": the spec's distributed.ranks (1: one process),
  *  "best_val_iou": the largest value of the job's val_iou series so far
  *                  (it grows while the job runs) | null before the first,
  *  "zero_shot": [{"dataset", "iou"}] of the final evaluation's zero-shot

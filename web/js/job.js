@@ -19,7 +19,7 @@ import { makeChart, align } from './charts.js';
 import { makeHeatmap } from './heatmap.js';
 import {
   h, fill, fmtInt, fmtNum, fmtPct, fmtDuration, fmtTime, jobDuration, statusBadge, stageOf, stagePrefixes, mapLimit,
-  TERMINAL, isLive, newId, debounce, colour, fmtBase, paramsTotal,
+  TERMINAL, isLive, newId, debounce, colour, fmtBase, paramsTotal, ranksOf,
 } from './util.js';
 
 const CLASS_NAMES = { conv: 'Conv2d', linear: 'Linear', layernorm: 'LayerNorm', batchnorm: 'BatchNorm2d' };
@@ -141,6 +141,8 @@ export function mountJob(main, id) {
     const row = (k, v) => h('div', null, h('dt', null, k), h('dd', null, v));
     fill(facts, 
       row('Strategy', job.strategy || job.spec?.strategy || '—'),
+      /* a distributed job (MPI) says how many ranks; a local one shows nothing new */
+      ranksOf(job) > 1 ? h('div', { id: 'job-ranks' }, h('dt', null, 'Ranks'), h('dd', null, `${ranksOf(job)} ranks`)) : null,
       row('Base model', fmtBase(job.base_model)),
       row('Live parameters', params.total ? `${fmtPct((params.live ?? params.total) / params.total, 2)} (${fmtInt(params.live ?? params.total)} of ${fmtInt(params.total)})` : '—'),
       row('Live groups', chunks.total ? `${fmtInt(chunks.live ?? chunks.total)} of ${fmtInt(chunks.total)}` : '—'),

@@ -13,7 +13,7 @@
 import { api, urls } from './api.js';
 import {
   h, fill, fmtPct, fmtNum, fmtDuration, fmtTime, jobDuration, liveFraction, statusBadge, debounce,
-  TERMINAL, fmtBase,
+  TERMINAL, fmtBase, ranksOf,
 } from './util.js';
 
 const PAGE = 20;
@@ -130,7 +130,8 @@ export function mountJobs(main, params) {
         h('progress', { max: steps || 1, value: steps ? step : (TERMINAL.has(job.status) ? 1 : 0),
           'aria-label': `progress of ${job.id}` }),
         h('span', { class: 'muted' }, steps ? `${step}/${steps}` : '')),
-      job.strategy || '—',
+      ranksOf(job) > 1 ? h('span', null, job.strategy || '—', h('span', { class: 'muted' }, ` · ${ranksOf(job)} ranks`))
+        : job.strategy || '—',
       h('span', { class: 'ellipsis', title: job.base_model || '' }, fmtBase(job.base_model)),
       fmtPct(frac),
       fmtNum(job.best_val_iou),

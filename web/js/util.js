@@ -93,6 +93,9 @@ export function jobDuration(job) {
   return end ? end - job.started_at : null;
 }
 
+/* A job's MPI ranks: the summary's, else its spec's; 1 for a job on one process. */
+export const ranksOf = (job) => job?.ranks ?? job?.spec?.distributed?.ranks ?? 1;
+
 /* The job's base_model as the server words it: "m_3", {"job":"j_2"}, or an architecture. */
 export function fmtBase(text) {
   if (!text) return '—';
