@@ -24,6 +24,10 @@
  * batches only (count / B of them; the count % B samples a permutation puts
  * last sit that epoch out); in order, the last batch wraps to the epoch's
  * first samples and the return value says how many slots are real.
+ * A shard (fisher_loader_shard, one data-parallel rank's rows) builds only
+ * rows [first, first + rows): every rank still draws the whole epoch's
+ * permutation (count indices, cheap), so the rows are the ones the whole
+ * batch has there, and row b is augmented from slot b's generator below.
  *
  * Augmentation, per sample, from a generator seeded by (seed, step, slot),
  * which always draws five numbers in the same order whatever is enabled:
@@ -499,6 +503,7 @@ typedef enum { PF_IDLE, PF_WORKING, PF_DONE } pf_state;
 struct fisher_loader {
     fisher_dataset *ds;
     int B, H, W, shuffle;
+    int first, rows;    /* the shard: rows [first, first + rows) of each batch (all: 0, B) */
     int hflip, vflip, crop;
     int crop_h, crop_w; /* the largest window: at scale_min */
     float scale_min, scale_max;
@@ -607,15 +612,18 @@ static int make_batch(fisher_loader *l, batch_maker *mk, int64_t step, float *im
     }
     size_t first = (size_t)pos * (size_t)l->B;
     int real = l->shuffle || count - first >= (size_t)l->B ? l->B : (int)(count - first);
-    for (int b = 0; b < l->B; b++) {
+    /* rows of the whole batch; slot j of the output holds row first + j */
+    for (int b = l->first; b < l->first + l->rows; b++) {
         if (atomic_load(&l->quit)) return fisher_errorf(err, "loader: stopped");
         size_t k = first + (size_t)b;
         size_t i = l->shuffle ? mk->perm[k] : k % count;
-        float *image = images + (size_t)b * hw * 3, *mask = masks + (size_t)b * hw;
+        size_t j = (size_t)(b - l->first);
+        float *image = images + j * hw * 3, *mask = masks + j * hw;
         if (fisher_dataset_get(l->ds, i, image, mask, err)) return -1;
         if (l->hflip || l->vflip || l->crop) augment(l, mk, step, b, image, mask);
     }
-    return real;
+    real -= l->first;
+    return real < 0 ? 0 : real > l->rows ? l->rows : real;
 }
 
 static void *prefetch_main(void *arg) {
@@ -681,7 +689,7 @@ fisher_loader *fisher_loader_create(fisher_dataset *ds, int batch_size, int shuf
     }
     fisher_loader *l = calloc(1, sizeof *l);
     if (!l) goto oom;
-    l->ds = ds, l->B = batch_size, l->H = ds->H, l->W = ds->W, l->shuffle = shuffle != 0;
+    l->ds = ds, l->B = batch_size, l->first = 0, l->rows = batch_size, l->H = ds->H, l->W = ds->W, l->shuffle = shuffle != 0;
     l->hflip = aug && aug->hflip, l->vflip = aug && aug->vflip, l->crop = crop;
     l->scale_min = crop ? aug->scale_min : 1.0f, l->scale_max = crop ? aug->scale_max : 1.0f;
     l->seed = seed;
@@ -742,12 +750,22 @@ void fisher_loader_free(fisher_loader *l) {
 
 int64_t fisher_loader_batches_per_epoch(const fisher_loader *l) { return l->per_epoch; }
 
+/* Before the first batch, so the prefetch thread has not been handed a
+ * step yet and reads first and rows only after the mutex hand-over. */
+int fisher_loader_shard(fisher_loader *l, int first, int count, fisher_error *err) {
+    if (first < 0 || count < 1 || count > l->B - first)
+        return fisher_errorf(err, "loader over %s: shard of rows [%d, %d) does not lie within a batch of %d",
+                             l->ds->describe, first, first + count, l->B);
+    l->first = first, l->rows = count;
+    return 0;
+}
+
 int fisher_loader_batch(fisher_loader *l, int64_t step, float *images, float *masks,
                         fisher_error *err) {
     if (step < 0) return fisher_errorf(err, "loader: step %lld; steps count from 0", (long long)step);
     if (!l->prefetch) return make_batch(l, &l->maker, step, images, masks, err);
 
-    size_t n = (size_t)l->B * (size_t)l->H * (size_t)l->W;
+    size_t n = (size_t)l->rows * (size_t)l->H * (size_t)l->W;
     pthread_mutex_lock(&l->mu);
     /* Wait for our step: the one in flight or done, else post it (after
      * whatever other step is in flight finishes: one worker, one buffer). */

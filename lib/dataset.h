@@ -76,10 +76,19 @@ void fisher_loader_free(fisher_loader *l);
 /* Batches per epoch: ceil(count / batch_size) in order, count / batch_size
  * (whole batches only) when shuffling. */
 int64_t fisher_loader_batches_per_epoch(const fisher_loader *l);
-/* The batch of global step `step`: images (B, H, W, 3), masks (B, H, W).
+/* Makes l deliver only rows [first, first + count) of every batch (a
+ * data-parallel rank's shard, issue 9): the same samples, augmented the
+ * same way (augmentation is seeded by the row's place in the whole batch),
+ * as those rows of the unsharded batch — and only they are decoded. Call
+ * it before the first fisher_loader_batch. Returns 0, or -1 with err when
+ * the rows do not lie within the batch. */
+int fisher_loader_shard(fisher_loader *l, int first, int count, fisher_error *err);
+/* The batch of global step `step`: images (B, H, W, 3), masks (B, H, W)
+ * (B = the shard's count after fisher_loader_shard).
  * Returns how many of its B samples are real: B, except for the last batch
  * of an in-order epoch, whose remaining slots repeat the epoch's first
- * samples (evaluation counts only the real ones). -1 with err on failure. */
+ * samples (evaluation counts only the real ones; for a shard, those of
+ * its rows). -1 with err on failure. */
 int fisher_loader_batch(fisher_loader *l, int64_t step, float *images, float *masks,
                         fisher_error *err);
 

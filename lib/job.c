@@ -112,6 +112,28 @@ static fisher_segformer *build_model(const fisher_job_spec *s, const fisher_job_
     return m;
 }
 
+/* Whether every rank got through a step that can fail on one rank alone
+ * (its batch, rank 0's files): one all-reduce of (failed ranks, the sum
+ * of their numbers), so that all stop together rather than the healthy
+ * ones waiting in the next collective for a rank that has left. Returns 0
+ * when none failed; -1 otherwise — a failed rank keeps its own error, the
+ * others get one naming the rank. */
+static int agree_failure(fisher_comm *comm, int failed, const char *doing, fisher_error *err) {
+    double x[2] = {failed ? 1.0 : 0.0, failed ? (double)comm->rank : 0.0};
+    fisher_error e = {{0}};
+    if (fisher_comm_sum_f64(comm, x, 2, &e)) {
+        if (!failed && err) *err = e;
+        return -1;
+    }
+    if (x[0] == 0) return 0;
+    if (failed) return -1;
+    if (x[0] == 1)
+        return fisher_errorf(err, "rank %d of %d failed %s (its own error says why); every rank stops",
+                             (int)x[1], comm->size, doing);
+    return fisher_errorf(err, "%d of %d ranks failed %s (their own errors say why); every rank stops",
+                         (int)x[0], comm->size, doing);
+}
+
 static fisher_dataset *open_data(const fisher_data_spec *d, const fisher_job_spec *s,
                                  fisher_error *err) {
     if (d->synthetic)
@@ -127,17 +149,28 @@ static int loader_batch(void *ctx, int64_t step, float *images, float *masks, in
     return fisher_loader_batch(ctx, step, images, masks, err);
 }
 
-/* One pass over ds, in order. */
+/* One pass over ds, in order. With a communicator the pass is split into
+ * contiguous blocks of batches, one per rank (contiguous, so the loader's
+ * prefetch of the next batch is not wasted), and the sums all-reduced:
+ * every rank gets the same numbers. */
 static int evaluate_on(fisher_segformer *m, fisher_dataset *ds, const fisher_job_spec *s,
                        int64_t step, const char *label, const fisher_job_callbacks *cb,
-                       fisher_job_eval *out, fisher_error *err) {
+                       fisher_comm *comm, fisher_job_eval *out, fisher_error *err) {
     fisher_loader *l = fisher_loader_create(ds, s->batch_size, 0, NULL, 0, err);
     if (!l) return -1;
-    int rc = fisher_evaluate(m, fisher_loader_batches_per_epoch(l), s->batch_size, s->image_size,
-                             s->image_size, s->dice_weight, loader_batch, l, &out->metrics,
-                             &out->loss, err);
+    int64_t batches = fisher_loader_batches_per_epoch(l), first = 0, count = batches;
+    if (comm) {
+        first = batches * comm->rank / comm->size;
+        count = batches * (comm->rank + 1) / comm->size - first;
+    }
+    fisher_eval_sums sums = {0};
+    int rc = fisher_evaluate_sums(m, first, count, s->batch_size, s->image_size, s->image_size,
+                                  s->dice_weight, loader_batch, l, &sums, err);
     fisher_loader_free(l);
-    if (rc) return -1;
+    /* a rank that failed still takes part, so the others do not wait forever */
+    if (comm && agree_failure(comm, rc != 0, "evaluating", err)) return -1;
+    if (rc || fisher_eval_sums_allreduce(&sums, comm, err)) return -1;
+    fisher_eval_sums_metrics(&sums, &out->metrics, &out->loss);
     out->step = step;
     snprintf(out->dataset, sizeof out->dataset, "%s", label);
     if (cb && cb->on_eval) cb->on_eval(cb->ctx, out);
@@ -252,6 +285,10 @@ static int read_checkpoint(fisher_segformer *m, fisher_trainer *t, const fisher_
     fisher_job_spec_defaults(&written);
     if (fisher_job_spec_parse(&written, job, NULL, 0, NULL) == 0) {
         written.threads = s->threads, written.checkpoint_interval = s->checkpoint_interval;
+        /* nor on which machines: the hostfile. (distributed.ranks does
+         * belong to the run: it sets the shards the Fisher statistics
+         * average over, whether the run is distributed or not.) */
+        memcpy(written.hostfile, s->hostfile, sizeof written.hostfile);
         written_json = fisher_job_spec_to_json(&written);
     }
     if (!spec_json || !written_json || strcmp(written_json, spec_json)) {
@@ -297,6 +334,21 @@ static int write_model(const fisher_segformer *m, const fisher_job_spec *s, cons
     return fisher_segformer_save_with(m, path, NULL, 0, meta, 2, err);
 }
 
+/* A checkpoint after `step` steps: rank 0 writes it (telling cb before and
+ * after, as a one-process run does); with a communicator the ranks then
+ * agree that it was written, so a failed write stops all of them. */
+static int checkpoint(const fisher_trainer *t, const fisher_job_spec *s, const run_state *rs, int64_t step,
+                      const char *path, const fisher_job_callbacks *cb, fisher_comm *comm, fisher_error *err) {
+    int bad = 0;
+    if (!comm || comm->rank == 0) {
+        if (cb && cb->on_checkpoint_begin) cb->on_checkpoint_begin(cb->ctx, step);
+        bad = write_checkpoint(t, s, rs, step, path, err) != 0;
+        if (!bad && cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step, path);
+    }
+    if (comm) return agree_failure(comm, bad, "writing the checkpoint", err);
+    return bad ? -1 : 0;
+}
+
 static void say_decision(const fisher_job_callbacks *cb, const fisher_trainer *t, int64_t step) {
     const fisher_method_report *r = &t->report;
     size_t total = fisher_segformer_params(t->model)->total;
@@ -311,41 +363,74 @@ static void say_decision(const fisher_job_callbacks *cb, const fisher_trainer *t
             r->params_live, 100.0 * (double)r->params_live / (double)total);
 }
 
-static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, const fisher_job_callbacks *cb,
-                   const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
+/* One rank of the job (all of it when comm is NULL): see job.h. Rank 0
+ * alone holds the callbacks and writes files; the others get cb NULL
+ * here, so nothing below can reach the caller's callbacks on them. */
+static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, fisher_comm *comm,
+                   const fisher_job_callbacks *cb_in, const volatile int *cancel, fisher_job_result *res,
+                   fisher_error *err) {
     memset(res, 0, sizeof *res);
     double t_start = fisher_now_seconds();
     int rc = -1, B = s->batch_size, H = s->image_size, W = s->image_size;
+    int rank = comm ? comm->rank : 0, ranks = comm ? comm->size : 1;
+    const fisher_job_callbacks *cb = rank == 0 ? cb_in : NULL;
+    int Bl = B;                      /* this rank's rows of every global batch */
     fisher_segformer *m = NULL;
     fisher_dataset *train = NULL, *val = NULL;
     fisher_loader *loader = NULL;
     fisher_trainer t = {0};
     float *images = NULL, *masks = NULL;
     run_state rs = {.best_loss = INFINITY, .last_eval = -1};
+    int64_t per_epoch = 1, total = 0, eval_every = 1, step = 0;
+    size_t n_params = 0, n_bufs = 0;
+    int setup_failed = 1;
     char ckpt_path[PATH_MAX + 32], model_path[PATH_MAX + 32];
     snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
 
+    /* the spec parser's checks, again for a spec built in code */
+    if (s->ranks < 1 || s->ranks > FISHER_MAX_RANKS || (B > 0 && B % s->ranks)) {
+        fisher_errorf(err, "distributed.ranks: %d ranks for batch_size %d; 1 to %d ranks that divide "
+                      "batch_size expected", s->ranks, B, FISHER_MAX_RANKS);
+        goto out;
+    }
+    if (comm) {
+        if (fisher_comm_validate(comm, err)) goto out;
+        if (comm->size != s->ranks) {
+            fisher_errorf(err, "rank %d: the communicator has %d ranks, the spec's distributed.ranks is %d",
+                          rank, comm->size, s->ranks);
+            goto out;
+        }
+        Bl = B / ranks;
+    }
     fisher_set_threads(s->threads);
-    if (!(m = build_model(s, cb, err))) goto out;
+    if (!(m = build_model(s, cb, err))) goto setup_done;
     res->parameters = fisher_segformer_params(m)->total;
-    if (!(train = open_data(&s->train, s, err)) || !(val = open_data(&s->val, s, err))) goto out;
+    /* One process running a spec of N ranks computes what the N ranks
+     * would: the norm layers' Fisher statistics are per-shard and then
+     * averaged across ranks (segformer.h), so here they are averaged over
+     * N shards of the batch. A job's numbers then do not depend on whether
+     * it ran distributed, and either kind can resume the other's checkpoint. */
+    if (!comm && s->ranks > 1 && fisher_segformer_set_stat_shards(m, s->ranks, err)) goto setup_done;
+    if (!(train = open_data(&s->train, s, err)) || !(val = open_data(&s->val, s, err))) goto setup_done;
     say(cb, "train: %s", fisher_dataset_describe(train));
     say(cb, "val: %s", fisher_dataset_describe(val));
-    if (!(loader = fisher_loader_create(train, B, 1, &s->augment, s->seed, err))) goto out;
-    int64_t per_epoch = fisher_loader_batches_per_epoch(loader);
+    if (!(loader = fisher_loader_create(train, B, 1, &s->augment, s->seed, err))) goto setup_done;
+    /* the global batch's order and augmentation, this rank's rows only */
+    if (comm && fisher_loader_shard(loader, rank * Bl, Bl, err)) goto setup_done;
+    per_epoch = fisher_loader_batches_per_epoch(loader);
     if (per_epoch < 1) {
         fisher_errorf(err, "data.train has %zu samples, fewer than one batch of %d",
                       fisher_dataset_count(train), B);
-        goto out;
+        goto setup_done;
     }
-    int64_t total = s->steps ? s->steps : s->epochs * per_epoch;
-    int64_t eval_every = s->eval_interval ? s->eval_interval : per_epoch;
-    if (fisher_trainer_init(&t, m, B, H, W, s->optim, s->dice_weight, s->strategy, &s->fisher, err))
-        goto out;
-    size_t n_params = fisher_segformer_params(m)->total, n_bufs = fisher_segformer_buffers(m)->total;
+    total = s->steps ? s->steps : s->epochs * per_epoch;
+    eval_every = s->eval_interval ? s->eval_interval : per_epoch;
+    if (fisher_trainer_init(&t, m, Bl, H, W, s->optim, s->dice_weight, s->strategy, &s->fisher, err))
+        goto setup_done;
+    n_params = fisher_segformer_params(m)->total, n_bufs = fisher_segformer_buffers(m)->total;
     rs.n_params = n_params, rs.n_bufs = n_bufs;
-    images = malloc((size_t)B * H * W * 3 * sizeof(float));
+    images = malloc((size_t)Bl * H * W * 3 * sizeof(float));
     masks = malloc(t.n_logits * sizeof(float));
     if (s->patience) {
         rs.best = malloc(n_params * sizeof(float));
@@ -353,19 +438,29 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
     }
     if (!images || !masks || (s->patience && (!rs.best || !rs.best_buf))) {
         fisher_errorf(err, "out of memory for the training batch");
-        goto out;
+        goto setup_done;
     }
-    int64_t step = 0;
     if (resume) {
-        if (read_checkpoint(m, &t, s, &rs, ckpt_path, &step, err)) goto out;
+        if (read_checkpoint(m, &t, s, &rs, ckpt_path, &step, err)) goto setup_done;
         /* the final evaluation's numbers are not kept: evaluate again if needed */
         if (rs.last_eval == step) rs.last_eval = -1;
         res->best_step = rs.best_step;
         say(cb, "resumed from %s at step %lld", ckpt_path, (long long)step);
     }
+    setup_failed = 0;
+setup_done:
+    /* Setting up can fail on one rank alone (a file only its host cannot
+     * read): agreed on before the first collective of training, so the
+     * others do not wait there for it. */
+    if (comm ? agree_failure(comm, setup_failed, "setting up (model, data or checkpoint)", err) : setup_failed)
+        goto out;
+    /* after the restore, so that set_comm's check that the ranks start
+     * alike covers what every rank read */
+    if (comm && fisher_trainer_set_comm(&t, comm, err)) goto out;
     say(cb, "%s: strategy %s, %zu of %zu parameters train, %lld steps (%lld per epoch), batch %d at %dx%d",
         s->name, fisher_strategy_name(s->strategy), t.params_trainable, res->parameters,
         (long long)total, (long long)per_epoch, B, H, W);
+    if (comm) say(cb, "data parallel: %d ranks of %d samples each", ranks, Bl);
     if (t.method) {
         const fisher_chunk *chunks;
         say(cb, "fisher: %zu chunks; drift every %lld steps, freeze decisions every %lld",
@@ -378,15 +473,38 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
     double step_seconds_sum = 0;
     int64_t steps_run = 0;
     for (; step < total; step++) {
-        if (cancel && *cancel) {
-            res->cancelled = 1;
-            break;
-        }
         double t0 = fisher_now_seconds();
         float loss;
-        if (fisher_loader_batch(loader, step, images, masks, err) < 0 ||
-            fisher_trainer_step(&t, images, masks, &loss, err))
-            goto out;
+        if (comm) {
+            /* Every rank's cancel flag and batch, agreed on in one tiny
+             * all-reduce, so that all stop after the same step. The batch
+             * comes first: a rank that cannot load its shard says so here
+             * instead of leaving the others waiting in the step. */
+            int got = fisher_loader_batch(loader, step, images, masks, err);
+            double x[3] = {cancel && *cancel ? 1.0 : 0.0, got < 0 ? 1.0 : 0.0, got < 0 ? (double)rank : 0.0};
+            fisher_error e = {{0}};
+            if (fisher_comm_sum_f64(comm, x, 3, &e)) {
+                if (got >= 0) *err = e;
+                goto out;
+            }
+            if (x[1] > 0) {
+                if (got >= 0)
+                    fisher_errorf(err, "rank %d of %d could not load its batch of step %lld (its own error "
+                                  "says why); every rank stops", (int)x[2], ranks, (long long)step + 1);
+                goto out;
+            }
+            if (x[0] > 0) {
+                res->cancelled = 1;
+                break;
+            }
+        } else {
+            if (cancel && *cancel) {
+                res->cancelled = 1;
+                break;
+            }
+            if (fisher_loader_batch(loader, step, images, masks, err) < 0) goto out;
+        }
+        if (fisher_trainer_step(&t, images, masks, &loss, err)) goto out;
         rs.trainable_sum += (double)t.params_trainable;
         if (t.method && cb && cb->on_method && (t.report.measured || t.report.decided)) {
             const fisher_chunk *chunks;
@@ -394,6 +512,7 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
             cb->on_method(cb->ctx, step, &t.report, chunks, n_chunks);
         }
         if (t.report.decided) say_decision(cb, &t, step);
+        /* the global batch's loss: the same on every rank, so all fail alike */
         if (!isfinite(loss)) {
             fisher_errorf(err, "the loss became %g at step %lld: lower optim.lr", (double)loss,
                           (long long)step + 1);
@@ -407,7 +526,7 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
             cb->on_progress(cb->ctx, &p);
         }
         if ((step + 1) % eval_every == 0 || step + 1 == total) {
-            if (evaluate_on(m, val, s, step + 1, "val", cb, &ev, err)) goto out;
+            if (evaluate_on(m, val, s, step + 1, "val", cb, comm, &ev, err)) goto out;
             rs.last_eval = step + 1;
             if (ev.loss < rs.best_loss) {
                 rs.best_loss = ev.loss, rs.best_step = res->best_step = step + 1, rs.evals_without_gain = 0;
@@ -424,21 +543,17 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
                 break;
             }
             /* evaluation prepared the model for its own batches: back to training's */
-            if (fisher_segformer_prepare(m, B, H, W, err)) goto out;
+            if (fisher_segformer_prepare(m, Bl, H, W, err)) goto out;
         }
-        if (s->checkpoint_interval && (step + 1) % s->checkpoint_interval == 0) {
-            if (cb && cb->on_checkpoint_begin) cb->on_checkpoint_begin(cb->ctx, step + 1);
-            if (write_checkpoint(&t, s, &rs, step + 1, ckpt_path, err)) goto out;
-            if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step + 1, ckpt_path);
-        }
+        if (s->checkpoint_interval && (step + 1) % s->checkpoint_interval == 0 &&
+            checkpoint(&t, s, &rs, step + 1, ckpt_path, cb, comm, err))
+            goto out;
     }
     res->steps_done = step;
     res->params_trainable = t.params_trainable;
     res->params_trainable_mean = step ? rs.trainable_sum / (double)step : (double)t.params_trainable;
     res->step_seconds_mean = steps_run ? step_seconds_sum / (double)steps_run : 0;
-    if (cb && cb->on_checkpoint_begin) cb->on_checkpoint_begin(cb->ctx, step);
-    if (write_checkpoint(&t, s, &rs, step, ckpt_path, err)) goto out;
-    if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, step, ckpt_path);
+    if (checkpoint(&t, s, &rs, step, ckpt_path, cb, comm, err)) goto out;
     if (res->cancelled) {
         say(cb, "cancelled after step %lld; checkpoint %s", (long long)step, ckpt_path);
         rc = 0;
@@ -451,13 +566,20 @@ static int run_job(const fisher_job_spec *s, const char *out_dir, int resume, co
         rs.last_eval = -1; /* the final numbers must be the restored model's */
     }
     if (rs.last_eval == step) res->final_val = ev;
-    else if (evaluate_on(m, val, s, step, "val", cb, &res->final_val, err)) goto out;
-    if (write_model(m, s, model_path, err)) goto out;
+    else if (evaluate_on(m, val, s, step, "val", cb, comm, &res->final_val, err)) goto out;
+    {
+        int bad = rank == 0 && write_model(m, s, model_path, err);
+        if (comm ? agree_failure(comm, bad, "writing the model", err) : bad) goto out;
+    }
     say(cb, "weights: %s", model_path);
     for (int i = 0; i < s->n_zero_shot; i++) {
         fisher_dataset *zs = open_data(&s->zero_shot[i], s, err);
+        if (comm && agree_failure(comm, zs == NULL, "opening a zero-shot dataset", err)) {
+            fisher_dataset_close(zs);
+            goto out;
+        }
         if (!zs) goto out;
-        int bad = evaluate_on(m, zs, s, step, fisher_dataset_describe(zs), cb, &res->zero_shot[i], err);
+        int bad = evaluate_on(m, zs, s, step, fisher_dataset_describe(zs), cb, comm, &res->zero_shot[i], err);
         fisher_dataset_close(zs);
         if (bad) goto out;
         res->n_zero_shot = i + 1;
@@ -474,12 +596,18 @@ out:
     return rc;
 }
 
+int fisher_job_run_rank(const fisher_job_spec *s, const char *out_dir, int resume, fisher_comm *comm,
+                        const fisher_job_callbacks *cb, const volatile int *cancel, fisher_job_result *res,
+                        fisher_error *err) {
+    return run_job(s, out_dir, resume != 0, comm, cb, cancel, res, err);
+}
+
 int fisher_job_run(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
                    const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
-    return run_job(s, out_dir, 0, cb, cancel, res, err);
+    return run_job(s, out_dir, 0, NULL, cb, cancel, res, err);
 }
 
 int fisher_job_resume(const fisher_job_spec *s, const char *out_dir, const fisher_job_callbacks *cb,
                       const volatile int *cancel, fisher_job_result *res, fisher_error *err) {
-    return run_job(s, out_dir, 1, cb, cancel, res, err);
+    return run_job(s, out_dir, 1, NULL, cb, cancel, res, err);
 }

@@ -53,6 +53,7 @@
 #include "segformer.h"
 
 #define FISHER_MAX_ZERO_SHOT 8
+#define FISHER_MAX_RANKS 64        /* distributed.ranks at most */
 
 typedef struct {
     int synthetic;                 /* 1: synthetic domain; 0: folder */
@@ -200,16 +201,30 @@ int fisher_job_resume(const fisher_job_spec *spec, const char *out_dir, const fi
  * NULL comm is one process: exactly fisher_job_run (resume 0) or
  * fisher_job_resume (resume 1).
  *   - Each rank trains on its own contiguous shard of every global batch
- *     (the spec's batch_size), so N ranks compute what one process would
- *     with the whole batch (within float tolerance of the reduction order).
- *   - Evaluations are split across ranks and their sums all-reduced: every
- *     rank gets the same metrics, and early stopping decides alike.
- *   - *cancel may be set on any rank; the ranks agree on it every step, so
- *     all stop after the same step.
+ *     (the spec's batch_size): rank r of N gets rows [r·B/N, (r+1)·B/N),
+ *     the same samples and augmentation one process uses for those rows,
+ *     and decodes only those. N ranks compute what one process would with
+ *     the whole batch (within float tolerance of the reduction order). One
+ *     process running a spec of ranks N > 1 (comm NULL) averages the norm
+ *     layers' Fisher statistics over N shards of the batch, as N ranks do,
+ *     so a job's numbers do not depend on whether it ran distributed.
+ *   - Evaluations are split across ranks (contiguous blocks of batches)
+ *     and their sums all-reduced: every rank gets the same metrics, and
+ *     early stopping decides alike.
+ *   - *cancel may be set on any rank; the ranks agree on it every step (one
+ *     all-reduce of 3 doubles), so all stop after the same step.
  *   - Rank 0 alone writes out_dir's checkpoint and model and calls cb;
- *     other ranks may pass NULL. A resumed run reads out_dir's checkpoint
- *     on every rank (a path every rank can read).
- * Returns as fisher_job_run; a failed collective is an error on that rank. */
+ *     other ranks may pass NULL (and cb is never used on them). A resumed
+ *     run reads out_dir's checkpoint on every rank (a path every rank can
+ *     read). distributed.hostfile is not part of the run a checkpoint
+ *     belongs to; distributed.ranks is.
+ *   - A failure one rank can have alone (setting up: model, data,
+ *     checkpoint; loading a batch; an evaluation; rank 0 writing a file)
+ *     is agreed on at the next collective: every rank returns -1, the
+ *     failed one with its own error, the others with one naming its rank.
+ * Returns as fisher_job_run. A failed collective is an error on that rank,
+ * and the ranks are then out of step: the caller must end them all (under
+ * MPI, MPI_Abort rather than MPI_Finalize). */
 int fisher_job_run_rank(const fisher_job_spec *spec, const char *out_dir, int resume, fisher_comm *comm,
                         const fisher_job_callbacks *cb, const volatile int *cancel,
                         fisher_job_result *result, fisher_error *err);

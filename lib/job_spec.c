@@ -30,6 +30,7 @@ void fisher_job_spec_defaults(fisher_job_spec *s) {
     s->batch_size = 4;
     s->epochs = 5;
     s->threads = 2;
+    s->ranks = 1;
 }
 
 /* Parser state: the field path being read, for messages. */
@@ -263,11 +264,34 @@ static int parse_fisher(parser *p, json_t *o, fisher_method_config *f) {
     return 0;
 }
 
+/* distributed.hostfile: "" (this machine) or a plain file name in the
+ * daemon's hostfile folder — nothing that could climb out of it or need
+ * quoting on mpirun's command line. */
+static int check_hostfile(parser *p, const char *name, size_t len) {
+    const char *at = "distributed.hostfile";
+    if (len == 0) return 0;
+    if (len > 63) return fail(p, at, "is longer than 63 characters");
+    if (strlen(name) != len) return fail(p, at, "must not contain a NUL character");
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+            c == '_' || c == '-')
+            continue;
+        if ((unsigned char)c < 0x20 || (unsigned char)c >= 0x7f)
+            return fail(p, at, "must be a plain file name in the hostfile folder (letters, digits, '.', "
+                               "'_', '-'), got a non-printable or non-ASCII character");
+        return fail(p, at, "must be a plain file name in the hostfile folder (letters, digits, '.', "
+                           "'_', '-'), got '%c'", c);
+    }
+    if (!strcmp(name, ".") || !strcmp(name, "..")) return fail(p, at, "must name a file, not '%s'", name);
+    return 0;
+}
+
 static int parse(parser *p, json_t *root, fisher_job_spec *s) {
     static const char *const keys[] = {
         "name", "base_model", "image_size", "data", "normalization", "augment", "strategy",
         "fisher", "optim", "loss", "batch_size", "epochs", "steps", "eval_interval", "early_stopping",
-        "checkpoint_interval", "seed", "threads", NULL};
+        "checkpoint_interval", "seed", "threads", "distributed", NULL};
     if (!json_is_object(root)) return fail(p, "", "a job spec is a JSON object");
     if (only_keys(p, root, "", keys)) return -1;
     if (get_string(p, root, "", "name", s->name, sizeof s->name)) return -1;
@@ -420,6 +444,28 @@ static int parse(parser *p, json_t *root, fisher_job_spec *s) {
     v = s->threads;
     if (get_int(p, root, "", "threads", 1, 256, &v)) return -1;
     s->threads = (int)v;
+    json_t *dist;
+    if (get_object(p, root, "", "distributed", &dist)) return -1;
+    if (dist) {
+        static const char *const dkeys[] = {"ranks", "hostfile", NULL};
+        v = s->ranks;
+        if (only_keys(p, dist, "distributed", dkeys) ||
+            get_int(p, dist, "distributed", "ranks", 1, FISHER_MAX_RANKS, &v))
+            return -1;
+        s->ranks = (int)v;
+        json_t *h = json_object_get(dist, "hostfile");
+        if (h) {
+            if (!json_is_string(h)) return fail(p, "distributed.hostfile", "must be a string");
+            if (check_hostfile(p, json_string_value(h), json_string_length(h))) return -1;
+            snprintf(s->hostfile, sizeof s->hostfile, "%s", json_string_value(h));
+        }
+    }
+    /* after both are known, whichever of them the spec gave */
+    if (s->batch_size % s->ranks)
+        return fail(p, "distributed.ranks",
+                    "batch_size %d does not divide by %d ranks: every rank takes an equal shard of each "
+                    "global batch, so batch_size must be a multiple of ranks",
+                    s->batch_size, s->ranks);
     return 0;
 }
 
@@ -477,6 +523,7 @@ char *fisher_job_spec_to_json(const fisher_job_spec *s) {
         (json_int_t)s->checkpoint_interval, "threads", s->threads);
     if (!o) return NULL;
     json_object_set_new(o, "seed", json_integer((json_int_t)s->seed));
+    json_object_set_new(o, "distributed", json_pack("{s:i,s:s}", "ranks", s->ranks, "hostfile", s->hostfile));
     if (s->strategy == FISHER_STRATEGY_FISHER) {
         const fisher_method_config *f = &s->fisher;
         json_t *g = json_array();

@@ -278,41 +278,66 @@ int fisher_trainer_freeze(fisher_trainer *t, const size_t *chunks, size_t n, fis
     return 0;
 }
 
-int fisher_evaluate(fisher_segformer *m, int64_t batches, int B, int H, int W, float dice_weight,
-                    fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
-                    double *mean_loss, fisher_error *err) {
-    if (batches < 1) return fisher_errorf(err, "evaluation needs at least one batch");
+int fisher_evaluate_sums(fisher_segformer *m, int64_t first, int64_t count, int B, int H, int W,
+                         float dice_weight, fisher_batch_fn next_batch, void *batch_ctx,
+                         fisher_eval_sums *sums, fisher_error *err) {
+    if (first < 0 || count < 0) return fisher_errorf(err, "evaluation of batches from %lld, %lld of them",
+                                                     (long long)first, (long long)count);
+    if (count == 0) return 0;
     if (fisher_segformer_prepare(m, B, H, W, err)) return -1;
     const fisher_segformer_config *mc = fisher_segformer_get_config(m);
     size_t per_sample = (size_t)H * W * (size_t)mc->num_labels;
     float *images = malloc((size_t)B * H * W * (size_t)mc->num_channels * sizeof(float));
     float *masks = malloc((size_t)B * per_sample * sizeof(float));
     int rc = -1;
-    fisher_confusion confusion = {0};
-    double loss_sum = 0;
-    int64_t samples = 0;
     if (!images || !masks) {
         fisher_errorf(err, "out of memory for an evaluation batch of %d at %dx%d", B, H, W);
         goto out;
     }
-    for (int64_t i = 0; i < batches; i++) {
+    for (int64_t i = first; i < first + count; i++) {
         int real = next_batch(batch_ctx, i, images, masks, B, H, W, err);
         if (real < 0) goto out;
         const float *logits = fisher_segformer_forward(m, images, 0);
         /* per sample, so that a short last batch weighs what it holds */
         for (int b = 0; b < real && b < B; b++) {
             size_t at = (size_t)b * per_sample;
-            loss_sum += fisher_seg_loss(NULL, logits + at, masks + at, per_sample, dice_weight);
-            fisher_confusion_add(&confusion, logits + at, masks + at, per_sample);
-            samples++;
+            sums->loss_sum += fisher_seg_loss(NULL, logits + at, masks + at, per_sample, dice_weight);
+            fisher_confusion_add(&sums->confusion, logits + at, masks + at, per_sample);
+            sums->samples++;
         }
     }
-    *metrics = fisher_confusion_metrics(&confusion);
-    if (mean_loss) *mean_loss = samples ? loss_sum / (double)samples : 0.0;
     rc = 0;
 out:
     free(images), free(masks);
     return rc;
+}
+
+int fisher_eval_sums_allreduce(fisher_eval_sums *sums, fisher_comm *comm, fisher_error *err) {
+    if (!comm) return 0;
+    fisher_confusion *c = &sums->confusion;
+    double x[6] = {sums->loss_sum, (double)sums->samples, (double)c->tp, (double)c->fp, (double)c->fn,
+                   (double)c->tn};
+    if (fisher_comm_sum_f64(comm, x, 6, err)) return -1;
+    sums->loss_sum = x[0], sums->samples = (int64_t)x[1];
+    c->tp = (int64_t)x[2], c->fp = (int64_t)x[3], c->fn = (int64_t)x[4], c->tn = (int64_t)x[5];
+    return 0;
+}
+
+void fisher_eval_sums_metrics(const fisher_eval_sums *sums, fisher_seg_metrics *metrics,
+                              double *mean_loss) {
+    *metrics = fisher_confusion_metrics(&sums->confusion);
+    if (mean_loss) *mean_loss = sums->samples ? sums->loss_sum / (double)sums->samples : 0.0;
+}
+
+int fisher_evaluate(fisher_segformer *m, int64_t batches, int B, int H, int W, float dice_weight,
+                    fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
+                    double *mean_loss, fisher_error *err) {
+    if (batches < 1) return fisher_errorf(err, "evaluation needs at least one batch");
+    fisher_eval_sums sums = {0};
+    if (fisher_evaluate_sums(m, 0, batches, B, H, W, dice_weight, next_batch, batch_ctx, &sums, err))
+        return -1;
+    fisher_eval_sums_metrics(&sums, metrics, mean_loss);
+    return 0;
 }
 
 int64_t fisher_train(fisher_segformer *m, const fisher_train_config *cfg, fisher_batch_fn next_batch,

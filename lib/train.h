@@ -130,6 +130,28 @@ int fisher_evaluate(fisher_segformer *m, int64_t batches, int B, int H, int W, f
                     fisher_batch_fn next_batch, void *batch_ctx, fisher_seg_metrics *metrics,
                     double *mean_loss, fisher_error *err);
 
+/* What an evaluation adds up, before it becomes metrics: kept apart so
+ * that the ranks of a data-parallel job (issue 9) can each evaluate some
+ * of the batches and all-reduce these sums into the metrics of all. */
+typedef struct {
+    double loss_sum;           /* Σ per-sample loss */
+    int64_t samples;           /* real samples */
+    fisher_confusion confusion;
+} fisher_eval_sums;
+
+/* fisher_evaluate's work on batches [first, first + count) only, ADDED
+ * into *sums (zero it first). count may be 0 (a rank with no batch).
+ * Returns 0, or -1 with err set. */
+int fisher_evaluate_sums(fisher_segformer *m, int64_t first, int64_t count, int B, int H, int W,
+                         float dice_weight, fisher_batch_fn next_batch, void *batch_ctx,
+                         fisher_eval_sums *sums, fisher_error *err);
+/* *sums ← Σ over comm's ranks of *sums (one all-reduce of 6 doubles; the
+ * counts are exact below 2^53 pixels); NULL comm: nothing. 0, or -1. */
+int fisher_eval_sums_allreduce(fisher_eval_sums *sums, fisher_comm *comm, fisher_error *err);
+/* The metrics and mean per-sample loss (0 without samples) of sums. */
+void fisher_eval_sums_metrics(const fisher_eval_sums *sums, fisher_seg_metrics *metrics,
+                              double *mean_loss);
+
 typedef struct {
     int threads;               /* see fisher_set_threads; 0 keeps the current setting */
     int batch_size;

@@ -4,7 +4,7 @@
  * batch.
  *
  * The ranks are threads of this process talking through an in-process
- * communicator (a pthread barrier and shared pointers; rank 0 adds the
+ * communicator (thread_comm.h: a pthread barrier and shared pointers; rank 0 adds the
  * ranks' buffers in rank order, so every rank gets the same bits, run after
  * run — the contract of comm.h). Each rank thread sets one compute thread
  * (OpenBLAS and OpenMP): the ranks already occupy the cores, and reductions
@@ -53,76 +53,7 @@
 #include "segformer.h"
 #include "synth.h"
 #include "train.h"
-
-/* ------------------------------------------- the in-process communicator */
-
-#define MAX_RANKS 4
-
-typedef struct {
-    pthread_barrier_t barrier;
-    int size;
-    void *bufs[MAX_RANKS];
-    size_t ns[MAX_RANKS];
-    void *sum;
-    int bad;
-    int calls; /* collectives completed (rank 0 counts) */
-} hub;
-
-static void hub_init(hub *h, int size) {
-    memset(h, 0, sizeof *h);
-    h->size = size;
-    pthread_barrier_init(&h->barrier, NULL, (unsigned)size);
-}
-
-static void hub_destroy(hub *h) { pthread_barrier_destroy(&h->barrier); }
-
-/* Every rank posts its buffer; rank 0 sums them in rank order into a shared
- * result (or notes that the ranks disagree on n); every rank copies the
- * result; rank 0 frees it once all have. */
-static int hub_allreduce(fisher_comm *c, void *x, size_t n, int f64, fisher_error *err) {
-    hub *h = c->ctx;
-    size_t elem = f64 ? sizeof(double) : sizeof(float);
-    h->bufs[c->rank] = x, h->ns[c->rank] = n;
-    pthread_barrier_wait(&h->barrier);
-    if (c->rank == 0) {
-        h->bad = 0;
-        for (int r = 0; r < h->size; r++) h->bad |= h->ns[r] != n;
-        if (!h->bad && !(h->sum = calloc(n ? n : 1, elem))) h->bad = 1;
-        for (int r = 0; !h->bad && r < h->size; r++)
-            for (size_t i = 0; i < n; i++) {
-                if (f64) ((double *)h->sum)[i] += ((const double *)h->bufs[r])[i];
-                else ((float *)h->sum)[i] += ((const float *)h->bufs[r])[i];
-            }
-        h->calls++;
-    }
-    pthread_barrier_wait(&h->barrier);
-    int bad = h->bad;
-    if (!bad) memcpy(x, h->sum, n * elem);
-    pthread_barrier_wait(&h->barrier);
-    if (c->rank == 0) free(h->sum), h->sum = NULL;
-    if (bad) return fisher_errorf(err, "rank %d: the ranks disagree on the all-reduce's length", c->rank);
-    return 0;
-}
-
-static int hub_f64(fisher_comm *c, double *x, size_t n, fisher_error *err) {
-    return hub_allreduce(c, x, n, 1, err);
-}
-
-static int hub_f32(fisher_comm *c, float *x, size_t n, fisher_error *err) {
-    return hub_allreduce(c, x, n, 0, err);
-}
-
-static fisher_comm hub_comm(hub *h, int rank) {
-    return (fisher_comm){rank, h->size, hub_f64, hub_f32, h};
-}
-
-/* Runs fn(args[r]) on `size` threads, rank r's arg being args + r·arg_size. */
-static void run_ranks(int size, void *(*fn)(void *), void *args, size_t arg_size) {
-    pthread_t th[MAX_RANKS];
-    for (int r = 0; r < size; r++)
-        assert_int_equal(pthread_create(&th[r], NULL, fn, (char *)args + (size_t)r * arg_size), 0);
-    for (int r = 0; r < size; r++) pthread_join(th[r], NULL);
-}
+#include "thread_comm.h"
 
 static float max_abs_diff(const float *a, const float *b, size_t n) {
     float m = 0;

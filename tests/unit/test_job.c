@@ -52,6 +52,25 @@ static void test_spec_errors_name_the_field(void **state) {
     expect_field_error("{\"normalization\": {\"std\": [1e-50, 1, 1]}}", "normalization.std[0]", "(0, 10]");
     expect_field_error("{\"augment\": {\"scale\": [1.5, 0.5]}}", "augment.scale", "low ≤ high");
     expect_field_error("[1, 2]", "", "JSON object");
+    /* distributed (issue 9) */
+    expect_field_error("{\"distributed\": 2}", "distributed", "must be an object");
+    expect_field_error("{\"distributed\": {\"hosts\": 2}}", "distributed.hosts", "unknown field");
+    expect_field_error("{\"distributed\": {\"ranks\": 0}}", "distributed.ranks", "[1, 64]");
+    expect_field_error("{\"batch_size\": 128, \"distributed\": {\"ranks\": 65}}", "distributed.ranks", "[1, 64]");
+    expect_field_error("{\"distributed\": {\"ranks\": 3}}", "distributed.ranks",
+                       "batch_size 4 does not divide by 3 ranks");
+    expect_field_error("{\"batch_size\": 6, \"distributed\": {\"ranks\": 4}}", "distributed.ranks",
+                       "must be a multiple of ranks");
+    expect_field_error("{\"distributed\": {\"hostfile\": 1}}", "distributed.hostfile", "must be a string");
+    expect_field_error("{\"distributed\": {\"hostfile\": \"../etc/hosts\"}}", "distributed.hostfile",
+                       "plain file name in the hostfile folder");
+    expect_field_error("{\"distributed\": {\"hostfile\": \"a b\"}}", "distributed.hostfile", "got ' '");
+    expect_field_error("{\"distributed\": {\"hostfile\": \"h\\u00e9\"}}", "distributed.hostfile",
+                       "non-ASCII");
+    expect_field_error("{\"distributed\": {\"hostfile\": \"..\"}}", "distributed.hostfile", "not '..'");
+    expect_field_error("{\"distributed\": {\"hostfile\": \"."
+                       "0123456789012345678901234567890123456789012345678901234567890123\"}}",
+                       "distributed.hostfile", "longer than 63");
     fisher_job_spec s;
     fisher_job_spec_defaults(&s);
     fisher_error err = {{0}};
@@ -95,7 +114,8 @@ static void test_spec_round_trip(void **state) {
                        " \"betas\": [0.8, 0.99]}, \"steps\": 77, \"early_stopping\": {\"patience\": 3},"
                        " \"seed\": 12345678901, \"strategy\": \"fisher\", \"fisher\": {\"estimator\": \"ema\","
                        " \"ema_interval\": 5, \"slice_mode\": \"column\", \"metric\": \"mean_js\","
-                       " \"lambda\": 0.5, \"js_ema_decay\": 0.8, \"gammas\": [0.7, 0.9]}}";
+                       " \"lambda\": 0.5, \"js_ema_decay\": 0.8, \"gammas\": [0.7, 0.9]},"
+                       " \"batch_size\": 8, \"distributed\": {\"ranks\": 4, \"hostfile\": \"rack-2.hosts\"}}";
     fisher_job_spec a, b;
     fisher_job_spec_defaults(&a);
     fisher_error err = {{0}};
@@ -110,6 +130,8 @@ static void test_spec_round_trip(void **state) {
     assert_int_equal(a.fisher.slice_columns, 1);
     assert_true(a.fisher.lambda == 0.5 && a.fisher.drift.js_ema_decay == 0.8 && a.fisher.gamma0 == 0.7);
     assert_int_equal(a.fisher.freeze_interval, 300); /* unset: the reference trainer's default */
+    assert_int_equal(a.ranks, 4);
+    assert_string_equal(a.hostfile, "rack-2.hosts");
     /* the JSON is the canonical form: writing what was read and reading it back changes nothing */
     char *text = fisher_job_spec_to_json(&a);
     fisher_job_spec_defaults(&b);
@@ -117,6 +139,11 @@ static void test_spec_round_trip(void **state) {
     char *again = fisher_job_spec_to_json(&b);
     assert_string_equal(text, again);
     assert_true(b.fisher.lambda == 0.5 && b.fisher.gamma1 == 0.9 && b.steps == 77);
+    assert_true(b.ranks == 4 && b.batch_size == 8 && !strcmp(b.hostfile, "rack-2.hosts"));
+    /* and the defaults: one process on this machine */
+    fisher_job_spec_defaults(&b);
+    assert_int_equal(b.ranks, 1);
+    assert_string_equal(b.hostfile, "");
     free(text), free(again);
 }
 
