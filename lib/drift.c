@@ -900,6 +900,10 @@ ema_row_avx512(ema_pass *ps, float *ema, float sr, const float *h, size_t C, lan
     uint8_t bins[16];
     uint32_t keys[16];
     for (; c + 16 <= C; c += 16) {
+        /* the EMA streams from memory (15 MB a step on mit-b0) and rows
+         * are short: the hardware prefetcher alone left the loads waiting
+         * (1 thread: 16.9 -> 14.4 ms of drift a step, best of 20) */
+        _mm_prefetch((const char *)(ema + c) + 1024, _MM_HINT_T0);
         __m512 e = _mm512_loadu_ps(ema + c);
         __m512 cv = _mm512_mul_ps(s, _mm512_loadu_ps(h + c));
         __m512 z = _mm512_add_ps(_mm512_mul_ps(keep, e), _mm512_mul_ps(take, cv));
@@ -914,7 +918,8 @@ ema_row_avx512(ema_pass *ps, float *ema, float sr, const float *h, size_t C, lan
         __mmask16 past = _mm512_cmpge_epu32_mask(_mm512_and_si512(d, in_span), _mm512_srli_epi32(entry, 6)); \
         __m512i b = _mm512_mask_add_epi32(guess, past, guess, one);                                          \
         _mm_storeu_si128((__m128i *)bins, _mm512_cvtepi32_epi8(_mm512_mask_mov_epi32(outside, in, b)));     \
-        for (int l = 0; l < 16; l++) (counts)[l % LANES][bins[l]]++;                                         \
+        /* unrolled: constant lane offsets, one byte load and one add each */                           \
+        _Pragma("GCC unroll 16") for (int l = 0; l < 16; l++) (counts)[l % LANES][bins[l]]++;               \
     } while (0)
         BIN16(e, lanes);
         if (cur_lanes) BIN16(cv, *cur_lanes);
