@@ -157,16 +157,18 @@ static int evaluate_on(fisher_segformer *m, fisher_dataset *ds, const fisher_job
                        int64_t step, const char *label, const fisher_job_callbacks *cb,
                        fisher_comm *comm, fisher_job_eval *out, fisher_error *err) {
     fisher_loader *l = fisher_loader_create(ds, s->batch_size, 0, NULL, 0, err);
-    if (!l) return -1;
-    int64_t batches = fisher_loader_batches_per_epoch(l), first = 0, count = batches;
-    if (comm) {
-        first = batches * comm->rank / comm->size;
-        count = batches * (comm->rank + 1) / comm->size - first;
-    }
     fisher_eval_sums sums = {0};
-    int rc = fisher_evaluate_sums(m, first, count, s->batch_size, s->image_size, s->image_size,
+    int rc = -1;
+    if (l) {
+        int64_t batches = fisher_loader_batches_per_epoch(l), first = 0, count = batches;
+        if (comm) {
+            first = batches * comm->rank / comm->size;
+            count = batches * (comm->rank + 1) / comm->size - first;
+        }
+        rc = fisher_evaluate_sums(m, first, count, s->batch_size, s->image_size, s->image_size,
                                   s->dice_weight, loader_batch, l, &sums, err);
-    fisher_loader_free(l);
+        fisher_loader_free(l);
+    }
     /* a rank that failed still takes part, so the others do not wait forever */
     if (comm && agree_failure(comm, rc != 0, "evaluating", err)) return -1;
     if (rc || fisher_eval_sums_allreduce(&sums, comm, err)) return -1;
@@ -468,7 +470,10 @@ setup_done:
             (long long)s->fisher.freeze_interval);
     }
 
-    if (t.method && cb && cb->on_groups && report_groups(cb, &t, err)) goto out;
+    {
+        int bad = t.method && cb && cb->on_groups && report_groups(cb, &t, err);
+        if (comm ? agree_failure(comm, bad, "listing the parameter groups", err) : bad) goto out;
+    }
     fisher_job_eval ev;
     double step_seconds_sum = 0;
     int64_t steps_run = 0;

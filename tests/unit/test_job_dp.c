@@ -618,6 +618,48 @@ static void test_ranks_must_fit(void **state) {
     rm_tree(d);
 }
 
+/* A failure one rank has alone ends the run on every rank, none left
+ * waiting in a collective: the failed rank with its own error, the others
+ * with one naming it. Rank 1 cannot read the checkpoint it is to resume
+ * from (its own folder stands in for a path its host cannot see); rank 0
+ * cannot write its files. */
+static void test_one_rank_failing_stops_all(void **state) {
+    (void)state;
+    fisher_job_spec s = dp_spec(FISHER_STRATEGY_FULL);
+    s.steps = 2;
+    s.n_zero_shot = 0;
+    char d0[64], d1[64];
+    make_dir(d0, sizeof d0, "fail0"), make_dir(d1, sizeof d1, "fail1");
+    static job_rank ranks[2];
+    hub h;
+    seen *none[] = {NULL, NULL};
+    const char *dirs[] = {d0, d0};
+    setup_ranks(ranks, 2, &h, &s, dirs, none, 0);
+    run_and_check(ranks, 2, &h); /* a checkpoint in d0 */
+
+    const char *split[] = {d0, d1};
+    setup_ranks(ranks, 2, &h, &s, split, none, 1);
+    run_ranks(2, job_main, ranks, sizeof *ranks);
+    hub_destroy(&h);
+    for (int r = 0; r < 2; r++) printf("  rank %d: %s\n", r, ranks[r].err.msg);
+    assert_int_equal(ranks[0].rc, -1), assert_int_equal(ranks[1].rc, -1);
+    assert_non_null(strstr(ranks[0].err.msg, "rank 1 of 2 failed setting up"));
+    assert_non_null(strstr(ranks[1].err.msg, d1)); /* its own: the missing file */
+
+    char gone[80];
+    snprintf(gone, sizeof gone, "%s/no/such/dir", d1);
+    const char *unwritable[] = {gone, d1};
+    setup_ranks(ranks, 2, &h, &s, unwritable, none, 0);
+    run_ranks(2, job_main, ranks, sizeof *ranks);
+    hub_destroy(&h);
+    for (int r = 0; r < 2; r++) printf("  rank %d: %s\n", r, ranks[r].err.msg);
+    assert_int_equal(ranks[0].rc, -1), assert_int_equal(ranks[1].rc, -1);
+    assert_non_null(strstr(ranks[0].err.msg, gone));
+    assert_non_null(strstr(ranks[1].err.msg, "rank 0 of 2 failed writing the checkpoint"));
+    assert_true(dir_is_empty(d1));
+    rm_tree(d0), rm_tree(d1);
+}
+
 /* A shard of a loader is exactly those rows of the whole batch — the same
  * samples, the same augmentation, across an epoch's reshuffle, handed over
  * by the prefetch thread (synthetic data is decoded on demand) — and its
@@ -673,6 +715,7 @@ int main(void) {
         cmocka_unit_test(test_two_ranks_as_one_process_fisher),
         cmocka_unit_test(test_two_ranks_as_one_process_full),
         cmocka_unit_test(test_cancel_on_one_rank_then_resume),
+        cmocka_unit_test(test_one_rank_failing_stops_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
