@@ -25,5 +25,6 @@ int fisherd_train(int argc, char **argv);
 int fisherd_predict(int argc, char **argv);
 int fisherd_eval(int argc, char **argv);
 int fisherd_dataset(int argc, char **argv);
+int fisherd_worker(int argc, char **argv);
 
 #endif

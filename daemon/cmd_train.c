@@ -145,7 +145,9 @@ static void usage(FILE *out) {
             "  --image-size N     square input side, 32..2048\n"
             "  --lr X             AdamW learning rate\n"
             "  --seed N           init, shuffling and augmentation seed\n"
-            "  --threads N        compute threads\n");
+            "  --threads N        compute threads\n"
+            "  --one-process      a spec with distributed.ranks N > 1: compute here, in one\n"
+            "                     process, what its N ranks would (the same numbers, no MPI)\n");
 }
 
 int fisherd_train(int argc, char **argv) {
@@ -156,14 +158,14 @@ int fisherd_train(int argc, char **argv) {
         {"image-size", required_argument, 0, 'i'}, {"lr", required_argument, 0, 'l'},
         {"seed", required_argument, 0, 'e'},  {"threads", required_argument, 0, 't'},
         {"strategy", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"one-process", no_argument, 0, '1'}, {0, 0, 0, 0},
     };
     /* Options are collected first and applied over the spec file, so they
      * override it whatever their order on the command line. */
     const char *out_dir = NULL, *config = NULL, *base = NULL, *strategy = NULL;
     long steps = 0, epochs = 0, batch = 0, size = 0, seed = -1, threads = 0;
     float lr = 0;
-    int c;
+    int c, one_process = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -179,6 +181,7 @@ int fisherd_train(int argc, char **argv) {
         case 'l': bad = cli_parse_float("--lr", optarg, 1e-12, 1, &lr); break;
         case 'e': bad = cli_parse_long("--seed", optarg, 0, 1L << 62, &seed); break;
         case 't': bad = cli_parse_long("--threads", optarg, 1, 256, &threads); break;
+        case '1': one_process = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -205,6 +208,19 @@ int fisherd_train(int argc, char **argv) {
         free(text);
         if (bad) {
             fprintf(stderr, "fisherd: %s: %s\n", spec_path, err.msg);
+            return 2;
+        }
+        /* A distributed spec run here by mistake would take N times as
+         * long as asked for, on one machine; run on purpose (--one-process)
+         * it computes what the N ranks would (job.h: the statistics are
+         * averaged over N shards as across ranks) — the issue-9 proof's
+         * one-process side. */
+        if (spec.ranks > 1 && !one_process) {
+            fprintf(stderr,
+                    "fisherd train: %s asks for distributed.ranks = %d: submit it to the daemon (POST "
+                    "/api/v1/jobs), or run it as `mpirun -np %d fisherd worker --spec %s --out DIR`, or pass "
+                    "--one-process to compute it here in one process\n",
+                    spec_path, spec.ranks, spec.ranks, spec_path);
             return 2;
         }
     }

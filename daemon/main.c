@@ -8,6 +8,7 @@
  *
  *   fisherd serve    the long-running daemon: REST API, dashboard, jobs on
  *                    worker threads, everything stored in SQLite (cmd_serve.c)
+ *   fisherd worker   one rank of a distributed job, under mpirun (cmd_worker.c)
  */
 #include <stdio.h>
 #include <string.h>
@@ -27,6 +28,7 @@ static void usage(FILE *out) {
             "  predict             segment one image with a trained model\n"
             "  eval                metrics of a model on a folder or synthetic dataset\n"
             "  dataset synth       write synthetic crack images as a folder dataset\n"
+            "  worker              one rank of a distributed job: mpirun -np N fisherd worker ...\n"
             "\n"
             "  fisherd --help | --version\n");
 }
@@ -51,6 +53,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "predict")) return fisherd_predict(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return fisherd_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "dataset")) return fisherd_dataset(argc - 1, argv + 1);
+    if (!strcmp(cmd, "worker")) return fisherd_worker(argc - 1, argv + 1);
     fprintf(stderr, "fisherd: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
