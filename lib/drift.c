@@ -369,10 +369,41 @@ typedef struct {
 #define LUT_BIN(e) ((int)((e) & 63u))
 #define LUT_EDGE(e) ((e) >> 6)
 
-static uint32_t least_key_reaching(double edge, int strictly) {
+/* A lower bound on log_of_key(k) − log_of_key(k − 1) as computed (k ≥ 1),
+ * less twice LOG_MARGIN; ≤ 0 when there is none to rely on (both keys
+ * round to the same y = x + 1e-12). With y_k − y_{k−1} exact (neighbours:
+ * Sterbenz), the true difference log10(y_k / y_{k−1}) is at least
+ * (y_k − y_{k−1}) / y_k / ln 10; the factor covers this bound's own two
+ * roundings. LOG_MARGIN is far above log10's error on values below 40 in
+ * magnitude (a few ulps, ~1e-14), and far below the ~5e-8 between the log
+ * values of two neighbouring normal floats. */
+#define LOG_MARGIN 1e-12
+static double key_gap(uint32_t k) {
+    float a, b;
+    uint32_t k1 = k - 1;
+    memcpy(&a, &k, sizeof a), memcpy(&b, &k1, sizeof b);
+    double ya = (double)a + JS_EPS, yb = (double)b + JS_EPS;
+    return (ya - yb) / ya / 2.302585092994046 * (1 - 1e-9) - 2 * LOG_MARGIN;
+}
+
+/* The least key whose log value reaches edge (passes it when strictly),
+ * KEY_INF if none; y is about the value at the edge, 10^edge − 1e-12, to
+ * start within an ulp or two. Log values ascend with keys, so the answer
+ * is unique, whatever the start. Usually one log decides: when the start's
+ * log value lies within the gap to its neighbour of the edge, the
+ * neighbour is known to lie on the other side (key_gap) and its log is not
+ * taken. */
+static uint32_t least_key_reaching(double edge, int strictly, double y) {
 #define REACHES(k) (strictly ? log_of_key(k) > edge : log_of_key(k) >= edge)
-    double y = pow(10.0, edge) - JS_EPS; /* the value at the edge, to land within an ulp or two */
     uint32_t k = !(y > 0) ? 0 : y >= FLT_MAX ? KEY_INF : key_of((float)y);
+    if (k > 0 && k + 1 < KEY_INF) {
+        double v = log_of_key(k);
+        if (strictly ? v > edge : v >= edge) {
+            if (v - edge < key_gap(k)) return k;           /* k − 1 falls short */
+        } else if (edge - v < key_gap(k + 1)) {
+            return k + 1;                                   /* k + 1 reaches */
+        }
+    }
     while (k > 0 && REACHES(k - 1)) k--;
     while (k < KEY_INF && !REACHES(k)) k++;
     return k;
@@ -380,8 +411,12 @@ static uint32_t least_key_reaching(double edge, int strictly) {
 }
 
 static void make_key_bins(key_bins *kb, const bins *h) {
-    for (int i = 0; i < JS_BINS; i++) kb->t[i] = least_key_reaching(h->edges[i], 0);
-    kb->t[JS_BINS] = least_key_reaching(h->high, 1);
+    /* the starts 10^edge_i as 10^low · (10^step)^i: one multiply an edge,
+     * not a pow (edge_i = i·step + low; the error, ~1e-14, is far inside
+     * the ulp the search starts from) */
+    double at = pow(10.0, h->low), ratio = pow(10.0, (h->high - h->low) / JS_BINS);
+    for (int i = 0; i < JS_BINS; i++, at *= ratio) kb->t[i] = least_key_reaching(h->edges[i], 0, at - JS_EPS);
+    kb->t[JS_BINS] = least_key_reaching(h->high, 1, pow(10.0, h->high) - JS_EPS);
     kb->span = kb->t[JS_BINS] - kb->t[0];
     kb->shift = 0;
     while ((kb->span >> kb->shift) >= LUT_SIZE) kb->shift++;
@@ -592,14 +627,29 @@ static void to_distribution(double *p, const uint64_t *counts) {
     for (int i = 0; i < JS_BINS; i++) p[i] /= sum;
 }
 
+/* Equal counts make equal probabilities, and so equal terms: bins whose
+ * pair of counts is small (empty in one or both, as most bins of a small
+ * chunk are) take their terms from the first bin with the same pair, not
+ * two more logs. */
+#define JS_MEMO 4
+
 static double js_of_counts(const uint64_t *count_ref, const uint64_t *count_cur) {
-    double p[JS_BINS], q[JS_BINS], kl_pm = 0, kl_qm = 0;
+    double p[JS_BINS], q[JS_BINS], kl_pm = 0, kl_qm = 0, memo[JS_MEMO][JS_MEMO][2];
+    uint8_t known[JS_MEMO][JS_MEMO] = {{0}};
     to_distribution(p, count_ref);
     to_distribution(q, count_cur);
     for (int i = 0; i < JS_BINS; i++) {
-        double m = (p[i] + q[i]) / 2;
-        kl_pm += p[i] * log(p[i] / m);
-        kl_qm += q[i] * log(q[i] / m);
+        uint64_t a = count_ref[i], b = count_cur[i];
+        double *t = a < JS_MEMO && b < JS_MEMO ? memo[a][b] : NULL;
+        if (!t || !known[a][b]) {
+            double m = (p[i] + q[i]) / 2, tp = p[i] * log(p[i] / m), tq = q[i] * log(q[i] / m);
+            if (t) t[0] = tp, t[1] = tq, known[a][b] = 1;
+            kl_pm += tp;
+            kl_qm += tq;
+        } else {
+            kl_pm += t[0];
+            kl_qm += t[1];
+        }
     }
     double js = 0.5 * kl_pm + 0.5 * kl_qm;
     return sqrt(js > 0 ? js : 0);
@@ -657,8 +707,13 @@ static int js_log(const both *a, float *ema, float keep, float take, fisher_drif
     make_bins(&h, low, high);
     uint64_t cr[JS_BINS] = {0}, cc[JS_BINS] = {0};
     if (a->n < DIRECT_MAX) {
+        /* a run of equal values (a norm or bias chunk whose S is 0.2
+         * throughout, and its EMA) takes one log */
+        uint32_t last = UINT32_MAX;
+        int b = -1;
         for (size_t i = 0; i < a->n; i++) {
-            int b = bin_of(&h, log_of_key(key_at(a, i)));
+            uint32_t k = key_at(a, i);
+            if (k != last) b = bin_of(&h, log_of_key(k)), last = k;
             if (b >= 0) (i < a->n_ref ? cr : cc)[b]++;
         }
     } else {
