@@ -6,7 +6,11 @@
  *                 the list of running jobs (their threads are joined here)
  *   worker        one per running job: fisher_job_run and its callbacks,
  *                 which copy what they report into job_msg records and push
- *                 them (blocking when the queue's budget is spent)
+ *                 them (blocking when the queue's budget is spent); for a
+ *                 distributed job, mpirun's pipes and job_stream_read,
+ *                 which calls the same callbacks
+ *   mpi stderr    one per distributed job: mpirun's stderr, and the
+ *                 cancel's grace (SIGTERM, SIGKILL to its process group)
  *   any thread    sched_submit / _cancel / _delete: a command on the
  *                 command list, the doorbell, then a wait for the loop
  *
@@ -26,22 +30,31 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
 #include <malloc.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "job.h"
+#include "job_stream.h"
 #include "log.h"
 #include "record_queue.h"
 #include "safetensors.h"
+#include "serve_config.h"
 
 #define DEFAULT_QUEUE_BYTES (64u << 20)
 #define DEFAULT_CHECKPOINT_INTERVAL 200
@@ -97,6 +110,9 @@ struct sched {
     store *db;
     sched_config cfg;
     char data_dir[PATH_MAX - 256];   /* room for /jobs/j_<id>/model.safetensors */
+    char mpirun[PATH_MAX];           /* distributed jobs: the launcher, */
+    char hostfile_dir[PATH_MAX];     /* their hostfiles ("" = this machine only), */
+    char self_exe[PATH_MAX];         /* and the fisherd each rank runs */
     record_queue *records;
     pthread_mutex_t lock;            /* commands, and `answered` */
     pthread_cond_t answered;
@@ -267,6 +283,335 @@ static void on_checkpoint_begin(void *ctx, int64_t step) {
     free(m);
 }
 
+/* ------------------------------------------------------------ a distributed run
+ *
+ * The job's thread launches `mpirun ... fisherd worker` and reads rank 0's
+ * record stream through job_stream_read with the callbacks above. mpirun
+ * runs in a process group of its own with PDEATHSIG, so a daemon killed
+ * outright takes it along (and the ranks go with mpirun: the workers set
+ * PDEATHSIG themselves) before a restarted daemon resumes the job in the
+ * same folder. Its stderr is read on a thread of its own (a full pipe would
+ * stall mpirun): lines go to the log at info, and the ones that say which
+ * rank failed where are kept for the job's reason. */
+
+#define MPI_CANCEL_GRACE 30.0       /* seconds a cancelled MPI job has to end by itself */
+#define MPI_KILL_GRACE 5.0          /* then after SIGTERM, before SIGKILL */
+#define MPI_TAIL 8192
+
+typedef struct {
+    running_job *j;
+    int fd;                          /* mpirun's stderr */
+    pid_t pid;                       /* mpirun, leader of its process group */
+    pthread_mutex_t lock;
+    int stream_ended;                /* the job's thread reaps mpirun from now on: no signals here */
+    double drain_until;              /* mpirun reaped: read what is left until then (0: not yet) */
+    double cancel_seen;              /* when this thread saw the cancel (0: not yet) */
+    int termed, killed;
+    char tail[MPI_TAIL];             /* the last bytes of stderr, whole lines */
+    size_t tail_len;
+    char rank_reason[1024];          /* first "fisherd worker: rank R on HOST: MESSAGE" */
+    char signal_reason[512];         /* first "process rank R ... on node HOST exited on signal N (Name)" */
+} mpi_watch;
+
+static double now_mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* What a line of mpirun's stderr says about a failed rank, if anything. */
+static void mpi_line(mpi_watch *w, char *line) {
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\r' || line[n - 1] == ' ')) line[--n] = 0;
+    if (!n) return;
+    log_msg(LOG_INFO, w->j->id, "mpi: %s", line);
+    if (n + 1 > MPI_TAIL) line += n + 1 - MPI_TAIL, n = MPI_TAIL - 1;
+    if (w->tail_len + n + 1 > MPI_TAIL) { /* keep whole lines: drop the oldest */
+        size_t drop = w->tail_len + n + 1 - MPI_TAIL;
+        char *nl = memchr(w->tail + drop, '\n', w->tail_len - drop);
+        drop = nl ? (size_t)(nl - w->tail) + 1 : w->tail_len;
+        memmove(w->tail, w->tail + drop, w->tail_len - drop);
+        w->tail_len -= drop;
+    }
+    memcpy(w->tail + w->tail_len, line, n);
+    w->tail_len += n;
+    w->tail[w->tail_len++] = '\n';
+
+    const char *at = strstr(line, "fisherd worker: rank ");
+    if (at && !w->rank_reason[0]) {
+        int rank, used = 0;
+        char host[256];
+        if (sscanf(at, "fisherd worker: rank %d on %255[^:]: %n", &rank, host, &used) == 2 && used)
+            snprintf(w->rank_reason, sizeof w->rank_reason, "rank %d on %s: %.400s", rank, host, at + used);
+    }
+    at = strstr(line, "process rank ");
+    const char *node = at ? strstr(at, " on node ") : NULL, *sig = node ? strstr(node, " exited on signal ") : NULL;
+    if (sig && !w->signal_reason[0]) {
+        int rank;
+        char host[256];
+        if (sscanf(at, "process rank %d", &rank) == 1 && sscanf(node, " on node %255s", host) == 1) {
+            const char *what = sig + strlen(" exited on signal ");
+            int wl = (int)strlen(what);
+            if (wl && what[wl - 1] == '.') wl--;
+            snprintf(w->signal_reason, sizeof w->signal_reason, "rank %d on %s exited on signal %.*s", rank, host,
+                     wl > 200 ? 200 : wl, what);
+        }
+    }
+}
+
+/* Reads mpirun's stderr until it ends, and enforces the cancel's grace:
+ * an MPI job that has not ended MPI_CANCEL_GRACE after the cancel (a rank
+ * stuck, a remote host gone) gets SIGTERM, then SIGKILL. */
+static void *mpi_stderr_main(void *arg) {
+    mpi_watch *w = arg;
+    char buf[4096], line[2048];
+    size_t ll = 0;
+    for (;;) {
+        struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, 100);
+        if (pr > 0) {
+            ssize_t n = read(w->fd, buf, sizeof buf);
+            if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+            if (n <= 0) break;
+            for (ssize_t i = 0; i < n; i++) {
+                if (buf[i] != '\n' && ll < sizeof line - 1) {
+                    line[ll++] = buf[i];
+                    continue;
+                }
+                line[ll] = 0, ll = 0;
+                mpi_line(w, line);
+                if (buf[i] != '\n') line[ll++] = buf[i]; /* an overlong line goes on as the next */
+            }
+        }
+        double t = now_mono();
+        pthread_mutex_lock(&w->lock);
+        int stop = w->drain_until > 0 && t > w->drain_until;
+        if (!w->stream_ended && w->j->cancel) {
+            if (!w->cancel_seen) w->cancel_seen = t;
+            if (!w->termed && t - w->cancel_seen > MPI_CANCEL_GRACE) {
+                log_msg(LOG_WARN, w->j->id, "the MPI job did not end within %.0f s of the cancel: SIGTERM",
+                        MPI_CANCEL_GRACE);
+                kill(-w->pid, SIGTERM), w->termed = 1;
+            } else if (!w->killed && t - w->cancel_seen > MPI_CANCEL_GRACE + MPI_KILL_GRACE) {
+                log_msg(LOG_WARN, w->j->id, "the MPI job ignored SIGTERM: SIGKILL");
+                kill(-w->pid, SIGKILL), w->killed = 1;
+            }
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (stop) break;
+    }
+    if (ll) line[ll] = 0, mpi_line(w, line);
+    return NULL;
+}
+
+static int pipe_cloexec(int fds[2]) {
+    if (pipe(fds)) return -1;
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC), fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+}
+
+/* Writes text to path through a temporary and a rename: a worker never
+ * reads half a spec. 0, or -1 with err. */
+static int write_file_atomic(const char *path, const char *text, fisher_error *err) {
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return fisher_errorf(err, "cannot write %s: %s", tmp, strerror(errno));
+    int bad = fputs(text, f) < 0 || fputc('\n', f) == EOF;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path)) {
+        unlink(tmp);
+        return fisher_errorf(err, "cannot write %s: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+/* Waits for mpirun; after grace seconds SIGTERM to its group, MPI_KILL_GRACE
+ * later SIGKILL. Its wait status. */
+static int reap_mpirun(pid_t pid, double grace) {
+    double start = now_mono();
+    int termed = 0, killed = 0, status = 0;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid || (r < 0 && errno != EINTR)) return r == pid ? status : -1;
+        double t = now_mono() - start;
+        if (!termed && t >= grace) kill(-pid, SIGTERM), termed = 1;
+        if (!killed && t >= grace + MPI_KILL_GRACE) kill(-pid, SIGKILL), killed = 1;
+        usleep(20000);
+    }
+}
+
+/* Runs a job of spec.ranks > 1 under mpirun: as fisher_job_run does, the
+ * return code, result and error of the run. */
+static int run_distributed(running_job *j, const fisher_job_callbacks *cb, fisher_job_result *result,
+                           fisher_error *err) {
+    sched *s = j->s;
+    memset(result, 0, sizeof *result);
+    char mpirun[PATH_MAX];
+    if (serve_find_program(s->mpirun, mpirun, sizeof mpirun))
+        return fisher_errorf(err, "cannot launch its %d ranks: mpirun '%s' not found (install openmpi-bin, or "
+                             "give the daemon --mpirun PATH)", j->spec.ranks, s->mpirun);
+    if (!s->self_exe[0]) return fisher_errorf(err, "cannot launch its ranks: the daemon's own executable is unknown");
+    char hostfile[PATH_MAX + 80] = "";
+    if (j->spec.hostfile[0]) {
+        if (!s->hostfile_dir[0])
+            return fisher_errorf(err, "cannot launch: it names hostfile '%s' but the daemon has no --hostfile-dir",
+                                 j->spec.hostfile);
+        snprintf(hostfile, sizeof hostfile, "%s/%s", s->hostfile_dir, j->spec.hostfile);
+    }
+    /* this machine: the job's thread budget spread over its ranks; other
+     * machines: each rank has its own (the spec's, capped by --threads) */
+    int threads = j->spec.threads;
+    if (!hostfile[0]) {
+        int per = s->cfg.threads / j->spec.ranks;
+        if (per < threads) threads = per;
+    }
+    if (threads < 1) threads = 1;
+
+    /* absolute: ranks on other hosts start in a folder of their own choosing */
+    char out_dir[PATH_MAX], spec_path[PATH_MAX + 16];
+    if (!realpath(j->out_dir, out_dir)) return fisher_errorf(err, "cannot resolve %s: %s", j->out_dir, strerror(errno));
+    snprintf(spec_path, sizeof spec_path, "%s/spec.json", out_dir);
+    char *spec_text = fisher_job_spec_to_json(&j->spec);
+    if (!spec_text) return fisher_errorf(err, "out of memory writing its spec");
+    int wrc = write_file_atomic(spec_path, spec_text, err);
+    free(spec_text);
+    if (wrc) return -1;
+
+    char np[16], nthreads[16];
+    snprintf(np, sizeof np, "%d", j->spec.ranks);
+    snprintf(nthreads, sizeof nthreads, "%d", threads);
+    const char *argv[32];
+    int argc = 0;
+    argv[argc++] = mpirun;
+    if (geteuid() == 0) argv[argc++] = "--allow-run-as-root";
+    argv[argc++] = "-np", argv[argc++] = np;
+    if (hostfile[0]) argv[argc++] = "--hostfile", argv[argc++] = hostfile;
+    else argv[argc++] = "--oversubscribe"; /* more ranks than cores is fine for a test, if slow */
+    argv[argc++] = "--bind-to", argv[argc++] = "none"; /* the ranks' OpenMP threads choose their cores */
+    argv[argc++] = s->self_exe, argv[argc++] = "worker";
+    argv[argc++] = "--spec", argv[argc++] = spec_path;
+    argv[argc++] = "--out", argv[argc++] = out_dir;
+    if (j->resume) argv[argc++] = "--resume";
+    argv[argc++] = "--threads", argv[argc++] = nthreads;
+    argv[argc] = NULL;
+    char cmdline[PATH_MAX * 4] = "";
+    for (int i = 0; i < argc; i++) {
+        size_t l = strlen(cmdline);
+        snprintf(cmdline + l, sizeof cmdline - l, "%s%s", i ? " " : "", argv[i]);
+    }
+    log_msg(LOG_INFO, j->id, "launching: %s", cmdline);
+
+    /* close-on-exec: another job's mpirun must not hold these open */
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1};
+    if (pipe_cloexec(in) || pipe_cloexec(out) || pipe_cloexec(errp)) {
+        fisher_errorf(err, "cannot make pipes for mpirun: %s", strerror(errno));
+        for (int i = 0; i < 2; i++) {
+            if (in[i] >= 0) close(in[i]);
+            if (out[i] >= 0) close(out[i]);
+            if (errp[i] >= 0) close(errp[i]);
+        }
+        return -1;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* the child of a threaded process: async-signal-safe calls only */
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127); /* the daemon died already */
+        dup2(in[0], 0), dup2(out[1], 1), dup2(errp[1], 2);
+#ifdef SYS_close_range
+        if (syscall(SYS_close_range, 3, ~0u, 0))
+#endif
+            for (int fd = 3; fd < 4096; fd++) close(fd);
+        signal(SIGPIPE, SIG_DFL); /* the daemon ignores it; exec would keep that */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(mpirun, (char *const *)argv);
+        static const char msg[] = "fisherd: cannot execute mpirun\n";
+        ssize_t ignored = write(2, msg, sizeof msg - 1);
+        (void)ignored;
+        _exit(127);
+    }
+    int fork_errno = errno;
+    close(in[0]), close(out[1]), close(errp[1]);
+    if (pid < 0) {
+        close(in[1]), close(out[0]), close(errp[0]);
+        return fisher_errorf(err, "cannot start mpirun: %s", strerror(fork_errno));
+    }
+    setpgid(pid, pid); /* also here: whichever runs first, the group exists before any signal */
+
+    mpi_watch *w = calloc(1, sizeof *w);
+    pthread_t reader;
+    int have_reader = 0;
+    if (w) {
+        w->j = j, w->fd = errp[0], w->pid = pid;
+        pthread_mutex_init(&w->lock, NULL);
+        have_reader = !pthread_create(&reader, NULL, mpi_stderr_main, w);
+    }
+    if (!have_reader) { /* cannot watch it: stop it rather than let stderr fill up */
+        log_msg(LOG_ERROR, j->id, "cannot read mpirun's stderr; stopping it");
+        kill(-pid, SIGKILL);
+    }
+
+    int wrc_rc = 0;
+    fisher_error run_err = {{0}}, stream_err = {{0}};
+    int got = job_stream_read(out[0], in[1], cb, &j->cancel, &wrc_rc, result, &run_err, &stream_err);
+    if (w) {
+        pthread_mutex_lock(&w->lock);
+        w->stream_ended = 1;
+        pthread_mutex_unlock(&w->lock);
+    }
+    /* EOF on rank 0's stdin and on mpirun's stdout: nothing more is read */
+    close(in[1]), close(out[0]);
+    if (got < 0) kill(-pid, SIGTERM); /* not a job stream: whatever runs there is not ours to wait for */
+    int status = reap_mpirun(pid, got < 0 ? 0 : MPI_CANCEL_GRACE);
+    if (have_reader) {
+        pthread_mutex_lock(&w->lock);
+        w->drain_until = now_mono() + 2.0; /* ranks on other hosts may still hold stderr */
+        pthread_mutex_unlock(&w->lock);
+        pthread_join(reader, NULL);
+    }
+    close(errp[0]);
+
+    char exit_text[64];
+    if (status < 0) snprintf(exit_text, sizeof exit_text, "cannot be waited for");
+    else if (WIFEXITED(status)) snprintf(exit_text, sizeof exit_text, "exited with status %d", WEXITSTATUS(status));
+    else snprintf(exit_text, sizeof exit_text, "was killed by signal %d", WTERMSIG(status));
+    int rc;
+    if (got == 1) {
+        rc = wrc_rc;
+        if (rc) *err = run_err;
+        if (status) log_msg(LOG_WARN, j->id, "mpirun %s after the run reported its end", exit_text);
+    } else if (got < 0) {
+        rc = fisher_errorf(err, "the MPI job's output is not a job stream: %s", stream_err.msg);
+    } else if (j->cancel) {
+        /* cancelled and then gone without a last word (killed after the
+         * grace): it stopped as asked, from its last checkpoint */
+        memset(result, 0, sizeof *result);
+        result->cancelled = 1;
+        rc = 0;
+    } else {
+        const char *last = "";
+        char last_line[512] = "";
+        if (w && w->tail_len) {
+            w->tail[w->tail_len - 1] = 0; /* the final newline */
+            const char *nl = strrchr(w->tail, '\n');
+            snprintf(last_line, sizeof last_line, "%.500s", nl ? nl + 1 : w->tail);
+            last = last_line;
+        }
+        if (w && w->signal_reason[0]) rc = fisher_errorf(err, "%s", w->signal_reason);
+        else if (w && w->rank_reason[0]) rc = fisher_errorf(err, "%s", w->rank_reason);
+        else rc = fisher_errorf(err, "the MPI job ended without a result: mpirun %s%s%s", exit_text,
+                                last[0] ? ": " : "", last);
+    }
+    if (w) pthread_mutex_destroy(&w->lock);
+    free(w);
+    return rc;
+}
+
 static void worker_main(void *arg) {
     running_job *j = arg;
     fisher_job_callbacks cb = {.ctx = j, .on_log = on_log, .on_groups = on_groups,
@@ -276,7 +621,8 @@ static void worker_main(void *arg) {
     job_msg *done = calloc(1, sizeof *done);
     fisher_job_result result;
     fisher_error err = {{0}};
-    int rc = (j->resume ? fisher_job_resume : fisher_job_run)(&j->spec, j->out_dir, &cb, &j->cancel, &result, &err);
+    int rc = j->spec.ranks > 1 ? run_distributed(j, &cb, &result, &err)
+             : (j->resume ? fisher_job_resume : fisher_job_run)(&j->spec, j->out_dir, &cb, &j->cancel, &result, &err);
     if (!done) { /* nothing can be told: the loop learns it from the thread's end at stop */
         log_msg(LOG_ERROR, j->id, "out of memory reporting the end of the run");
         return;
@@ -728,6 +1074,11 @@ int sched_start(uv_loop_t *loop, store *db, const sched_config *cfg, sched **out
     if (s->cfg.max_jobs < 1) s->cfg.max_jobs = 1;
     if (s->cfg.threads < 1) s->cfg.threads = 1;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
+    snprintf(s->mpirun, sizeof s->mpirun, "%s", cfg->mpirun && cfg->mpirun[0] ? cfg->mpirun : "mpirun");
+    snprintf(s->hostfile_dir, sizeof s->hostfile_dir, "%s", cfg->hostfile_dir ? cfg->hostfile_dir : "");
+    /* the path, not /proc/self/exe: mpirun execs it (on other hosts too) */
+    ssize_t n = readlink("/proc/self/exe", s->self_exe, sizeof s->self_exe - 1);
+    s->self_exe[n > 0 ? n : 0] = 0;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->answered, NULL);
     s->records = record_queue_create(cfg->queue_bytes ? cfg->queue_bytes : DEFAULT_QUEUE_BYTES, ring, s);
