@@ -27,7 +27,9 @@ store what rank 0 streams back exactly as a local job's records. Here:
   the daemon stays healthy and runs the next job; the daemon SIGKILLed
   mid-run takes its MPI job along (no rank left writing the job's folder),
   and after a restart the job resumes from rank 0's checkpoint with no
-  hole in its history and the freeze decisions of the uninterrupted run.
+  hole in its history and the freeze decisions of the uninterrupted run
+  (after a SIGTERM stop first: the cancel down the stream, a checkpoint,
+  interrupted, resumed).
 
 Every daemon listens on 127.0.0.1 on a port picked here and is stopped by
 its PID; every process the tests look for is found through /proc by its
@@ -229,8 +231,8 @@ def test_a_rank_killed_fails_the_job_naming_it_and_the_daemon_carries_on(tmp_pat
 
 
 @needs_mpi
-def test_daemon_killed_mid_run_resumes_the_job_with_no_hole(tmp_path):
-    # long enough (~2 s here) that the kill surely lands mid-run
+def test_daemon_stopped_then_killed_mid_run_resumes_the_job_with_no_hole(tmp_path):
+    # long enough (~2 s here) that both interruptions surely land mid-run
     steps = 150
     s = spec(2, steps=steps, checkpoint_interval=5)
     uninterrupted = run_one_process(tmp_path, s)
@@ -238,30 +240,39 @@ def test_daemon_killed_mid_run_resumes_the_job_with_no_hole(tmp_path):
     d = Daemon(data).start()
     status, job = d.post("/api/v1/jobs", s)
     assert status == 201, job
-    running = d.wait_step(job["id"], 12, timeout=60)
-    out_dir = running["out_dir"]
+    out_dir = d.wait_step(job["id"], 12, timeout=60)["out_dir"]
     assert len(processes_of(out_dir)) >= 3  # mpirun and both ranks
-    d.stop(signal.SIGKILL)
-    # mpirun dies with the daemon (PDEATHSIG), the ranks with mpirun
+    # SIGTERM: the cancel goes down the stream, rank 0 checkpoints, the job is interrupted
+    t0 = time.time()
+    assert d.stop() == 0 and time.time() - t0 < 10
     wait_gone(out_dir, timeout=5)
-    d2 = Daemon(data).start()
+    d = Daemon(data).start()
+    stopped_at = d.get(f"/api/v1/jobs/{job['id']}")[1]
+    assert stopped_at["checkpoint"]["step"] >= 12, stopped_at
+    d.wait_step(job["id"], stopped_at["checkpoint"]["step"] + 20, timeout=60)
+    # SIGKILL: mpirun dies with the daemon (PDEATHSIG), the ranks with mpirun
+    d.stop(signal.SIGKILL)
+    wait_gone(out_dir, timeout=5)
+    d = Daemon(data).start()
     try:
-        done = d2.wait(job["id"], timeout=90)
-        assert done["status"] == "succeeded", (done, d2.log.read_text()[-3000:])
+        done = d.wait(job["id"], timeout=90)
+        assert done["status"] == "succeeded", (done, d.log.read_text()[-3000:])
         statuses = [e["status"] for e in done["events"]]
-        assert statuses[-3:] == ["queued", "running", "succeeded"] and "interrupted" in statuses, statuses
-        assert any("continues from step" in (e["reason"] or "") and "step 0" not in e["reason"]
-                   for e in done["events"]), done["events"]
-        got = history(d2, job["id"])
+        assert statuses == ["queued", "running", "interrupted", "queued", "running", "interrupted", "queued",
+                            "running", "succeeded"], statuses
+        resumed = [int(e["reason"].rsplit(" ", 1)[1]) for e in done["events"]
+                   if "continues from step" in (e["reason"] or "")]
+        assert len(resumed) == 2 and 0 < resumed[0] < resumed[1] < steps, done["events"]
+        got = history(d, job["id"])
         assert got["loss"]["step"] == list(range(1, steps + 1))  # no hole, no step twice
         last = max(got["groups"], key=lambda g: g["frozen_at"] if g["frozen_at"] is not None else steps)
         upto = last["frozen_at"] if last["frozen_at"] is not None else steps
-        assert drift_steps(d2, job["id"], last["key"])[:upto // 2] == list(range(0, upto, 2))
+        assert drift_steps(d, job["id"], last["key"])[:upto // 2] == list(range(0, upto, 2))
         # resumed exactly as if never stopped: the uninterrupted run's decisions
         assert got["freezes"] == uninterrupted["freezes"]
         assert close(got["job"]["result"]["val"]["loss"], uninterrupted["final_val"]["loss"])
     finally:
-        d2.stop()
+        d.stop()
 
 
 # ------------------------------------------------------------ refusals
