@@ -102,7 +102,7 @@ class Job:
             rec = json.loads(line)  # anything but a JSON line on rank 0's stdout fails here
             self.records.append(rec)
             if rec["kind"] == "checkpoint_begin":
-                self.send("ack")
+                self.send("ack")  # a no-op once stdin is closed: the end releases the wait too
             if self.on_record:
                 self.on_record(self, rec)
 
@@ -110,7 +110,7 @@ class Job:
         try:
             self.proc.stdin.write(line.encode() + b"\n")
             self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
+        except (BrokenPipeError, ValueError):  # ValueError: closed on purpose
             pass
 
     def wait(self, timeout=120):
@@ -122,7 +122,7 @@ class Job:
         self._err.join(10)
         try:
             self.proc.stdin.close()
-        except BrokenPipeError:
+        except (BrokenPipeError, ValueError):
             pass
         return rc
 
@@ -297,12 +297,18 @@ def test_mpirun_killed_takes_every_rank_along(tmp_path):
         job.kill()
 
 
-def test_cancel_line_stops_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("how", ["cancel line", "stdin closed"])
+def test_cancel_stops_with_a_checkpoint(tmp_path, how):
+    """The daemon's "cancel", or its end (mpirun's stdin closed: rank 0 sees
+    the end of its own), stops every rank after a step with a checkpoint."""
     (tmp_path / "spec.json").write_text(json.dumps(spec("fisher", steps=100000, image_size=32)))
 
     def watch(job, rec):
         if rec["kind"] == "progress" and rec["step"] == 3:
-            job.send("cancel")
+            if how == "cancel line":
+                job.send("cancel")
+            else:
+                job.proc.stdin.close()
 
     job = Job(2, tmp_path / "spec.json", tmp_path / "out", on_record=watch)
     assert job.wait(60) == 0, job.err()
