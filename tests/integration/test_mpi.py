@@ -84,8 +84,9 @@ class Job:
     """mpirun running workers, with the daemon's side of the stream: every
     record is parsed as it arrives and every checkpoint_begin acked."""
 
-    def __init__(self, np_, spec_path, out, on_record=None):
-        self.proc = subprocess.Popen(mpirun_cmd(np_, spec_path, out), stdin=subprocess.PIPE,
+    def __init__(self, np_, spec_path, out, on_record=None, resume=False):
+        self.proc = subprocess.Popen(mpirun_cmd(np_, spec_path, out, *(["--resume"] if resume else [])),
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.records, self.stderr = [], b""
         self.on_record = on_record
@@ -318,6 +319,31 @@ def test_cancel_stops_with_a_checkpoint(tmp_path, how):
     assert 3 <= steps < 100
     assert [r["step"] for r in job.kinds("checkpoint")] == [steps]
     assert (tmp_path / "out" / "checkpoint.safetensors").exists()
+
+
+def test_resume_ends_where_the_uninterrupted_run_does(tmp_path):
+    """Cancelled after step 5, then `--resume`d from rank 0's checkpoint: the
+    same weights, bit for bit, and the same freeze decisions as one run."""
+    (tmp_path / "spec.json").write_text(json.dumps(spec("fisher", steps=12, image_size=32)))
+    whole = Job(2, tmp_path / "spec.json", tmp_path / "whole")
+    assert whole.wait() == 0, whole.err()
+
+    def cancel_at_5(job, rec):
+        if rec["kind"] == "progress" and rec["step"] == 5:
+            job.send("cancel")
+
+    first = Job(2, tmp_path / "spec.json", tmp_path / "parts", on_record=cancel_at_5)
+    assert first.wait() == 0, first.err()
+    stopped = first.records[-1]["result"]["steps_done"]
+    assert first.records[-1]["result"]["cancelled"] and stopped < 12
+    second = Job(2, tmp_path / "spec.json", tmp_path / "parts", resume=True)
+    assert second.wait() == 0, second.err()
+    assert [p["step"] for p in second.kinds("progress")] == list(range(stopped + 1, 13))
+    assert second.records[-1]["result"]["steps_done"] == 12
+    assert decisions(first.records + second.records) == decisions(whole.records)
+    a = read_safetensors(tmp_path / "whole" / "model.safetensors")
+    b = read_safetensors(tmp_path / "parts" / "model.safetensors")
+    assert a == b
 
 
 @pytest.mark.parametrize("np_,ranks", [(1, 2), (2, 1)])
