@@ -165,8 +165,9 @@ static int evaluate_on(fisher_segformer *m, fisher_dataset *ds, const fisher_job
             first = batches * comm->rank / comm->size;
             count = batches * (comm->rank + 1) / comm->size - first;
         }
-        rc = fisher_evaluate_sums(m, first, count, s->batch_size, s->image_size, s->image_size,
-                                  s->dice_weight, loader_batch, l, &sums, err);
+        if (batches < 1) fisher_errorf(err, "evaluation needs at least one batch"); /* as fisher_evaluate */
+        else rc = fisher_evaluate_sums(m, first, count, s->batch_size, s->image_size, s->image_size,
+                                       s->dice_weight, loader_batch, l, &sums, err);
         fisher_loader_free(l);
     }
     /* a rank that failed still takes part, so the others do not wait forever */
@@ -493,9 +494,12 @@ setup_done:
                 goto out;
             }
             if (x[1] > 0) {
-                if (got >= 0)
+                if (got >= 0 && x[1] == 1)
                     fisher_errorf(err, "rank %d of %d could not load its batch of step %lld (its own error "
                                   "says why); every rank stops", (int)x[2], ranks, (long long)step + 1);
+                else if (got >= 0)
+                    fisher_errorf(err, "%d of %d ranks could not load their batches of step %lld (their own "
+                                  "errors say why); every rank stops", (int)x[1], ranks, (long long)step + 1);
                 goto out;
             }
             if (x[0] > 0) {
