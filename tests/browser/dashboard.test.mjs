@@ -372,6 +372,21 @@ test('compare overlays two jobs', async () => {
   await shot('compare');
 });
 
+test('a distributed job says how many ranks it has, and a local one says nothing new', async () => {
+  const dp = await apiPost('/jobs', { ...smallJob('browser-2-ranks', 'fisher', 20), distributed: { ranks: 2 } });
+  await waitJob(dp.id, ['succeeded']);
+  await page.goto(`${base}/#/job/${dp.id}`);
+  await page.waitForSelector('main[data-ready]');
+  assert.equal(await page.locator('#job-ranks dd').innerText(), '2 ranks');
+  await page.goto(`${base}/#/jobs`);
+  const row = page.locator(`#jobs-table tr[data-id="${dp.id}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /fisher · 2 ranks/);
+  await page.goto(`${base}/#/job/${liveId}`);
+  await page.waitForSelector('main[data-ready]');
+  assert.equal(await page.locator('#job-ranks').count(), 0, 'a local job has no rank count');
+});
+
 test('a running job can be cancelled, then deleted', async () => {
   const long = await apiPost('/jobs', smallJob('browser-cancel', 'fisher', 100000));
   await waitJob(long.id, ['running'], 30000);
