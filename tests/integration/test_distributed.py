@@ -21,7 +21,9 @@ store what rank 0 streams back exactly as a local job's records. Here:
 - what the daemon does with whatever mpirun does, through a stand-in
   mpirun (a script) that records its command line and then misbehaves on
   cue: garbage on stdout, a worker's failure line, mpirun's own report of
-  a rank killed by a signal, a bare non-zero exit;
+  a rank killed by a signal, a bare non-zero exit; deaf to a cancel and
+  to SIGTERM (the job is cancelled by SIGKILL to mpirun's process group
+  35 s on, the daemon answering meanwhile: the one slow test here);
 - with the real mpirun: cancel ends every process of the job; a rank
   SIGKILLed fails the job with a reason naming the rank and the host, and
   the daemon stays healthy and runs the next job; the daemon SIGKILLed
@@ -319,6 +321,13 @@ json.dump({"argv": args, "pid": os.getpid(), "pgid": os.getpgid(0)}, open(os.pat
 if name == "garbage":
     print("hello, this is not a job stream", flush=True)
     time.sleep(60)
+elif name == "stubborn":
+    # deaf to the cancel and to SIGTERM, and not alone in its process group
+    import signal, subprocess
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(["sleep", "600"])
+    open(os.path.join(out, "child.pid"), "w").write(str(child.pid))
+    time.sleep(600)
 elif name == "worker-fails":
     sys.stderr.write("fisherd worker: rank 1 on node7: cannot read the dataset\\n")
     sys.exit(1)
@@ -386,5 +395,36 @@ def test_whatever_mpirun_does_the_job_ends_saying_why(tmp_path):
         # the stand-in that streamed garbage and then slept is gone
         pid = launched("garbage")[0]["pid"]
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        d.stop()
+
+
+def test_a_cancel_the_mpi_job_ignores_ends_in_sigkill_to_its_process_group(tmp_path):
+    """~35 s: the grace of a cancel (30 s), then SIGTERM, then SIGKILL 5 s later."""
+    fake = tmp_path / "mpirun"
+    fake.write_text(FAKE_MPIRUN)
+    fake.chmod(0o755)
+    d = Daemon(tmp_path / "var", "--mpirun", str(fake)).start()
+    try:
+        status, job = d.post("/api/v1/jobs", spec(2, name="stubborn"))
+        out = Path(job["out_dir"] or "")
+        deadline = time.time() + 10
+        while not (out / "child.pid").exists() and time.time() < deadline:
+            out = Path(d.get(f"/api/v1/jobs/{job['id']}")[1]["out_dir"] or "")
+            time.sleep(0.1)
+        pids = [json.loads((out / "fake.json").read_text())["pid"], int((out / "child.pid").read_text())]
+        t0 = time.time()
+        assert d.post(f"/api/v1/jobs/{job['id']}/cancel", None)[0] == 202
+        time.sleep(2)
+        assert d.get(f"/api/v1/jobs/{job['id']}")[1]["status"] == "running"  # still within the grace
+        assert d.get("/healthz")[0] == 200
+        done = d.wait(job["id"], timeout=60)
+        took = time.time() - t0
+        assert done["status"] == "cancelled", done
+        assert 30 <= took < 50, took
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        log = d.log.read_text()
+        assert "did not end within 30 s of the cancel: SIGTERM" in log and "ignored SIGTERM: SIGKILL" in log
     finally:
         d.stop()
