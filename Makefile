@@ -36,7 +36,7 @@ DAEMON_PKGS := libmicrohttpd sqlite3 libuv
 DAEMON_LIBS := $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 # Open MPI's header, for the one file that speaks MPI (daemon/mpi_comm.c).
 # libmpi is not linked: `fisherd worker` loads it, so `fisherd serve` does
-# not carry it (~0.9 MB of resident memory; see mpi_comm.c).
+# not carry it (~1 MB of resident memory; see mpi_comm.c).
 MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
@@ -304,7 +304,7 @@ run: deps
 bench: deps torch-deps
 	$(MAKE) all
 	mkdir -p $(BUILD)/bench
-	$(CC) $(CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c daemon/cli.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c daemon/cli.c daemon/mpi_comm.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
 	dpkg-query -W -f='$${Status}' wrk 2>/dev/null | grep -q 'ok installed' || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }; /usr/bin/python3 tests/bench/serve_bench.py --bin $(BUILD)/fisherd $(filter --quick,$(BENCH_ARGS))
 	/usr/bin/python3 tests/bench/e2e.py --bin $(BUILD)/fisherd

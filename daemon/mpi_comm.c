@@ -3,11 +3,12 @@
  * with Open MPI opened by dlopen in the worker alone.
  *
  * Why not link it: libmpi and what it pulls in (libopen-rte, libopen-pal,
- * hwloc, libevent, ...) were ~0.9 MB more of `fisherd serve`'s idle
- * resident memory (10.1 → 11.0 MB VmRSS after start, median of 5; the
- * daemon's target is < 20 MB after a benchmark) and ~1 ms more start-up,
- * for a daemon that never calls MPI itself: it runs `mpirun fisherd
- * worker`. notify.c does the same with libsystemd.
+ * hwloc, libevent, ...) were ~1 MB more of `fisherd serve`'s idle
+ * resident memory (VmRSS after start 10.1 → 11.0-11.3 MB, medians of 5
+ * starts, measured twice; the daemon's target is < 20 MB after a
+ * benchmark) and a few ms more start-up, for a daemon that never calls MPI
+ * itself: it runs `mpirun fisherd worker`. notify.c does the same with
+ * libsystemd.
  *
  * The price of dlopen is the handles. Open MPI's MPI_COMM_WORLD, MPI_FLOAT,
  * MPI_SUM, ... are addresses of its global objects (mpi.h:
