@@ -83,7 +83,8 @@ static int load_spec(fisher_job_spec *spec, const char *path, const fisher_comm 
     fclose(f);
     if (failed || len > MAX_SPEC) {
         free(text);
-        return fisher_errorf(err, "%s: %s", path, !text ? "out of memory" : failed ? "cannot read it" : "larger than 1 MiB");
+        return fisher_errorf(err, "%s: %s", path,
+                             !text ? "out of memory" : failed ? "cannot read it" : "larger than 1 MiB");
     }
     text[len] = '\0';
     char field[128] = "";
