@@ -7,7 +7,7 @@
 #   make fuzz     the libFuzzer targets (clang), FUZZ_SECONDS (300) each
 #   make run      the daemon on 127.0.0.1:8080 (REST API, dashboard), data in ./var
 #   make install  the daemon, dashboard, systemd unit, man page (PREFIX=/usr/local, DESTDIR)
-#   make bench    C vs PyTorch, drift and freezing, a whole job, the API; one
+#   make bench    C vs PyTorch, drift and freezing, 1 vs 2 MPI ranks, a whole job, the API; one
 #                 table of ratios into README.md
 #   make fixtures regenerate the PyTorch golden files (needs python3-torch)
 #   make clean
@@ -306,6 +306,7 @@ bench: deps torch-deps
 	mkdir -p $(BUILD)/bench
 	$(CC) $(CFLAGS) $(MPI_CFLAGS) tests/bench/bench_step.c daemon/openmp_env.c daemon/cli.c daemon/mpi_comm.c -o $(BUILD)/bench/bench_step $(BUILD)/libfisher.a $(LDLIBS)
 	/usr/bin/python3 tests/bench/step.py --bin $(BUILD)/bench/bench_step $(BENCH_ARGS)
+	/usr/bin/python3 tests/bench/dp.py --bin $(BUILD)/bench/bench_step $(filter --quick,$(BENCH_ARGS))
 	dpkg-query -W -f='$${Status}' wrk 2>/dev/null | grep -q 'ok installed' || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }; /usr/bin/python3 tests/bench/serve_bench.py --bin $(BUILD)/fisherd $(filter --quick,$(BENCH_ARGS))
 	/usr/bin/python3 tests/bench/e2e.py --bin $(BUILD)/fisherd
 	/usr/bin/python3 tests/bench/report.py --readme

@@ -16,6 +16,12 @@
  * early); --frozen-spread F takes the same share F of every tensor's row
  * chunks, so tensors stay partly live and only row-level skipping can pay.
  *
+ * With --mpi it is one rank of a data-parallel step (issue 9), run as
+ * `mpirun -np N bench_step --mpi ...` (tests/bench/dp.py): --batch is the
+ * global batch, each rank steps on its B/N rows through the communicator
+ * `fisherd worker` uses (daemon/mpi_comm.c), and rank 0 alone prints, adding
+ * the ranks and what the last timed step all-reduced.
+ *
  * Prints ONE JSON line on stdout (the driver parses it):
  *     {"impl":"c","config":"mit-b0","size":128,"batch":4,"threads":2,
  *      "step_ms":[...reps values...],"maxrss_mb":...,"sgemm_gflops":...,"sgemm_n":...}
@@ -33,6 +39,7 @@
 #include <time.h>
 
 #include "../../daemon/cli.h"
+#include "../../daemon/mpi_comm.h"
 #include "../../daemon/openmp_env.h"
 #include "loss.h"
 #include "optim.h"
@@ -61,13 +68,14 @@ typedef struct {
     double frozen;             /* fisher: fraction of chunks frozen before timing, earliest layers first */
     double frozen_spread;      /* fisher: fraction of chunks frozen before timing, that share of
                                 * every tensor's chunks */
+    int mpi;                   /* one rank of mpirun's world, on its rows of the global batch */
 } bench_args;
 
 
 static void usage(FILE *out) {
     fprintf(out, "usage: bench_step --config NAME --size N --batch B --threads T --warmup W "
                  "--reps R [--strategy S] [--ema-interval N] [--frozen FRACTION | "
-                 "--frozen-spread FRACTION]\n");
+                 "--frozen-spread FRACTION] [--mpi]\n");
 }
 
 /* Returns 0, or 2 (the exit status) after printing what was wrong. */
@@ -78,10 +86,10 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         {"warmup", required_argument, 0, 'w'}, {"reps", required_argument, 0, 'r'},
         {"strategy", required_argument, 0, 'S'}, {"ema-interval", required_argument, 0, 'E'},
         {"frozen", required_argument, 0, 'F'}, {"frozen-spread", required_argument, 0, 'P'},
-        {"help", no_argument, 0, 'h'},
+        {"mpi", no_argument, 0, 'M'}, {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    *a = (bench_args){"tiny", 64, 8, 1, 2, 5, "full", 1, 0.0, 0.0};
+    *a = (bench_args){"tiny", 64, 8, 1, 2, 5, "full", 1, 0.0, 0.0, 0};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -106,6 +114,7 @@ static int parse_args(bench_args *a, int argc, char **argv) {
             a->frozen_spread = f;
             break;
         }
+        case 'M': a->mpi = 1; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return 2;
         }
@@ -186,9 +195,17 @@ static double peak_rss_mb(void) {
     return (double)kib / 1024.0;
 }
 
-/* Prints the result line; ms holds reps step times. Returns 0 or -1. */
+/* --mpi: the ranks, and what the last timed step all-reduced (train.h). */
+typedef struct {
+    int ranks;
+    uint64_t bytes, grad_bytes, calls;
+} dp_traffic;
+
+/* Prints the result line; ms holds reps step times; dp is NULL without
+ * --mpi. Returns 0 or -1. */
 static int print_result(const bench_args *a, const double *ms, double maxrss_mb,
-                        double sgemm_gflops, int sgemm_n, size_t trainable, size_t parameters) {
+                        double sgemm_gflops, int sgemm_n, size_t trainable, size_t parameters,
+                        const dp_traffic *dp) {
     json_t *steps = json_array();
     for (long i = 0; i < a->reps; i++) json_array_append_new(steps, json_real(ms[i]));
     json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:o, s:f, s:f, s:i, s:s, s:i, s:f, s:f, s:I, "
@@ -199,6 +216,11 @@ static int print_result(const bench_args *a, const double *ms, double maxrss_mb,
                           a->strategy, "ema_interval", (int)a->ema_interval, "frozen", a->frozen,
                           "frozen_spread", a->frozen_spread, "params_trainable",
                           (json_int_t)trainable, "parameters", (json_int_t)parameters);
+    if (o && dp)
+        json_object_update_missing_new(
+            o, json_pack("{s:i, s:I, s:I, s:I}", "ranks", dp->ranks, "allreduce_bytes",
+                         (json_int_t)dp->bytes, "grad_allreduce_bytes", (json_int_t)dp->grad_bytes,
+                         "allreduce_calls", (json_int_t)dp->calls));
     /* Six significant digits: the timer resolves microseconds at best. */
     char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6))
                    : NULL;
@@ -226,8 +248,21 @@ int main(int argc, char **argv) {
      * exactly as a fisherd training run does. */
     fisher_set_threads((int)a.threads);
 
-    int B = (int)a.batch, H = (int)a.size, W = (int)a.size;
-    size_t npix = (size_t)B * H * W, nlab = npix * (size_t)cfg.num_labels;
+    fisher_comm comm = {0};
+    if (a.mpi) {
+        if (mpi_comm_init(&argc, &argv, &comm, &err)) {
+            fprintf(stderr, "bench_step: %s\n", err.msg);
+            return 1;
+        }
+        if (a.batch % comm.size) {
+            fprintf(stderr, "bench_step: --batch %ld does not divide by %d ranks\n", a.batch, comm.size);
+            mpi_comm_abort(2);
+        }
+    }
+    /* B is this process's rows of the global batch: all of it without --mpi. */
+    int ranks = a.mpi ? comm.size : 1, B = (int)a.batch / ranks, H = (int)a.size, W = (int)a.size;
+    size_t npix = (size_t)a.batch * H * W, nlab = npix * (size_t)cfg.num_labels;
+    size_t rows_from = (size_t)(a.mpi ? comm.rank : 0) * (size_t)B;
     fisher_segformer *m = NULL;
     fisher_trainer t = {0};
     float *images = malloc(npix * (size_t)cfg.num_channels * sizeof(float));
@@ -237,7 +272,7 @@ int main(int argc, char **argv) {
     double *rank = NULL;
     rc = 1;
     if (!images || !masks || !ms) {
-        fprintf(stderr, "bench_step: out of memory for a batch of %d at %dx%d\n", B, H, W);
+        fprintf(stderr, "bench_step: out of memory for a batch of %ld at %dx%d\n", a.batch, H, W);
         goto out;
     }
     if (!(m = fisher_segformer_create(&cfg, &err))) goto fail;
@@ -253,6 +288,7 @@ int main(int argc, char **argv) {
     if (fisher_trainer_init(&t, m, B, H, W, fisher_adamw_defaults(), FISHER_DICE_WEIGHT_DEFAULT,
                             (fisher_strategy)fisher_strategy_parse(a.strategy), &method, &err))
         goto fail;
+    if (a.mpi && fisher_trainer_set_comm(&t, &comm, &err)) goto fail;
     if (a.frozen > 0 || a.frozen_spread > 0) {
         const fisher_chunk *chunks;
         const fisher_layer *layers;
@@ -297,7 +333,9 @@ int main(int argc, char **argv) {
     for (long step = 0; step < a.warmup + a.reps; step++) {
         double t0 = fisher_now_seconds();
         float loss;
-        if (fisher_trainer_step(&t, images, masks, &loss, &err)) goto fail;
+        if (fisher_trainer_step(&t, images + rows_from * H * W * (size_t)cfg.num_channels,
+                                masks + rows_from * H * W * (size_t)cfg.num_labels, &loss, &err))
+            goto fail;
         double dt = fisher_now_seconds() - t0;
         /* A non-finite loss means the engine is broken, and its time means nothing. */
         if (!isfinite(loss)) {
@@ -312,12 +350,18 @@ int main(int argc, char **argv) {
     double maxrss_mb = peak_rss_mb();
 
     size_t trainable = t.params_trainable, parameters = fisher_segformer_params(m)->total;
+    dp_traffic dp = {ranks, t.allreduce_bytes, t.grad_allreduce_bytes, t.allreduce_calls};
     fisher_trainer_free(&t);
     fisher_segformer_free(m), m = NULL;
-    int sgemm_n;
-    double gflops = sgemm_peak(&sgemm_n);
+    /* the ranks share the cores: a peak measured on one of them would not be the machine's */
+    int sgemm_n = 0;
+    double gflops = a.mpi ? 0 : sgemm_peak(&sgemm_n);
 
-    if (print_result(&a, ms, maxrss_mb, gflops, sgemm_n, trainable, parameters)) {
+    if (a.mpi && comm.rank != 0) {
+        rc = 0;
+        goto out;
+    }
+    if (print_result(&a, ms, maxrss_mb, gflops, sgemm_n, trainable, parameters, a.mpi ? &dp : NULL)) {
         fprintf(stderr, "bench_step: cannot format the result\n");
         goto out;
     }
@@ -325,9 +369,14 @@ int main(int argc, char **argv) {
     goto out;
 fail:
     fprintf(stderr, "bench_step: %s\n", err.msg);
+    if (a.mpi) mpi_comm_abort(1); /* the other ranks wait in a collective */
 out:
     fisher_trainer_free(&t);
     fisher_segformer_free(m);
     free(images), free(masks), free(ms), free(order), free(rank);
+    if (a.mpi && mpi_comm_finalize(&err)) {
+        fprintf(stderr, "bench_step: %s\n", err.msg);
+        rc = 1;
+    }
     return rc;
 }

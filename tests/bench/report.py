@@ -9,7 +9,7 @@ run of `make bench`.
     /usr/bin/python3 tests/bench/report.py --readme     and put it in README.md
 
 It reads what the benchmarks left in tests/bench/results/: step.json
-(step.py), serve.json (serve_bench.py), e2e.json (e2e.py); a missing one
+(step.py), dp.json (dp.py), serve.json (serve_bench.py), e2e.json (e2e.py); a missing one
 leaves its rows out and says so. With --readme the table replaces what
 stands between the `bench:summary` markers in README.md's performance
 section, with the date, the sources measured and the command.
@@ -40,13 +40,18 @@ def pct(x):
     return f"{100 * x:+.1f}%"
 
 
+def faster(ratio):
+    """A time ratio (theirs / ours) in words that stay true below 1."""
+    return f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
+
+
 def step_rows(step):
     rows = []
     for r in step["rows"]:
         case = f"{r['config']} {r['size']}×{r['size']}, batch {r['batch']}, {r['threads']} thread" + \
                ("s" if r["threads"] > 1 else "")
         rows.append(("training step", case, f"{r['c_ms']:.1f} ms", f"PyTorch {r['torch_ms']:.1f} ms",
-                     f"{r['speed_ratio']:.2f}× faster"))
+                     faster(r['speed_ratio'])))
         rows.append(("compute", f"{case}: GFLOP/s of the step / sgemm peak",
                      f"{r['c_gflops']:.1f}", f"{r['sgemm_gflops']:.1f}",
                      f"{100 * r['c_gflops'] / r['sgemm_gflops']:.0f}% of peak"))
@@ -85,6 +90,29 @@ def e2e_rows(e2e):
     ]
 
 
+def dp_rows(dp):
+    def row(impl, strategy, frozen, ranks):
+        return next((r for r in dp["rows"] if (r["impl"], r["strategy"], r["frozen"], r["ranks"])
+                     == (impl, strategy, frozen, ranks)), None)
+    rows = []
+    c1, c2, t2 = row("c", "full", 0.0, 1), row("c", "full", 0.0, 2), row("torch", "full", 0.0, 2)
+    if c1 and c2 and t2:
+        rows.append(("data parallel", "mit-b0 128×128, global batch 4, full: step on 2 MPI ranks × 1 thread",
+                     f"{c2['step_ms']:.1f} ms", f"PyTorch DDP {t2['step_ms']:.1f} ms",
+                     faster(t2['step_ms'] / c2['step_ms'])))
+        rows.append(("data parallel", "the same step: 2 ranks × 1 thread vs 1 rank × 2 threads",
+                     f"{c2['step_ms']:.1f} ms", f"1 rank {c1['step_ms']:.1f} ms",
+                     f"{c1['step_ms'] / c2['step_ms']:.2f}× the steps/s"))
+    frozen = [r for r in dp["rows"] if r["impl"] == "c" and r["ranks"] == 2 and r["frozen"] > 0]
+    f0 = row("c", "fisher", 0.0, 2) or c2
+    if frozen and f0:
+        f = max(frozen, key=lambda r: r["frozen"])
+        rows.append(("data parallel", f"bytes all-reduced a step on 2 ranks: {f['frozen']:.0%} of chunks "
+                     "frozen vs none", f"{f['allreduce_bytes'] / 1e6:.2f} MB",
+                     f"{f0['allreduce_bytes'] / 1e6:.2f} MB", f"{f['allreduce_bytes'] / f0['allreduce_bytes']:.2f}×"))
+    return rows
+
+
 def serve_rows(serve):
     rows = []
     idle = {r["request"]: r for r in serve["wrk"] if r["phase"] == "idle"}
@@ -116,9 +144,10 @@ def table(rows):
 
 
 def build():
-    step, serve, e2e = load("step"), load("serve"), load("e2e")
+    step, serve, e2e, dp = load("step"), load("serve"), load("e2e"), load("dp")
     rows, missing, sources = [], [], []
-    for name, data, fn in (("step", step, step_rows), ("e2e", e2e, e2e_rows), ("serve", serve, serve_rows)):
+    for name, data, fn in (("step", step, step_rows), ("dp", dp, dp_rows), ("e2e", e2e, e2e_rows),
+                           ("serve", serve, serve_rows)):
         if data is None:
             missing.append(name)
             continue
