@@ -47,6 +47,7 @@ struct fisher_method {
     uint8_t *keep;
     int *frozen;                   /* per chunk, for reports */
     size_t *live_idx;
+    size_t *by_size;               /* chunk indices, largest first: the order threads take them in */
 };
 
 /* ------------------------------------------------------------ chunking */
@@ -79,6 +80,10 @@ static int add_chunks(fisher_method *fm, int ti, int layer, fisher_error *err) {
     (void)err;
     return 0;
 }
+
+/* Chunk x goes before chunk y: larger, or as large and earlier. */
+#define BEFORE_BY_SIZE(fm, x, y) \
+    ((fm)->chunks[x].size > (fm)->chunks[y].size || ((fm)->chunks[x].size == (fm)->chunks[y].size && (x) < (y)))
 
 fisher_method *fisher_method_create(fisher_segformer *m, const fisher_method_config *cfg,
                                     fisher_error *err) {
@@ -126,9 +131,21 @@ fisher_method *fisher_method_create(fisher_segformer *m, const fisher_method_con
     fm->keep = malloc(fm->n_chunks);
     fm->frozen = malloc(fm->n_chunks * sizeof *fm->frozen);
     fm->live_idx = malloc(fm->n_chunks * sizeof *fm->live_idx);
+    fm->by_size = malloc(fm->n_chunks * sizeof *fm->by_size);
     if (!fm->drift || !fm->scratch || !fm->js || !fm->js_ema || !fm->scores || !fm->keep ||
-        !fm->frozen || !fm->live_idx)
+        !fm->frozen || !fm->live_idx || !fm->by_size)
         goto oom;
+    /* Threads take chunks largest first: the model's largest chunks are its
+     * last (the late encoder, the decode head), and taken in model order
+     * they left one thread measuring them while the other had finished.
+     * Shell sort, stable enough for a fixed order: equal sizes keep index order. */
+    for (size_t c = 0; c < fm->n_chunks; c++) fm->by_size[c] = c;
+    for (size_t gap = fm->n_chunks / 2; gap > 0; gap /= 2)
+        for (size_t i = gap; i < fm->n_chunks; i++)
+            for (size_t j = i; j >= gap && BEFORE_BY_SIZE(fm, fm->by_size[j], fm->by_size[j - gap]); j -= gap) {
+                size_t t = fm->by_size[j];
+                fm->by_size[j] = fm->by_size[j - gap], fm->by_size[j - gap] = t;
+            }
     memset(fm->live, 1, tab->total);
     fm->params_live = tab->total, fm->chunks_live = fm->n_chunks;
     return fm;
@@ -144,7 +161,7 @@ void fisher_method_free(fisher_method *fm) {
     for (size_t c = 0; fm->drift && c < fm->n_chunks; c++) fisher_chunk_drift_free(&fm->drift[c]);
     free(fm->drift), free(fm->chunks), free(fm->est), free(fm->est_H), free(fm->est_S);
     free(fm->empirical), free(fm->live), free(fm->scratch), free(fm->js), free(fm->js_ema);
-    free(fm->scores), free(fm->keep), free(fm->frozen), free(fm->live_idx);
+    free(fm->scores), free(fm->keep), free(fm->frozen), free(fm->live_idx), free(fm->by_size);
     free(fm->h_sorted), free(fm->h_sorted_ok);
     free(fm);
 }
@@ -325,8 +342,9 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r,
         int failed = 0, team = fm->threads < omp_get_max_threads() ? fm->threads : omp_get_max_threads();
         sort_layer_H(fm, team);
         /* chunks are independent: measured in parallel, each thread with its own scratch */
-#pragma omp parallel for schedule(dynamic, 4) num_threads(team) reduction(| : failed)
-        for (size_t c = 0; c < fm->n_chunks; c++) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) reduction(| : failed)
+        for (size_t i = 0; i < fm->n_chunks; i++) {
+            size_t c = fm->by_size[i];
             fm->js[c] = fm->js_ema[c] = NAN;
             if (!fm->chunks[c].live) continue;
             float *scratch = fm->scratch + (size_t)omp_get_thread_num() * fm->scratch_len;
