@@ -297,6 +297,7 @@ static void on_checkpoint_begin(void *ctx, int64_t step) {
 #define MPI_CANCEL_GRACE 30.0       /* seconds a cancelled MPI job has to end by itself */
 #define MPI_KILL_GRACE 5.0          /* then after SIGTERM, before SIGKILL */
 #define MPI_TAIL 8192
+#define MPI_RANKS_KEPT 64           /* the first failure line of ranks 0..63 (FISHER_MAX_RANKS) */
 
 typedef struct {
     running_job *j;
@@ -310,6 +311,7 @@ typedef struct {
     char tail[MPI_TAIL];             /* the last bytes of stderr, whole lines */
     size_t tail_len;
     char rank_reason[1024];          /* first "fisherd worker: rank R on HOST: MESSAGE" */
+    char *rank_line[MPI_RANKS_KEPT]; /* each rank's first such line, "rank R on HOST: MESSAGE" */
     char signal_reason[512];         /* first "process rank R ... on node HOST exited on signal N (Name)" */
 } mpi_watch;
 
@@ -344,6 +346,12 @@ static void mpi_line(mpi_watch *w, char *line) {
         if (sscanf(at, "fisherd worker: rank %d on %255[^:]: %n", &rank, host, &used) == 2 && used)
             snprintf(w->rank_reason, sizeof w->rank_reason, "rank %d on %s: %.400s", rank, host, at + used);
     }
+    if (at) {
+        int rank;
+        if (sscanf(at, "fisherd worker: rank %d", &rank) == 1 && rank >= 0 && rank < MPI_RANKS_KEPT &&
+            !w->rank_line[rank])
+            w->rank_line[rank] = strdup(at + strlen("fisherd worker: "));
+    }
     at = strstr(line, "process rank ");
     const char *node = at ? strstr(at, " on node ") : NULL, *sig = node ? strstr(node, " exited on signal ") : NULL;
     if (sig && !w->signal_reason[0]) {
@@ -357,6 +365,22 @@ static void mpi_line(mpi_watch *w, char *line) {
                      wl > 200 ? 200 : wl, what);
         }
     }
+}
+
+/* A failure one rank relays from another ("rank 0 on a: rank 1 of 2
+ * failed setting up ... (its own error says why)") leads to that rank's
+ * own line when stderr has it: the reason a person needs is the first
+ * rank's, in its words. */
+static const char *root_cause(const mpi_watch *w, const char *reason) {
+    for (int hops = 0; reason && hops < 4; hops++) {
+        const char *at = strstr(reason, ": rank ");
+        int k, n;
+        if (!at || sscanf(at, ": rank %d of %d", &k, &n) != 2 || k < 0 || k >= MPI_RANKS_KEPT || !w->rank_line[k] ||
+            !strcmp(w->rank_line[k], reason))
+            break;
+        reason = w->rank_line[k];
+    }
+    return reason;
 }
 
 /* Reads mpirun's stderr until it ends, and enforces the cancel's grace:
@@ -584,6 +608,7 @@ static int run_distributed(running_job *j, const fisher_job_callbacks *cb, fishe
     if (got == 1) {
         rc = wrc_rc;
         if (rc) *err = run_err;
+        if (rc && w) fisher_errorf(err, "%s", root_cause(w, run_err.msg));
         if (status) log_msg(LOG_WARN, j->id, "mpirun %s after the run reported its end", exit_text);
     } else if (got < 0) {
         rc = fisher_errorf(err, "the MPI job's output is not a job stream: %s", stream_err.msg);
@@ -603,11 +628,14 @@ static int run_distributed(running_job *j, const fisher_job_callbacks *cb, fishe
             last = last_line;
         }
         if (w && w->signal_reason[0]) rc = fisher_errorf(err, "%s", w->signal_reason);
-        else if (w && w->rank_reason[0]) rc = fisher_errorf(err, "%s", w->rank_reason);
+        else if (w && w->rank_reason[0]) rc = fisher_errorf(err, "%s", root_cause(w, w->rank_reason));
         else rc = fisher_errorf(err, "the MPI job ended without a result: mpirun %s%s%s", exit_text,
                                 last[0] ? ": " : "", last);
     }
-    if (w) pthread_mutex_destroy(&w->lock);
+    if (w) {
+        pthread_mutex_destroy(&w->lock);
+        for (int r = 0; r < MPI_RANKS_KEPT; r++) free(w->rank_line[r]);
+    }
     free(w);
     return rc;
 }

@@ -20,8 +20,10 @@ store what rank 0 streams back exactly as a local job's records. Here:
   without an mpirun, are 400s naming the field;
 - what the daemon does with whatever mpirun does, through a stand-in
   mpirun (a script) that records its command line and then misbehaves on
-  cue: garbage on stdout, a worker's failure line, mpirun's own report of
-  a rank killed by a signal, a bare non-zero exit; deaf to a cancel and
+  cue: garbage on stdout, a worker's failure line, one rank relaying
+  another's failure (with or without a "done": the reason is the failing
+  rank's own line), mpirun's own report of a rank killed by a signal, a
+  bare non-zero exit; deaf to a cancel and
   to SIGTERM (the job is cancelled by SIGKILL to mpirun's process group
   35 s on, the daemon answering meanwhile: the one slow test here);
 - with the real mpirun: cancel ends every process of the job; a rank
@@ -328,6 +330,15 @@ elif name == "stubborn":
     child = subprocess.Popen(["sleep", "600"])
     open(os.path.join(out, "child.pid"), "w").write(str(child.pid))
     time.sleep(600)
+elif name.startswith("relayed"):
+    # rank 0 reports rank 1's failure as the library words it; rank 1's own line says why
+    relay = ("rank 0 on node7: rank 1 of 2 failed setting up (model, data or checkpoint) (its own error says "
+             "why); every rank stops")
+    sys.stderr.write("fisherd worker: " + relay + "\\n")
+    if name == "relayed-done":
+        print(json.dumps({"kind": "done", "rc": -1, "error": relay}), flush=True)
+    sys.stderr.write("fisherd worker: rank 1 on node8: cannot open /data/x.png: No such file or directory\\n")
+    sys.exit(1)
 elif name == "worker-fails":
     sys.stderr.write("fisherd worker: rank 1 on node7: cannot read the dataset\\n")
     sys.exit(1)
@@ -353,7 +364,9 @@ def test_whatever_mpirun_does_the_job_ends_saying_why(tmp_path):
         cases = [("garbage", "not a job stream"),
                  ("worker-fails", "rank 1 on node7: cannot read the dataset"),
                  ("rank-killed", "rank 1 on node9 exited on signal 9 (Killed)"),
-                 ("odd", "mpirun exited with status 3: something odd happened")]
+                 ("odd", "mpirun exited with status 3: something odd happened"),
+                 ("relayed", "rank 1 on node8: cannot open /data/x.png: No such file or directory"),
+                 ("relayed-done", "rank 1 on node8: cannot open /data/x.png: No such file or directory")]
         jobs = {}
         for name, _ in cases:
             status, job = d.post("/api/v1/jobs", spec(2, name=name, threads=3))
