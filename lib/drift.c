@@ -161,6 +161,20 @@ static __attribute__((noinline)) void bracket_take(bracket *b, uint32_t k) {
     }
 }
 
+/* b takes again every key it took between the states `from` and `to` (a
+ * row's keys, for a row that repeats it): the counts grow by the same
+ * amounts, and the gathered keys are appended again while there is room
+ * (when the row overflowed the buffer, b is past its room anyway and only
+ * the count matters). */
+static void bracket_repeat(bracket *b, const bracket *from, const bracket *to) {
+    b->at_lo += to->at_lo - from->at_lo;
+    b->at_mid += to->at_mid - from->at_mid;
+    b->at_hi += to->at_hi - from->at_hi;
+    b->inside_low += to->inside_low - from->inside_low;
+    for (size_t i = from->inside; i < to->inside; i++, b->inside++)
+        if (b->inside < b->cap) b->buf[b->inside] = b->buf[i];
+}
+
 /* What a scan needs of two brackets on every key, kept in registers: the
  * lower ends, the widths, and the counts below. */
 typedef struct {
@@ -1060,9 +1074,16 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
     ema_pass ps = {.keep = (float)cfg->fisher_ema_decay, .take = (float)(1.0 - cfg->fisher_ema_decay),
                    .kb = &kb, .pair = pair_of(p->b), .b = p->b};
     uint64_t cr[JS_BINS] = {0}, cc[JS_BINS] = {0}, row[JS_BINS] = {0};
-    lane_counts lanes = {{0}}, lanes_cur = {{0}}, lanes_row;
-    for (size_t r = 0; r < R; r++) {
+    lane_counts lanes = {{0}}, lanes_cur = {{0}}, lanes_row, lanes_dup;
+    for (size_t r = 0; r < R;) {
         int same = r && s[r] == s[r - 1], next_same = r + 1 < R && s[r + 1] == s[r];
+        /* the rows after r with its s and, bit for bit, its EMA (rows that
+         * have shared S since their first measurement) would give row r's
+         * results again: they are copied, not computed */
+        size_t end = r + 1;
+        while (end < R && s[end] == s[r] && !memcmp(d->ema_F + end * C, d->ema_F + r * C, C * sizeof(float)))
+            end++;
+        size_t dups = end - r - 1;
         lane_counts *bin_cur = NULL;
         if (!same && C <= BIN_EACH_MAX) {
             if (next_same) memset(lanes_row, 0, sizeof lanes_row); /* its counts are wanted again */
@@ -1074,10 +1095,28 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
                 row[b] = next - at, at = next;
             }
         }
-        ema_row(&ps, d->ema_F + r * C, s[r], h, C, lanes, bin_cur);
+        bracket before[2] = {p->b[0], p->b[1]};
+        size_t below[2] = {ps.pair.below[0], ps.pair.below[1]};
+        if (dups) memset(lanes_dup, 0, sizeof lanes_dup);
+        ema_row(&ps, d->ema_F + r * C, s[r], h, C, dups ? lanes_dup : lanes, bin_cur);
         if (bin_cur == &lanes_row) memset(row, 0, sizeof row), add_lanes(row, lanes_row);
         if (bin_cur != &lanes_cur)
             for (int b = 0; b < JS_BINS; b++) cc[b] += row[b];
+        if (dups) {
+            bracket after[2] = {p->b[0], p->b[1]};
+            size_t below_row[2] = {ps.pair.below[0] - below[0], ps.pair.below[1] - below[1]};
+            for (size_t k = 1; k <= dups; k++) {
+                memcpy(d->ema_F + (r + k) * C, d->ema_F + r * C, C * sizeof(float));
+                for (int j = 0; j < 2; j++) {
+                    ps.pair.below[j] += below_row[j];
+                    bracket_repeat(&p->b[j], &before[j], &after[j]);
+                }
+                for (int b = 0; b < JS_BINS; b++) cc[b] += row[b]; /* bin_cur is not lanes_cur: next_same */
+            }
+            for (int l = 0; l < LANES; l++)
+                for (int b = 0; b <= JS_BINS; b++) lanes[l][b] += lanes_dup[l][b] * (uint32_t)(dups + 1);
+        }
+        r = end;
     }
     add_lanes(cc, lanes_cur);
     pair_done(&ps.pair, p->b);
