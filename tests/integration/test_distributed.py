@@ -25,7 +25,8 @@ store what rank 0 streams back exactly as a local job's records. Here:
   rank's own line), mpirun's own report of a rank killed by a signal, a
   bare non-zero exit; deaf to a cancel and
   to SIGTERM (the job is cancelled by SIGKILL to mpirun's process group
-  35 s on, the daemon answering meanwhile: the one slow test here);
+  35 s on, the daemon answering meanwhile: the one slow test here); gone
+  by the time the job starts (it fails saying so);
 - with the real mpirun: cancel ends every process of the job; a rank
   SIGKILLed fails the job with a reason naming the rank and the host, and
   the daemon stays healthy and runs the next job; the daemon SIGKILLed
@@ -439,5 +440,25 @@ def test_a_cancel_the_mpi_job_ignores_ends_in_sigkill_to_its_process_group(tmp_p
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         log = d.log.read_text()
         assert "did not end within 30 s of the cancel: SIGTERM" in log and "ignored SIGTERM: SIGKILL" in log
+    finally:
+        d.stop()
+
+
+def test_an_mpirun_gone_by_the_time_the_job_starts_fails_it_saying_so(tmp_path):
+    fake = tmp_path / "mpirun"
+    fake.write_text(FAKE_MPIRUN)
+    fake.chmod(0o755)
+    d = Daemon(tmp_path / "var", "--mpirun", str(fake)).start()
+    try:
+        status, first = d.post("/api/v1/jobs", spec(0, name="local", steps=100000))
+        d.wait_step(first["id"], 1)
+        status, job = d.post("/api/v1/jobs", spec(2))  # accepted: mpirun is there
+        assert status == 201 and job["status"] == "queued", job
+        fake.unlink()
+        assert d.post(f"/api/v1/jobs/{first['id']}/cancel", None)[0] == 202
+        done = d.wait(job["id"], timeout=30)
+        assert done["status"] == "failed", done
+        assert f"mpirun '{fake}' not found" in done["reason"] and "--mpirun" in done["reason"], done["reason"]
+        assert d.get("/healthz")[0] == 200
     finally:
         d.stop()
