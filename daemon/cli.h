@@ -8,6 +8,8 @@
 
 #include <stddef.h>
 
+#include "error.h"
+
 /* Parse a whole-string number in [lo, hi]; on failure print
  * "fisherd: OPT must be ..." to stderr and return -1. */
 int cli_parse_long(const char *opt, const char *s, long lo, long hi, long *out);
@@ -19,6 +21,11 @@ char *cli_read_file(const char *path, size_t max_bytes);
 
 /* mkdir -p for one path; 0 or -1 with a message printed. */
 int cli_make_dir(const char *path);
+
+/* The same two with the reason in err instead of on stderr, for callers
+ * that must say more than "fisherd:" (a worker names its rank and host). */
+char *cli_read_file_err(const char *path, size_t max_bytes, fisher_error *err);
+int cli_make_dir_err(const char *path, fisher_error *err);
 
 int fisherd_serve(int argc, char **argv);
 int fisherd_train(int argc, char **argv);

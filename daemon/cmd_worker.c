@@ -28,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -51,47 +50,15 @@ static void usage(FILE *out) {
             "  --threads N     compute threads per rank (default: the spec's)\n");
 }
 
-/* mkdir -p, with the reason in err. */
-static int make_dir(const char *path, fisher_error *err) {
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
-        return fisher_errorf(err, "--out: path too long");
-    for (char *p = tmp + 1;; p++) {
-        char c = *p;
-        if (c != '/' && c != '\0') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return fisher_errorf(err, "cannot create directory %s: %s", tmp, strerror(errno));
-        *p = c;
-        if (c == '\0') break;
-    }
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return fisher_errorf(err, "%s is not a directory", path);
-    return 0;
-}
-
 /* Reads and checks the spec against the world it runs in. */
 static int load_spec(fisher_job_spec *spec, const char *path, const fisher_comm *comm, long threads,
                      fisher_error *err) {
-    /* not fileio.h's reader: its fisher_chunk collides with fisher.h's */
-    FILE *f = fopen(path, "rb");
-    if (!f) return fisher_errorf(err, "cannot open %s: %s", path, strerror(errno));
-    enum { MAX_SPEC = 1 << 20 };
-    char *text = malloc(MAX_SPEC + 1);
-    size_t len = text ? fread(text, 1, MAX_SPEC + 1, f) : 0;
-    int failed = !text || ferror(f);
-    fclose(f);
-    if (failed || len > MAX_SPEC) {
-        free(text);
-        return fisher_errorf(err, "%s: %s", path,
-                             !text ? "out of memory" : failed ? "cannot read it" : "larger than 1 MiB");
-    }
-    text[len] = '\0';
-    char field[128] = "";
+    char *text = cli_read_file_err(path, 1 << 20, err);
+    if (!text) return -1;
     fisher_error e = {{0}};
+    char field[128] = "";
     fisher_job_spec_defaults(spec);
-    int bad = memchr(text, '\0', len) ? fisher_errorf(&e, "not a text file")
-                                      : fisher_job_spec_parse(spec, text, field, sizeof field, &e);
+    int bad = fisher_job_spec_parse(spec, text, field, sizeof field, &e);
     free(text);
     if (bad) return fisher_errorf(err, "%s: %s", path, e.msg);
     if (spec->ranks != comm->size)
@@ -167,7 +134,7 @@ int fisherd_worker(int argc, char **argv) {
     if (comm.rank == 0 && !(w = job_stream_writer_new(stream_fd, STDIN_FILENO, &err))) rc = -1;
     if (w) cb = job_stream_writer_callbacks(w), cancel = job_stream_writer_cancel(w);
     if (!rc) rc = load_spec(&spec, spec_path, &comm, threads, &err);
-    if (!rc && comm.rank == 0) rc = make_dir(out_dir, &err);
+    if (!rc && comm.rank == 0) rc = cli_make_dir_err(out_dir, &err);
     if (!rc) rc = fisher_job_run_rank(&spec, out_dir, resume, &comm, w ? &cb : NULL, cancel, &res, &err);
     if (rc) {
         /* a failed collective's message names the rank and host already */

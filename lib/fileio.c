@@ -92,7 +92,7 @@ static void sync_parent_dir(const char *path) {
     }
 }
 
-int fisher_file_write_atomic(const char *path, const fisher_chunk *chunks, size_t n_chunks,
+int fisher_file_write_atomic(const char *path, const fisher_file_piece *pieces, size_t n_pieces,
                              fisher_error *err) {
     if (!path) return fisher_errorf(err, "NULL path");
     size_t cap = strlen(path) + 16;
@@ -108,8 +108,8 @@ int fisher_file_write_atomic(const char *path, const fisher_chunk *chunks, size_
         return -1;
     }
     if (fchmod(fd, 0644) != 0) goto io_err; /* mkstemp makes it 0600 */
-    for (size_t i = 0; i < n_chunks; i++)
-        if (chunks[i].len && write_all(fd, chunks[i].data, chunks[i].len) != 0) goto io_err;
+    for (size_t i = 0; i < n_pieces; i++)
+        if (pieces[i].len && write_all(fd, pieces[i].data, pieces[i].len) != 0) goto io_err;
     /* fsync before rename: otherwise a crash can leave the new name pointing
      * at a file whose data never reached the disk */
     if (fsync(fd) != 0) goto io_err;

@@ -20,13 +20,13 @@ unsigned char *fisher_file_read(const char *path, size_t *len, fisher_error *err
 typedef struct {
     const void *data;
     size_t len;
-} fisher_chunk;
+} fisher_file_piece;
 
-/* Writes the chunks, in order, as the new content of path: into a unique
+/* Writes the pieces, in order, as the new content of path: into a unique
  * temporary file beside it, fsynced, then renamed over path (and the
  * directory fsynced, best effort). On failure path is untouched and no
  * temporary is left. Returns 0, or -1 with err naming path. */
-int fisher_file_write_atomic(const char *path, const fisher_chunk *chunks, size_t n_chunks,
+int fisher_file_write_atomic(const char *path, const fisher_file_piece *pieces, size_t n_pieces,
                              fisher_error *err);
 
 #endif

@@ -410,8 +410,8 @@ int fisher_image_save_png(const char *path, const fisher_image *img, fisher_erro
         return fisher_errorf(err, "%s: encoding PNG failed: %s", path, o.msg);
     }
 
-    fisher_chunk chunk = {o.buf, o.len};
-    int rc = fisher_file_write_atomic(path, &chunk, 1, err);
+    fisher_file_piece piece = {o.buf, o.len};
+    int rc = fisher_file_write_atomic(path, &piece, 1, err);
     free(o.buf);
     return rc;
 }

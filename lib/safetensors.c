@@ -686,15 +686,15 @@ int fisher_safetensors_write(const char *path, const fisher_st_tensor *tensors, 
     memcpy(head + 8, text, tlen);
     memset(head + 8 + tlen, ' ', hlen - tlen);
 
-    fisher_chunk *chunks = calloc(n_tensors + 1, sizeof *chunks);
-    if (!chunks) {
+    fisher_file_piece *pieces = calloc(n_tensors + 1, sizeof *pieces);
+    if (!pieces) {
         fisher_errorf(err, "%s: out of memory", path);
         goto out;
     }
-    chunks[0] = (fisher_chunk){head, 8 + hlen};
-    for (size_t i = 0; i < n_tensors; i++) chunks[i + 1] = (fisher_chunk){tensors[i].data, (size_t)sizes[i]};
-    rc = fisher_file_write_atomic(path, chunks, n_tensors + 1, err);
-    free(chunks);
+    pieces[0] = (fisher_file_piece){head, 8 + hlen};
+    for (size_t i = 0; i < n_tensors; i++) pieces[i + 1] = (fisher_file_piece){tensors[i].data, (size_t)sizes[i]};
+    rc = fisher_file_write_atomic(path, pieces, n_tensors + 1, err);
+    free(pieces);
 out:
     free(head);
     free(text);
