@@ -881,7 +881,13 @@ void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *d
                             int C) {
     double sg[C], h0 = 0;
     column_sums_d(sg, dout, B * N, C);
-    /* u[n] reduces every axis but the token axis: over batch and channels */
+    /* u[n] reduces every axis but the token axis: over batch and channels.
+     * Tokens are independent, so threads take them (each u[n] summed in
+     * the same order by whichever thread), and h0 adds them up in token
+     * order afterwards: the same bits for any team. It was the one serial
+     * loop over a whole tensor among the statistics. */
+    double *u = (size_t)B * N * C > PAR_MIN ? malloc((size_t)N * sizeof *u) : NULL;
+#pragma omp parallel for schedule(static) if (u)
     for (int n = 0; n < N; n++) {
         double un = 0;
         for (int b = 0; b < B; b++) {
@@ -889,8 +895,11 @@ void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *d
             for (int c = 0; c < C; c++) un += x[c];
         }
         un /= (double)C * C;
-        h0 += un * un;
+        if (u) u[n] = un;
+        else h0 += un * un; /* serial: in token order already */
     }
+    for (int n = 0; u && n < N; n++) h0 += u[n] * u[n];
+    free(u);
     for (int c = 0; c < C; c++) S[c] = (float)(sg[c] * sg[c] / B);
     H[0] = (float)(h0 / ((double)B * B));
     H[1] = (float)((double)N / ((double)B * B));
