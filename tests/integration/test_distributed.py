@@ -194,17 +194,23 @@ def test_two_ranks_store_what_one_process_would(tmp_path, one_process):
         d.stop()
 
 
+def start_long_job(d):
+    """A 2-rank job that will not end by itself, once it has made 3 steps:
+    (its id, its out_dir, which names its processes)."""
+    status, job = d.post("/api/v1/jobs", spec(2, steps=100000))
+    assert status == 201, job
+    return job["id"], d.wait_step(job["id"], 3, timeout=60)["out_dir"]
+
+
 @needs_mpi
 def test_cancel_ends_every_process_of_the_job(tmp_path):
     d = Daemon(tmp_path / "var").start()
     try:
-        status, job = d.post("/api/v1/jobs", spec(2, steps=100000))
-        running = d.wait_step(job["id"], 3, timeout=60)
-        out_dir = running["out_dir"]
+        jid, out_dir = start_long_job(d)
         procs = processes_of(out_dir)
         assert len([p for p in procs if rank_of(p) is not None]) == 2, procs
-        assert d.post(f"/api/v1/jobs/{job['id']}/cancel", None)[0] == 202
-        done = d.wait(job["id"], timeout=40)
+        assert d.post(f"/api/v1/jobs/{jid}/cancel", None)[0] == 202
+        done = d.wait(jid, timeout=40)
         assert done["status"] == "cancelled", done
         assert done["checkpoint"] and done["checkpoint"]["step"] >= 3  # rank 0 checkpointed as it stopped
         wait_gone(out_dir, timeout=5)
@@ -216,13 +222,11 @@ def test_cancel_ends_every_process_of_the_job(tmp_path):
 def test_a_rank_killed_fails_the_job_naming_it_and_the_daemon_carries_on(tmp_path):
     d = Daemon(tmp_path / "var").start()
     try:
-        status, job = d.post("/api/v1/jobs", spec(2, steps=100000))
-        running = d.wait_step(job["id"], 3, timeout=60)
-        out_dir = running["out_dir"]
+        jid, out_dir = start_long_job(d)
         rank1 = [p for p in processes_of(out_dir) if rank_of(p) == 1]
         assert len(rank1) == 1
         os.kill(rank1[0], signal.SIGKILL)
-        done = d.wait(job["id"], timeout=40)
+        done = d.wait(jid, timeout=40)
         assert done["status"] == "failed", done
         host = socket.gethostname().split(".")[0]
         assert "rank 1" in done["reason"] and host in done["reason"], done["reason"]
