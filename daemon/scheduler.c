@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "fileio.h"
 #include "job.h"
 #include "job_stream.h"
 #include "log.h"
@@ -434,22 +435,6 @@ static int pipe_cloexec(int fds[2]) {
     return 0;
 }
 
-/* Writes text to path through a temporary and a rename: a worker never
- * reads half a spec. 0, or -1 with err. */
-static int write_file_atomic(const char *path, const char *text, fisher_error *err) {
-    char tmp[PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return fisher_errorf(err, "cannot write %s: %s", tmp, strerror(errno));
-    int bad = fputs(text, f) < 0 || fputc('\n', f) == EOF;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path)) {
-        unlink(tmp);
-        return fisher_errorf(err, "cannot write %s: %s", path, strerror(errno));
-    }
-    return 0;
-}
-
 /* Waits for mpirun; after grace seconds SIGTERM to its group, MPI_KILL_GRACE
  * later SIGKILL. Its wait status. */
 static int reap_mpirun(pid_t pid, double grace) {
@@ -498,7 +483,9 @@ static int run_distributed(running_job *j, const fisher_job_callbacks *cb, fishe
     snprintf(spec_path, sizeof spec_path, "%s/spec.json", out_dir);
     char *spec_text = fisher_job_spec_to_json(&j->spec);
     if (!spec_text) return fisher_errorf(err, "out of memory writing its spec");
-    int wrc = write_file_atomic(spec_path, spec_text, err);
+    /* through a temporary and a rename: a worker never reads half a spec */
+    fisher_file_piece spec_piece = {spec_text, strlen(spec_text)};
+    int wrc = fisher_file_write_atomic(spec_path, &spec_piece, 1, err);
     free(spec_text);
     if (wrc) return -1;
 
