@@ -842,27 +842,34 @@ static size_t first_reaching(const float *hs, size_t from, size_t to, float s, u
     return from;
 }
 
-/* Least significant digit first, 11 bits a pass: the keys of magnitudes
- * order like the values, and three counting passes beat a comparison sort
- * at the sizes of H (up to a few thousand). */
+/* Least significant digit first: the keys of magnitudes order like the
+ * values, and counting passes beat a comparison sort at the sizes of H (up
+ * to a few thousand): three of 11 bits, or for a few hundred values (a
+ * one-column chunk's S seen as a row) four of 8, whose tables cost less to
+ * clear and sum. A pass in which every key has the same digit would leave
+ * the order as it is (the sort is stable), so it is skipped: S near 0.2
+ * throughout shares most digits. */
 void fisher_outer_sort(const float *h, size_t n, float *out, float *tmp) {
-    enum { DIGIT = 11, RADIX = 1 << DIGIT };
+    enum { RADIX_MAX = 1 << 11 };
+    int digit = n <= 512 ? 8 : 11, passes = (31 + digit - 1) / digit;
+    size_t radix = (size_t)1 << digit, count[RADIX_MAX];
     float *a = out, *b = tmp;
     for (size_t i = 0; i < n; i++) a[i] = fabsf(h[i]);
-    for (int pass = 0; pass < 3; pass++) {
-        int sh = pass * DIGIT;
-        size_t count[RADIX] = {0};
-        for (size_t i = 0; i < n; i++) count[(key_of(a[i]) >> sh) & (RADIX - 1)]++;
+    for (int pass = 0; pass < passes; pass++) {
+        int sh = pass * digit;
+        memset(count, 0, radix * sizeof *count);
+        for (size_t i = 0; i < n; i++) count[(key_of(a[i]) >> sh) & (radix - 1)]++;
+        if (n && count[(key_of(a[0]) >> sh) & (radix - 1)] == n) continue;
         size_t at = 0;
-        for (int d = 0; d < RADIX; d++) {
+        for (size_t d = 0; d < radix; d++) {
             size_t c = count[d];
             count[d] = at, at += c;
         }
-        for (size_t i = 0; i < n; i++) b[count[(key_of(a[i]) >> sh) & (RADIX - 1)]++] = a[i];
+        for (size_t i = 0; i < n; i++) b[count[(key_of(a[i]) >> sh) & (radix - 1)]++] = a[i];
         float *t = a;
         a = b, b = t;
     }
-    memcpy(out, a, n * sizeof *out); /* after three passes the keys are in tmp */
+    if (a != out) memcpy(out, a, n * sizeof *out);
 }
 
 /* Counts cur = s ⊗ hs (hs ascending) against both brackets, row by row:

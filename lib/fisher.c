@@ -261,11 +261,15 @@ static int chunk_outer(const fisher_method *fm, size_t c, fisher_outer *o) {
     int is_bias = ch->tensor == l->bias;
     int norm = l->cls == FISHER_CLASS_BATCHNORM || l->cls == FISHER_CLASS_LAYERNORM;
     size_t rl = row_len(t);
-    if (ch->axis == 0) {
+    if (ch->axis == 0 && (norm || is_bias)) {
+        /* one column, |S[r]·H[x]|, seen as one row H[x] ⊗ S-block: the same
+         * products in the same places (float multiplication commutes), one
+         * long row for the vector pass instead of a row of one per value */
+        o->s = H + (norm ? (is_bias ? 1 : 0) : l->h_len - 1), o->rows = 1;
+        o->h = S + ch->start, o->cols = (size_t)(ch->end - ch->start);
+    } else if (ch->axis == 0) {
         o->s = S + ch->start, o->rows = (size_t)(ch->end - ch->start);
-        if (norm) o->h = H + (is_bias ? 1 : 0), o->cols = 1;
-        else if (is_bias) o->h = H + l->h_len - 1, o->cols = 1;
-        else o->h = H, o->cols = rl, o->h_sorted = fm->h_sorted_ok[ch->layer] ? h_sorted_of(fm, ch->layer) : NULL;
+        o->h = H, o->cols = rl, o->h_sorted = fm->h_sorted_ok[ch->layer] ? h_sorted_of(fm, ch->layer) : NULL;
     } else {
         size_t inner = rl / (size_t)t->shape[1];
         o->s = S, o->rows = (size_t)t->shape[0];

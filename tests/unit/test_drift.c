@@ -724,7 +724,8 @@ static void test_tracker_matches_stateless(void **state) {
  * and the EMA bit for bit. */
 static void test_tracker_outer_matches_array(void **state) {
     (void)state;
-    const size_t shapes[][2] = {{64, 32}, {40, 300}, {300, 1}, {7, 1000}, {5, 1500}};
+    /* {1, 300}: a one-column chunk as fisher.c passes it, its S as the row */
+    const size_t shapes[][2] = {{64, 32}, {40, 300}, {300, 1}, {1, 300}, {7, 1000}, {5, 1500}};
     fisher_drift_config cfg = fisher_drift_defaults();
     fisher_rng rng;
     fisher_rng_seed(&rng, 33);
@@ -782,7 +783,7 @@ static void test_outer_sort_matches_qsort(void **state) {
     (void)state;
     fisher_rng rng;
     fisher_rng_seed(&rng, 5);
-    const size_t sizes[] = {1, 2, 3, 17, 1000, 2049, 5000};
+    const size_t sizes[] = {1, 2, 3, 17, 256, 512, 513, 1000, 2049, 5000}; /* 8-bit digits up to 512 */
     for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
         size_t n = sizes[si];
         float *h = malloc(4 * n * sizeof *h), *got = h + n, *tmp = got + n, *want = tmp + n;
@@ -790,6 +791,16 @@ static void test_outer_sort_matches_qsort(void **state) {
             float u = fisher_rng_uniform(&rng);
             h[i] = u < 0.1f ? 0.0f : u < 0.2f ? -1e-40f * u : u < 0.3f ? 0.2f
                  : (u < 0.5f ? -1.0f : 1.0f) * expf(20 * fisher_rng_normal(&rng));
+            want[i] = fabsf(h[i]);
+        }
+        qsort(want, n, sizeof *want, cmp_float_asc);
+        fisher_outer_sort(h, n, got, tmp);
+        assert_memory_equal(got, want, n * sizeof *got);
+        /* S near 0.2 throughout: most digits the same in every key, the
+         * passes over them skipped */
+        for (size_t i = 0; i < n; i++) {
+            float u = fisher_rng_uniform(&rng);
+            h[i] = u < 0.7f ? 0.2f : u < 0.9f ? nextafterf(0.2f, 1.0f) : -(0.2f + 1e-4f * u);
             want[i] = fabsf(h[i]);
         }
         qsort(want, n, sizeof *want, cmp_float_asc);
