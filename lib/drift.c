@@ -43,6 +43,12 @@ static inline uint32_t key_of(float x) {
     return k & 0x7fffffffu;
 }
 
+static inline double value_of_key(uint32_t k) {
+    float x;
+    memcpy(&x, &k, sizeof x);
+    return (double)x;
+}
+
 static inline double log_of_key(uint32_t k) {
     float x;
     memcpy(&x, &k, sizeof x);
@@ -400,16 +406,33 @@ static double key_gap(uint32_t k) {
     return (ya - yb) / ya / 2.302585092994046 * (1 - 1e-9) - 2 * LOG_MARGIN;
 }
 
+/* How far, relatively, a value must lie from the estimate of 10^edge for
+ * the side of the edge its log value falls on to be known without taking
+ * the log: far above the estimate's own error (~1e-14: one pow and up to
+ * 64 multiplies) and log10's (a few ulps of values below 40 in magnitude,
+ * ~1e-14), far below the ~6e-8 between neighbouring normal floats, so
+ * almost every edge is decided by two comparisons. */
+#define POW_MARGIN 1e-10
+
 /* The least key whose log value reaches edge (passes it when strictly),
- * KEY_INF if none; y is about the value at the edge, 10^edge − 1e-12, to
- * start within an ulp or two. Log values ascend with keys, so the answer
- * is unique, whatever the start. Usually one log decides: when the start's
- * log value lies within the gap to its neighbour of the edge, the
- * neighbour is known to lie on the other side (key_gap) and its log is not
- * taken. */
-static uint32_t least_key_reaching(double edge, int strictly, double y) {
+ * KEY_INF if none; ten is about 10^edge, so that y = ten − 1e-12, about
+ * the value at the edge, starts the search within an ulp or two. Log
+ * values ascend with keys, so the answer is unique, whatever the start.
+ * Usually no log decides it: when key k's value + 1e-12 lies clearly above
+ * ten and key k − 1's clearly below (POW_MARGIN), k is the answer. Else
+ * one log usually does: when the start's log value lies within the gap to
+ * its neighbour of the edge, the neighbour is known to lie on the other
+ * side (key_gap) and its log is not taken. */
+static uint32_t least_key_reaching(double edge, int strictly, double ten) {
 #define REACHES(k) (strictly ? log_of_key(k) > edge : log_of_key(k) >= edge)
+    double y = ten - JS_EPS;
     uint32_t k = !(y > 0) ? 0 : y >= FLT_MAX ? KEY_INF : key_of((float)y);
+    if (k > 1 && k + 1 < KEY_INF && isfinite(ten)) {
+        double above = ten * (1 + POW_MARGIN), below = ten * (1 - POW_MARGIN);
+        double y0 = value_of_key(k - 1) + JS_EPS, y1 = value_of_key(k) + JS_EPS, y2 = value_of_key(k + 1) + JS_EPS;
+        if (y0 <= below && y1 >= above) return k;       /* k reaches, k − 1 falls short */
+        if (y1 <= below && y2 >= above) return k + 1;   /* k falls short, k + 1 reaches */
+    }
     if (k > 0 && k + 1 < KEY_INF) {
         double v = log_of_key(k);
         if (strictly ? v > edge : v >= edge) {
@@ -429,24 +452,43 @@ static void make_key_bins(key_bins *kb, const bins *h) {
      * not a pow (edge_i = i·step + low; the error, ~1e-14, is far inside
      * the ulp the search starts from) */
     double at = pow(10.0, h->low), ratio = pow(10.0, (h->high - h->low) / JS_BINS);
-    for (int i = 0; i < JS_BINS; i++, at *= ratio) kb->t[i] = least_key_reaching(h->edges[i], 0, at - JS_EPS);
-    kb->t[JS_BINS] = least_key_reaching(h->high, 1, pow(10.0, h->high) - JS_EPS);
-    kb->span = kb->t[JS_BINS] - kb->t[0];
+    for (int i = 0; i < JS_BINS; i++, at *= ratio) kb->t[i] = least_key_reaching(h->edges[i], 0, at);
+    kb->t[JS_BINS] = least_key_reaching(h->high, 1, pow(10.0, h->high));
+    uint32_t t0 = kb->t[0];
+    kb->span = kb->t[JS_BINS] - t0;
     kb->shift = 0;
     while ((kb->span >> kb->shift) >= LUT_SIZE) kb->shift++;
-    int b = 0;
     uint32_t last = kb->span >> kb->shift, width = 1u << kb->shift; /* shift ≤ 19: fits beside 6 bits */
-    kb->one_step = 1;
-    for (uint32_t s = 0; s <= last; s++) {
-        uint32_t start = kb->t[0] + (s << kb->shift);
-        while (b < JS_BINS - 1 && start >= kb->t[b + 1]) b++;
-        uint32_t edge = kb->t[b + 1] - start; /* > 0: start < t[b + 1] */
-        kb->lut[s] = (uint32_t)b | (edge < width ? edge : width) << 6;
-        if (s && b - LUT_BIN(kb->lut[s - 1]) > 1) kb->one_step = 0;
+    /* Span s starts at t0 + s·width and is named by the last bin b whose
+     * edge t[b] it has reached (t[1..63]; bin 63 takes the rest), with the
+     * distance to edge t[b + 1]. Filled bin by bin: the spans starting
+     * before t[b + 1] and not before t[b]. */
+    uint32_t sp = 0;
+    for (int b = 0; b < JS_BINS; b++) {
+        uint32_t next = kb->t[b + 1], end = last + 1;
+        if (b < JS_BINS - 1) { /* the first span starting at or after next */
+            uint32_t first = next <= t0 ? 0 : ((next - t0 - 1) >> kb->shift) + 1;
+            end = first < end ? first : end;
+        }
+        for (; sp < end; sp++) {
+            uint32_t edge = next - (t0 + (sp << kb->shift));
+            kb->lut[sp] = (uint32_t)b | (edge < width ? edge : width) << 6;
+        }
     }
-    /* the last span ends at t[64] − 1 */
-    while (b < JS_BINS - 1 && kb->t[JS_BINS] - 1 >= kb->t[b + 1]) b++;
-    if (b - LUT_BIN(kb->lut[last]) > 1) kb->one_step = 0;
+    /* One comparison corrects the table's guess unless two of the inner
+     * edges t[1..63] fall between neighbouring span starts: in (start of
+     * s − 1, start of s] for some s ≤ last, or in (start of last,
+     * t[64] − 1]. An edge e > t0 up to lim lies in one of these, the one
+     * numbered ((e − t0 − 1) >> shift) + 1; edges ascend, so neighbours
+     * are compared. (lim counts edges at t[64] when the last span starts
+     * there, as a walk over the spans does: conservative, never wrong.) */
+    uint32_t last_start = t0 + (last << kb->shift), lim = kb->t[JS_BINS] - 1;
+    lim = last_start > lim ? last_start : lim;
+    kb->one_step = 1;
+    for (int j = 1; j < JS_BINS - 1; j++) {
+        uint32_t e = kb->t[j], f = kb->t[j + 1];
+        if (e > t0 && f <= lim && (e - t0 - 1) >> kb->shift == (f - t0 - 1) >> kb->shift) kb->one_step = 0;
+    }
 }
 
 /* The bin of key k, or JS_BINS when k is outside [t[0], t[64]). Branch-free
