@@ -917,13 +917,25 @@ void fisher_outer_sort(const float *h, size_t n, float *out, float *tmp) {
 /* Counts cur = s ⊗ hs (hs ascending) against both brackets, row by row:
  * what lies below each is a binary search, what lies inside is taken. */
 static void outer_brackets_scan(bracket *b, const float *s, size_t R, const float *hs, size_t C) {
-    for (size_t r = 0; r < R; r++)
-        for (int j = 0; j < 2; j++) {
-            size_t from = first_reaching(hs, 0, C, s[r], b[j].lo);
-            size_t to = b[j].hi >= KEY_INF ? C : first_reaching(hs, from, C, s[r], b[j].hi + 1);
-            b[j].below += from;
-            for (size_t c = from; c < to; c++) bracket_take(&b[j], key_of(s[r] * hs[c]));
+    bracket before[2], after[2];
+    size_t from[2] = {0, 0};
+    for (size_t r = 0; r < R; r++) {
+        if (r && s[r] == s[r - 1]) { /* the row before's keys again: its counts and gathered keys */
+            for (int j = 0; j < 2; j++) {
+                b[j].below += from[j];
+                bracket_repeat(&b[j], &before[j], &after[j]);
+            }
+            continue;
         }
+        for (int j = 0; j < 2; j++) {
+            before[j] = b[j];
+            from[j] = first_reaching(hs, 0, C, s[r], b[j].lo);
+            size_t to = b[j].hi >= KEY_INF ? C : first_reaching(hs, from[j], C, s[r], b[j].hi + 1);
+            b[j].below += from[j];
+            for (size_t c = from[j]; c < to; c++) bracket_take(&b[j], key_of(s[r] * hs[c]));
+            after[j] = b[j];
+        }
+    }
 }
 
 /* The four order statistics of ema (n) and cur = s ⊗ h (R × C = n; hs is h
@@ -1027,10 +1039,10 @@ ema_row_avx512(ema_pass *ps, float *ema, float sr, const float *h, size_t C, lan
         __m512 z = _mm512_add_ps(_mm512_mul_ps(keep, e), _mm512_mul_ps(take, cv));
         _mm512_storeu_ps(ema + c, z);
         /* the old value's bin: the table's guess at its span, one comparison */
-#define BIN16(x, counts)                                                                                     \
+#define BIN16(x, counts, valid)                                                                              \
     do {                                                                                                     \
         __m512i d = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(x), abs_mask), t0);               \
-        __mmask16 in = _mm512_cmplt_epu32_mask(d, span);                                                     \
+        __mmask16 in = _mm512_cmplt_epu32_mask(d, span) & (valid);                                           \
         __m512i entry = _mm512_i32gather_epi32(_mm512_maskz_srl_epi32(in, d, shift), (const void *)kb->lut, 4); \
         __m512i guess = _mm512_and_si512(entry, bin_bits);                                                   \
         __mmask16 past = _mm512_cmpge_epu32_mask(_mm512_and_si512(d, in_span), _mm512_srli_epi32(entry, 6)); \
@@ -1039,9 +1051,8 @@ ema_row_avx512(ema_pass *ps, float *ema, float sr, const float *h, size_t C, lan
         /* unrolled: constant lane offsets, one byte load and one add each */                           \
         _Pragma("GCC unroll 16") for (int l = 0; l < 16; l++) (counts)[l % LANES][bins[l]]++;               \
     } while (0)
-        BIN16(e, lanes);
-        if (cur_lanes) BIN16(cv, *cur_lanes);
-#undef BIN16
+        BIN16(e, lanes, 0xffff);
+        if (cur_lanes) BIN16(cv, *cur_lanes, 0xffff);
         /* the new value against the next brackets */
         __m512i kz = _mm512_and_si512(_mm512_castps_si512(z), abs_mask);
         mk = _mm512_max_epu32(mk, kz);
@@ -1055,9 +1066,32 @@ ema_row_avx512(ema_pass *ps, float *ema, float sr, const float *h, size_t C, lan
             for (; inside1; inside1 &= inside1 - 1) bracket_take(&ps->b[1], keys[__builtin_ctz(inside1)]);
         }
     }
+    if (c < C) {
+        /* the last C − c < 16 values (all of a row of 9, a depthwise 3×3
+         * kernel's): the same operations on the lanes that hold them; the
+         * others load zeros, are not stored, bin outside, count nowhere */
+        __mmask16 live = (__mmask16)((1u << (C - c)) - 1);
+        __m512 e = _mm512_maskz_loadu_ps(live, ema + c);
+        __m512 cv = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(live, h + c));
+        __m512 z = _mm512_add_ps(_mm512_mul_ps(keep, e), _mm512_mul_ps(take, cv));
+        _mm512_mask_storeu_ps(ema + c, live, z);
+        BIN16(e, lanes, live);
+        if (cur_lanes) BIN16(cv, *cur_lanes, live);
+        __m512i kz = _mm512_and_si512(_mm512_castps_si512(z), abs_mask);
+        mk = _mm512_mask_max_epu32(mk, live, mk, kz);
+        below0 += (size_t)__builtin_popcount(_mm512_cmplt_epu32_mask(kz, lo0) & live);
+        below1 += (size_t)__builtin_popcount(_mm512_cmplt_epu32_mask(kz, lo1) & live);
+        unsigned inside0 = _mm512_cmple_epu32_mask(_mm512_sub_epi32(kz, lo0), w0) & live;
+        unsigned inside1 = _mm512_cmple_epu32_mask(_mm512_sub_epi32(kz, lo1), w1) & live;
+        if (inside0 | inside1) {
+            _mm512_storeu_si512(keys, kz);
+            for (; inside0; inside0 &= inside0 - 1) bracket_take(&ps->b[0], keys[__builtin_ctz(inside0)]);
+            for (; inside1; inside1 &= inside1 - 1) bracket_take(&ps->b[1], keys[__builtin_ctz(inside1)]);
+        }
+    }
+#undef BIN16
     ps->pair.below[0] += below0, ps->pair.below[1] += below1;
     ps->max_key = (uint32_t)_mm512_reduce_max_epu32(mk);
-    if (c < C) ema_row_scalar(ps, ema + c, sr, h + c, C - c, lanes, cur_lanes);
 }
 #endif
 

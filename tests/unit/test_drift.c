@@ -724,8 +724,9 @@ static void test_tracker_matches_stateless(void **state) {
  * and the EMA bit for bit. */
 static void test_tracker_outer_matches_array(void **state) {
     (void)state;
-    /* {1, 300}: a one-column chunk as fisher.c passes it, its S as the row */
-    const size_t shapes[][2] = {{64, 32}, {40, 300}, {300, 1}, {1, 300}, {7, 1000}, {5, 1500}};
+    /* {1, 300}: a one-column chunk as fisher.c passes it, its S as the row;
+     * {60, 9}: rows shorter than a vector, as a depthwise 3×3 kernel's */
+    const size_t shapes[][2] = {{64, 32}, {40, 300}, {300, 1}, {1, 300}, {60, 9}, {7, 1000}, {5, 1500}};
     fisher_drift_config cfg = fisher_drift_defaults();
     fisher_rng rng;
     fisher_rng_seed(&rng, 33);
