@@ -544,6 +544,10 @@ struct fisher_drift_brackets {
     int valid;                      /* b describes the current EMA */
     uint32_t *buf;                  /* 2 · cap keys */
     size_t cap;
+    uint8_t *row_same;              /* per row of an outer-product chunk: 1 when the last pass
+                                     * copied it from the row before (so the two are equal) */
+    size_t rows;                    /* rows it describes; 0 while it says nothing */
+    size_t row_cap;                 /* row_same's length */
 };
 
 /* Keys a bracket may gather from n values: all of them in a small chunk,
@@ -851,6 +855,7 @@ int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n,
     /* float32, both factors rounded from double, as the reference's tensors do */
     float keep = (float)cfg->fisher_ema_decay, take = (float)(1.0 - cfg->fisher_ema_decay);
     double js;
+    if (d->next) d->next->rows = 0; /* the EMA changes here without the outer route's row record */
     if (cfg->js_mode == FISHER_JS_RAW) {
         js = fisher_js_distance(d->ema_F, n, cur, n, FISHER_JS_RAW);
         blend(d->ema_F, cur, n, keep, take);
@@ -1158,15 +1163,30 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
                    .kb = &kb, .pair = pair_of(p->b), .b = p->b};
     uint64_t cr[JS_BINS] = {0}, cc[JS_BINS] = {0}, row[JS_BINS] = {0};
     lane_counts lanes = {{0}}, lanes_cur = {{0}}, lanes_row, lanes_dup;
+    /* a row the last pass copied from the row before still equals it, so
+     * it need not be compared again (without the record, rows are
+     * compared: the same decisions, more reading) */
+    int same_known = p->rows == R;
+    if (p->row_cap < R) {
+        free(p->row_same);
+        p->row_same = malloc(R);
+        p->row_cap = p->row_same ? R : 0;
+    }
+    if (!p->row_same) same_known = 0;
     for (size_t r = 0; r < R;) {
         int same = r && s[r] == s[r - 1], next_same = r + 1 < R && s[r + 1] == s[r];
         /* the rows after r with its s and, bit for bit, its EMA (rows that
          * have shared S since their first measurement) would give row r's
          * results again: they are copied, not computed */
         size_t end = r + 1;
-        while (end < R && s[end] == s[r] && !memcmp(d->ema_F + end * C, d->ema_F + r * C, C * sizeof(float)))
+        while (end < R && s[end] == s[r] &&
+               ((same_known && p->row_same[end]) || !memcmp(d->ema_F + end * C, d->ema_F + r * C, C * sizeof(float))))
             end++;
         size_t dups = end - r - 1;
+        if (p->row_same) { /* for the next pass: rows r + 1 .. end − 1 become copies of row r */
+            p->row_same[r] = 0;
+            memset(p->row_same + r + 1, 1, dups);
+        }
         lane_counts *bin_cur = NULL;
         if (!same && C <= BIN_EACH_MAX) {
             if (next_same) memset(lanes_row, 0, sizeof lanes_row); /* its counts are wanted again */
@@ -1201,6 +1221,7 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
         }
         r = end;
     }
+    p->rows = p->row_same ? R : 0;
     add_lanes(cc, lanes_cur);
     pair_done(&ps.pair, p->b);
     add_lanes(cr, lanes);
@@ -1216,7 +1237,7 @@ out:
 }
 
 void fisher_chunk_drift_free(fisher_chunk_drift *d) {
-    if (d->next) free(d->next->buf);
+    if (d->next) free(d->next->buf), free(d->next->row_same);
     free(d->next);
     free(d->ema_F);
     memset(d, 0, sizeof *d);
