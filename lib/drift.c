@@ -96,6 +96,13 @@ static uint32_t kth_smallest(uint32_t *x, size_t n, size_t k) {
     return x[k];
 }
 
+/* The least of x (n ≥ 1). */
+static uint32_t least_of(const uint32_t *x, size_t n) {
+    uint32_t least = UINT32_MAX;
+    for (size_t i = 0; i < n; i++) least = x[i] < least ? x[i] : least;
+    return least;
+}
+
 /* Where numpy's 'linear' percentile q of n values reads: order statistics
  * k and k1 = k + 1 (clamped to n − 1), the second weighted t. */
 typedef struct {
@@ -137,8 +144,23 @@ static void order_stats_all(const both *a, const pct_at *lo, const pct_at *hi, u
         mk = k > mk ? k : mk;
     }
     *max_key = mk;
-    size_t ranks[4] = {lo->k, lo->k1, hi->k, hi->k1};
-    for (int r = 0; r < 4; r++) out[r] = kth_smallest(work, a->n, ranks[r]);
+    /* After selecting rank k0, the keys behind it are the ranks above k0:
+     * rank k0 + 1 is their least, and a higher rank is selected among them
+     * alone (k0 ≤ k1 = k0 + 1 clamped, k2 ≥ k0, k3 = k2 + 1 clamped). Two
+     * selections and two scans, not four selections over everything. */
+    size_t n = a->n, k0 = lo->k, k1 = lo->k1, k2 = hi->k, k3 = hi->k1;
+    uint32_t *rest = work + k0 + 1;
+    size_t n_rest = n - k0 - 1;
+    out[0] = kth_smallest(work, n, k0);
+    out[1] = k1 == k0 ? out[0] : least_of(rest, n_rest);
+    int selected = 0;
+    if (k2 == k0) out[2] = out[0];
+    else if (k2 == k1) out[2] = out[1];
+    else out[2] = kth_smallest(rest, n_rest, k2 - k0 - 1), selected = 1;
+    if (k3 == k2) out[3] = out[2];
+    else if (k3 == k1) out[3] = out[1];
+    else if (selected) out[3] = least_of(work + k2 + 1, n - k2 - 1);
+    else out[3] = kth_smallest(rest, n_rest, k3 - k0 - 1);
 }
 
 /* A key range that should hold a needed rank. Keys below lo are counted;
