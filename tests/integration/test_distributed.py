@@ -357,10 +357,16 @@ else:
 """ % sys.executable
 
 
-def test_whatever_mpirun_does_the_job_ends_saying_why(tmp_path):
+def stand_in_mpirun(tmp_path):
+    """FAKE_MPIRUN as an executable in tmp_path; its path."""
     fake = tmp_path / "mpirun"
     fake.write_text(FAKE_MPIRUN)
     fake.chmod(0o755)
+    return fake
+
+
+def test_whatever_mpirun_does_the_job_ends_saying_why(tmp_path):
+    fake = stand_in_mpirun(tmp_path)
     hosts = tmp_path / "hostfiles"
     hosts.mkdir()
     (hosts / "pair").write_text("node7 slots=1\nnode9 slots=1\n")
@@ -419,9 +425,7 @@ def test_whatever_mpirun_does_the_job_ends_saying_why(tmp_path):
 
 def test_a_cancel_the_mpi_job_ignores_ends_in_sigkill_to_its_process_group(tmp_path):
     """~35 s: the grace of a cancel (30 s), then SIGTERM, then SIGKILL 5 s later."""
-    fake = tmp_path / "mpirun"
-    fake.write_text(FAKE_MPIRUN)
-    fake.chmod(0o755)
+    fake = stand_in_mpirun(tmp_path)
     d = Daemon(tmp_path / "var", "--mpirun", str(fake)).start()
     try:
         status, job = d.post("/api/v1/jobs", spec(2, name="stubborn"))
@@ -449,9 +453,7 @@ def test_a_cancel_the_mpi_job_ignores_ends_in_sigkill_to_its_process_group(tmp_p
 
 
 def test_an_mpirun_gone_by_the_time_the_job_starts_fails_it_saying_so(tmp_path):
-    fake = tmp_path / "mpirun"
-    fake.write_text(FAKE_MPIRUN)
-    fake.chmod(0o755)
+    fake = stand_in_mpirun(tmp_path)
     d = Daemon(tmp_path / "var", "--mpirun", str(fake)).start()
     try:
         status, first = d.post("/api/v1/jobs", spec(0, name="local", steps=100000))
