@@ -45,7 +45,6 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -316,12 +315,6 @@ typedef struct {
     char signal_reason[512];         /* first "process rank R ... on node HOST exited on signal N (Name)" */
 } mpi_watch;
 
-static double now_mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* What a line of mpirun's stderr says about a failed rank, if anything. */
 static void mpi_line(mpi_watch *w, char *line) {
     size_t n = strlen(line);
@@ -408,7 +401,7 @@ static void *mpi_stderr_main(void *arg) {
                 if (buf[i] != '\n') line[ll++] = buf[i]; /* an overlong line goes on as the next */
             }
         }
-        double t = now_mono();
+        double t = fisher_now_seconds();
         pthread_mutex_lock(&w->lock);
         int stop = w->drain_until > 0 && t > w->drain_until;
         if (!w->stream_ended && w->j->cancel) {
@@ -429,6 +422,7 @@ static void *mpi_stderr_main(void *arg) {
     return NULL;
 }
 
+/* pipe2(O_CLOEXEC) needs _GNU_SOURCE, which nothing else here wants. */
 static int pipe_cloexec(int fds[2]) {
     if (pipe(fds)) return -1;
     fcntl(fds[0], F_SETFD, FD_CLOEXEC), fcntl(fds[1], F_SETFD, FD_CLOEXEC);
@@ -438,12 +432,12 @@ static int pipe_cloexec(int fds[2]) {
 /* Waits for mpirun; after grace seconds SIGTERM to its group, MPI_KILL_GRACE
  * later SIGKILL. Its wait status. */
 static int reap_mpirun(pid_t pid, double grace) {
-    double start = now_mono();
+    double start = fisher_now_seconds();
     int termed = 0, killed = 0, status = 0;
     for (;;) {
         pid_t r = waitpid(pid, &status, WNOHANG);
         if (r == pid || (r < 0 && errno != EINTR)) return r == pid ? status : -1;
-        double t = now_mono() - start;
+        double t = fisher_now_seconds() - start;
         if (!termed && t >= grace) kill(-pid, SIGTERM), termed = 1;
         if (!killed && t >= grace + MPI_KILL_GRACE) kill(-pid, SIGKILL), killed = 1;
         usleep(20000);
@@ -581,7 +575,7 @@ static int run_distributed(running_job *j, const fisher_job_callbacks *cb, fishe
     int status = reap_mpirun(pid, got < 0 ? 0 : MPI_CANCEL_GRACE);
     if (have_reader) {
         pthread_mutex_lock(&w->lock);
-        w->drain_until = now_mono() + 2.0; /* ranks on other hosts may still hold stderr */
+        w->drain_until = fisher_now_seconds() + 2.0; /* ranks on other hosts may still hold stderr */
         pthread_mutex_unlock(&w->lock);
         pthread_join(reader, NULL);
     }
