@@ -35,8 +35,12 @@ class Daemon:
         self.log = self.data_dir.parent / f"fisherd-{self.port}.log"
         self.proc = None
 
-    def start(self):
+    def start(self, untouched=False):
+        """Starts fisherd and waits until it answers /healthz — or, untouched,
+        until it logs that it listens, so that no request has run before the
+        test's first (which threads the daemon has started can matter)."""
         self.logf = open(self.log, "ab")
+        logged = self.log.stat().st_size
         self.proc = subprocess.Popen([FISHERD, "serve", "--listen", f"{self.host}:{self.port}",
                                       "--data-dir", str(self.data_dir), *self.extra],
                                      stdout=self.logf, stderr=subprocess.STDOUT)
@@ -44,6 +48,11 @@ class Daemon:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"fisherd exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if untouched:
+                if b" listening on " in self.log.read_bytes()[logged:]:
+                    return self
+                time.sleep(0.05)
+                continue
             try:
                 if self.get("/healthz")[0] == 200:
                     return self
