@@ -60,6 +60,7 @@
  */
 #include "http.h"
 #include "http_internal.h"
+#include "error.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -224,41 +225,6 @@ static char *http__strdup(const char *s) {
     return p;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid:
- * overlong forms, surrogates and code points past U+10FFFF are invalid. */
-static size_t http__utf8_seq(const unsigned char *s, size_t n) {
-    unsigned c = s[0], cp, min;
-    size_t k;
-    if (c < 0x80) return 1;
-    if ((c & 0xE0) == 0xC0) k = 1, cp = c & 0x1F, min = 0x80;
-    else if ((c & 0xF0) == 0xE0) k = 2, cp = c & 0x0F, min = 0x800;
-    else if ((c & 0xF8) == 0xF0) k = 3, cp = c & 0x07, min = 0x10000;
-    else return 0;
-    if (n <= k) return 0;
-    for (size_t j = 1; j <= k; j++) {
-        if ((s[j] & 0xC0) != 0x80) return 0;
-        cp = cp << 6 | (s[j] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return k + 1;
-}
-
-static int http__utf8_valid(const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0, k; i < n; i += k)
-        if (!(k = http__utf8_seq(u + i, n - i))) return 0;
-    return 1;
-}
-
-/* Replaces every byte that is not part of valid UTF-8 with '?', so a
- * message quoting client input can always become a JSON string. */
-static void http__utf8_sanitize(char *s) {
-    unsigned char *u = (unsigned char *)s;
-    size_t n = strlen(s);
-    for (size_t i = 0, k; i < n; i += k)
-        if (!(k = http__utf8_seq(u + i, n - i))) u[i] = '?', k = 1;
-}
-
 static int http__hex(int c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -287,7 +253,7 @@ static ssize_t http__decode(char *dst, const char *src, size_t n, int plus) {
         dst[o++] = (char)c;
     }
     dst[o] = '\0';
-    return http__utf8_valid(dst, o) ? (ssize_t)o : -1;
+    return fisher_utf8_valid(dst, o) ? (ssize_t)o : -1;
 }
 
 int http_secure_equal(const void *a, size_t a_len, const void *b, size_t b_len) {
@@ -805,9 +771,9 @@ int http_respond_error(http_request *req, unsigned status, const char *code, con
     va_end(ap);
     snprintf(c, sizeof c, "%s", code ? code : http__default_code(status));
     if (field) snprintf(f, sizeof f, "%s", field);
-    http__utf8_sanitize(msg);
-    http__utf8_sanitize(c);
-    if (field) http__utf8_sanitize(f);
+    fisher_utf8_sanitize(msg);
+    fisher_utf8_sanitize(c);
+    if (field) fisher_utf8_sanitize(f);
     json_t *j = json_pack("{s:{s:s, s:s, s:s?}}", "error", "code", c, "message", msg, "field",
                           field ? f : NULL);
     return http_respond_json(req, status, j);

@@ -135,10 +135,9 @@ static json_t *text(const char *s) {
     if (!s) s = "";
     json_t *j = json_string(s);
     if (j) return j;
-    size_t n = strlen(s);
-    char *copy = malloc(n + 1);
+    char *copy = strdup(s);
     if (!copy) return NULL;
-    for (size_t i = 0; i <= n; i++) copy[i] = (unsigned char)s[i] < 0x80 ? s[i] : '?';
+    fisher_utf8_sanitize(copy);
     j = json_string(copy);
     free(copy);
     return j;

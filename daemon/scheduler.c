@@ -337,8 +337,10 @@ static void mpi_line(mpi_watch *w, char *line) {
     if (at && !w->rank_reason[0]) {
         int rank, used = 0;
         char host[256];
-        if (sscanf(at, "fisherd worker: rank %d on %255[^:]: %n", &rank, host, &used) == 2 && used)
+        if (sscanf(at, "fisherd worker: rank %d on %255[^:]: %n", &rank, host, &used) == 2 && used) {
             snprintf(w->rank_reason, sizeof w->rank_reason, "rank %d on %s: %.400s", rank, host, at + used);
+            fisher_utf8_clip(w->rank_reason); /* %.400s counts bytes, not characters */
+        }
     }
     if (at) {
         int rank;
@@ -606,6 +608,7 @@ static int run_distributed(running_job *j, const fisher_job_callbacks *cb, fishe
             w->tail[w->tail_len - 1] = 0; /* the final newline */
             const char *nl = strrchr(w->tail, '\n');
             snprintf(last_line, sizeof last_line, "%.500s", nl ? nl + 1 : w->tail);
+            fisher_utf8_clip(last_line);
             last = last_line;
         }
         if (w && w->signal_reason[0]) rc = fisher_errorf(err, "%s", w->signal_reason);
@@ -900,6 +903,7 @@ static void write_batch(sched *s, job_msg **msgs, size_t n) {
             continue;
         }
         snprintf(j->lost, sizeof j->lost, "cannot record its history: %.480s", err.msg);
+        fisher_utf8_clip(j->lost);
         log_msg(LOG_ERROR, j->id, "%s; stopping it", j->lost);
         j->cancel = 1;
     }

@@ -439,9 +439,20 @@ static json_t *col_real(sqlite3_stmt *st, int c) {
     return json_num(col_double(st, c));
 }
 
+/* Text as stored, with '?' for bytes that are not UTF-8: a reason cut
+ * mid-character by an older fisherd, or written by another tool, must not
+ * make a job (and every list holding it) unreadable. */
 static json_t *col_text(sqlite3_stmt *st, int c) {
     const char *t = (const char *)sqlite3_column_text(st, c);
-    return t ? json_string(t) : json_null();
+    if (!t) return json_null();
+    json_t *j = json_string(t);
+    if (j) return j;
+    char *copy = strdup(t);
+    if (!copy) return NULL;
+    fisher_utf8_sanitize(copy);
+    j = json_string(copy);
+    free(copy);
+    return j;
 }
 
 static json_t *col_ref(sqlite3_stmt *st, int c, char kind) {

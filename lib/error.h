@@ -27,4 +27,13 @@ int fisher_errorf(fisher_error *err, const char *fmt, ...)
  * leaves when it truncates UTF-8 text. */
 void fisher_utf8_clip(char *s);
 
+/* Whether s (n bytes) is valid UTF-8: no overlong forms, surrogates or
+ * code points past U+10FFFF (what a JSON string may hold). */
+int fisher_utf8_valid(const char *s, size_t n);
+
+/* Replaces every byte of s that is not part of valid UTF-8 with '?', so
+ * text from anywhere (a client, a file name, an old database) can always
+ * become a JSON string. */
+void fisher_utf8_sanitize(char *s);
+
 #endif

@@ -782,3 +782,29 @@ def test_a_job_that_checkpointed_gives_its_memory_back_once_it_ends(tmp_path):
     # Measured with the fix: +5.8 MB (the store's page cache and the first
     # requests' buffers); without it +20 MB.
     assert grew <= 10, f"heap {idle // 1024} MB idle, {after // 1024} MB after the job ended (+{grew:.1f} MB)"
+
+
+def test_a_stored_reason_that_is_not_utf8_reads_back_with_question_marks(tmp_path):
+    # A reason cut inside a character (an older fisherd's snprintf did) or
+    # written by another tool made the job, and every list holding it,
+    # answer 500 "out of memory building the reply".
+    d = Daemon(tmp_path / "var").start()
+    status, job = d.post("/api/v1/jobs", small_job(steps=2))
+    assert status == 201, job
+    assert d.wait(job["id"])["status"] == "succeeded"
+    d.stop()
+    db = sqlite3.connect(tmp_path / "var" / "fisherd.db")
+    with db:
+        db.execute("UPDATE jobs SET reason = CAST(X'636f756c64206e6f7420c3' AS TEXT)")  # 'could not \xc3'
+        db.execute("UPDATE job_events SET reason = CAST(X'ff6f6f70730a' AS TEXT)")     # '\xffoops\n'
+    db.close()
+    d.start()
+    try:
+        status, got = d.get(f"/api/v1/jobs/{job['id']}")
+        assert status == 200, got
+        assert got["reason"] == "could not ?"
+        assert {e["reason"] for e in got["events"]} == {"?oops\n"}
+        status, page = d.get("/api/v1/jobs")
+        assert status == 200 and page["jobs"][0]["reason"] == "could not ?", page
+    finally:
+        d.stop()
