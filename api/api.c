@@ -25,6 +25,7 @@
 #include "safetensors.h"
 #include "segformer.h"
 #include "log.h"
+#include "routes.h"
 #include "synth.h"
 #include "version.h"
 
@@ -1521,28 +1522,9 @@ void api_on_status(void *ctx, int64_t job, store_job_status status, const char *
 /* ------------------------------------------------------------ the table */
 
 
-static const http_route routes[] = {
-    {"GET", "/healthz", get_healthz, HTTP_ROUTE_PUBLIC, 0},
-    {"GET", "/metrics", get_metrics, 0, 0},
-    {"GET", "/api/v1/openapi.json", get_openapi, HTTP_ROUTE_PUBLIC, 0},
-    {"POST", "/api/v1/jobs", post_job, HTTP_ROUTE_JSON_BODY, JOB_SPEC_MAX_BODY},
-    {"GET", "/api/v1/jobs", get_jobs, 0, 0},
-    {"GET", "/api/v1/jobs/{id}", get_job, 0, 0},
-    {"DELETE", "/api/v1/jobs/{id}", delete_job, 0, 0},
-    {"POST", "/api/v1/jobs/{id}/cancel", post_cancel, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/groups", get_groups, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/drift", get_drift, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/heatmap", get_heatmap, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/freezes", get_freezes, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics", get_metrics_series, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/events", get_events, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/model", get_model_of_job, 0, 0},
-    {"GET", "/api/v1/events", get_all_events, 0, 0},
-    {"GET", "/api/v1/models", get_models, 0, 0},
-    {"POST", "/api/v1/models", post_model, 0, MODEL_MAX_BODY},
-    {"GET", "/api/v1/models/{id}", get_model, 0, 0},
-    {"GET", "/api/v1/datasets", get_datasets, 0, 0},
-};
+#define ROUTE(method, pattern, handler, flags, body_limit) {method, pattern, handler, flags, body_limit},
+static const http_route routes[] = {API_ROUTES(ROUTE)};
+#undef ROUTE
 
 /* The route a path belongs to, for /metrics: ids become {id}, so the
  * label set stays small whatever clients ask for; the dashboard's files

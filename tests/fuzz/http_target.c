@@ -7,9 +7,9 @@
  * line has no space). The target goes through http__probe_target
  * (api/http_internal.h), which runs http.c's own code: the printable-ASCII
  * check, %-decoding of path segments and query pairs, route matching
- * against fisherd's route table (the patterns of api/api.c, kept in step
- * by hand), and for a routed request what handlers do with it: the path
- * parameter as a job or model id (store_id_parse), every query pair,
+ * against fisherd's route table (api/routes.h, the one api/api.c serves),
+ * and for a routed request what handlers do with it: the path parameter
+ * as a job or model id (store_id_parse), every query pair,
  * http_query_int as the list routes call it, and an error response
  * quoting client text. The Content-Type value goes through the check the
  * JSON routes make.
@@ -25,6 +25,7 @@
 
 #include "fuzz_util.h"
 #include "http_internal.h"
+#include "routes.h"
 #include "store.h"
 
 static int no_handler(http_request *req, void *app, fisher_error *err) {
@@ -32,29 +33,10 @@ static int no_handler(http_request *req, void *app, fisher_error *err) {
     return -1;
 }
 
-/* api/api.c's table, patterns and methods only. */
-static const http_route routes[] = {
-    {"GET", "/healthz", no_handler, HTTP_ROUTE_PUBLIC, 0},
-    {"GET", "/metrics", no_handler, 0, 0},
-    {"GET", "/api/v1/openapi.json", no_handler, HTTP_ROUTE_PUBLIC, 0},
-    {"POST", "/api/v1/jobs", no_handler, HTTP_ROUTE_JSON_BODY, 0},
-    {"GET", "/api/v1/jobs", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}", no_handler, 0, 0},
-    {"DELETE", "/api/v1/jobs/{id}", no_handler, 0, 0},
-    {"POST", "/api/v1/jobs/{id}/cancel", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/groups", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/drift", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/heatmap", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/freezes", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/events", no_handler, 0, 0},
-    {"GET", "/api/v1/jobs/{id}/model", no_handler, 0, 0},
-    {"GET", "/api/v1/events", no_handler, 0, 0},
-    {"GET", "/api/v1/models", no_handler, 0, 0},
-    {"POST", "/api/v1/models", no_handler, 0, 0},
-    {"GET", "/api/v1/models/{id}", no_handler, 0, 0},
-    {"GET", "/api/v1/datasets", no_handler, 0, 0},
-};
+/* api/api.c's table (api/routes.h), patterns, methods and flags only. */
+#define ROUTE(method, pattern, handler, flags, body_limit) {method, pattern, no_handler, flags, 0},
+static const http_route routes[] = {API_ROUTES(ROUTE)};
+#undef ROUTE
 
 static void check_text(const char *what, const char *s) {
     fuzz_check(fuzz_utf8_valid((const unsigned char *)s, strlen(s)), "%s '%s' is not UTF-8", what, s);
