@@ -264,6 +264,11 @@ FISHER_CASE = ("mit-b0", 128, 4, 2)   # config, size, batch, threads
 EMA_INTERVALS = (1, 10)
 AMORTISED = (50, 300)   # the small example's and the SegFormer config's ema_interval
 FROZEN = (0.0, 0.25, 0.5, 0.75, 0.9)
+# The overhead rows judge a few per cent, and the steps of one process vary
+# by about as much (mit-b0 full, 15 steps: best 96.0 ms, median 99.5 ms), so
+# full and the ema_interval rows time 3× the case's steps per round (a mean
+# over 45 steps rather than 15 at the default 3 rounds).
+OVERHEAD_REPS_FACTOR = 3
 
 
 def frozen_name(fraction, spread):
@@ -287,9 +292,11 @@ def fisher_section(binary, rounds, reps):
                  for f in FROZEN if f > 0]
     times = {name: [] for name, _ in variants}
     trainable = {}
+    overhead_rows = {"full"} | {f"fisher, ema_interval {e}" for e in EMA_INTERVALS}
     for r in range(rounds):  # interleaved, like the main table
         for name, extra in variants:
-            out = run_one("c", binary, config, size, batch, threads, WARMUP, reps, extra)
+            n = reps * OVERHEAD_REPS_FACTOR if name in overhead_rows else reps
+            out = run_one("c", binary, config, size, batch, threads, WARMUP, n, extra)
             times[name] += out["step_ms"]
             trainable[name] = out["params_trainable"] / out["parameters"]
             print(f"  round {r + 1}/{rounds} {name}: "
@@ -318,7 +325,8 @@ def fisher_section(binary, rounds, reps):
             name = frozen_name(f, spread)
             row += f" {100 * trainable[name]:.1f}% | {med[name]:.1f} | {med[name] / base:.2f} |"
         lines.append(row)
-    lines += ["", f"- Overhead rows: mean step time over {rounds} round(s) of {reps} steps — with "
+    lines += ["", f"- Overhead rows: mean step time over {rounds} round(s) of "
+              f"{reps * OVERHEAD_REPS_FACTOR} steps — with "
               "ema_interval N one step in N measures every chunk's drift, so the mean is what a run "
               "pays; 'vs full' compares means; the amortised rows add one measurement's measured cost "
               "(ema_interval 1 minus full) every N steps. Freezing rows: drift measurement off "
