@@ -90,20 +90,78 @@ void fisher_linear_forward(float *out, const float *inp, const float *weight, co
     if (bias) add_bias_rows(out, bias, R, OC);
 }
 
-/* Σ over rows of a (R, C) matrix, added into acc (C). */
-static void add_column_sums(float *acc, const float *m, int R, int C, int ld) {
-#pragma omp parallel for schedule(static) reduction(+ : acc[:C]) if ((size_t)R * C > PAR_MIN)
-    for (int r = 0; r < R; r++) {
-        const float *m_r = m + (size_t)r * ld;
+/* One band of rows [r0, r1) of m (·, C): acc += each row, and with sq,
+ * sq += its squares in double (a Fisher S riding on a bias gradient). */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+bias_rows(float *restrict acc, double *restrict sq, const float *restrict m, int r0, int r1, int C) {
+    for (int r = r0; r < r1; r++) {
+        const float *m_r = m + (size_t)r * C;
+#pragma omp simd
         for (int c = 0; c < C; c++) acc[c] += m_r[c];
+        if (sq) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) sq[c] += (double)m_r[c] * m_r[c];
+        }
     }
+}
+
+/* Σ over rows of m (R, C) added into acc (C); with sq (C) not NULL, also
+ * Σ m² per column added into sq. Threads take contiguous bands into zeroed
+ * partials, added in thread order (as add_columns does, so sq has the bits
+ * of add_column_squares). An OpenMP array reduction left this loop scalar;
+ * the vector bands keep each column's sum row by row in row order, so
+ * acc has its old bits too (with a zeroed acc, as every backward has). */
+static void add_column_sums(float *acc, double *sq, const float *m, int R, int C) {
+    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R > 0 ? R : 1;
+    size_t per = (size_t)C + (C + 1) / 2; /* doubles: sq (C), then acc (C floats) */
+    double *ws = calloc((size_t)T * per, sizeof *ws);
+    if (!ws) T = 1;
+    double one[ws ? 1 : per]; /* no memory: one band, partials on the stack */
+    if (!ws) memset(one, 0, sizeof one);
+    double *base = ws ? ws : one;
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        double *p = base + (size_t)t * per;
+        bias_rows((float *)(p + C), sq ? p : NULL, m, (int)((long)t * R / nt),
+                  (int)((long)(t + 1) * R / nt), C);
+    }
+    for (int t = 0; t < T; t++) {
+        const double *p = base + (size_t)t * per;
+        const float *a = (const float *)(p + C);
+        for (int c = 0; c < C; c++) acc[c] += a[c];
+        for (int c = 0; sq && c < C; c++) sq[c] += p[c];
+    }
+    free(ws);
 }
 
 void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const uint8_t *live_rows,
                             int R, int IC, int OC) {
     fisher_linear_slice_backward(dinp, dweight, dout, inp, weight, live_rows, IC, R, IC, OC);
-    if (dbias) add_column_sums(dbias, dout, R, OC, OC);
+    if (dbias) add_column_sums(dbias, NULL, dout, R, OC);
+}
+
+static void add_column_squares(double *acc, const float *m, int R, int C);
+
+/* S's squares of dout ride on the bias gradient's pass over dout, which
+ * reads it anyway, instead of a pass of their own before the GEMMs. With
+ * the LayerNorm and BatchNorm statistics riding on their backwards too:
+ * backward(fisher) − backward(no statistics) on mit-b0 128×128 batch 4,
+ * 1 thread, CPU 6.84 -> 5.65 ms a step (medians, 3×40 paired steps). */
+void fisher_linear_backward_stats(float *dinp, float *dweight, float *dbias, float *H, float *S,
+                                  const float *dout, const float *inp, const float *weight,
+                                  const uint8_t *live_rows, int R, int IC, int OC) {
+    double h[IC], sq[OC];
+    memset(h, 0, sizeof h), memset(sq, 0, sizeof sq);
+    add_column_squares(h, inp, R, IC);
+    fisher_linear_slice_backward(dinp, dweight, dout, inp, weight, live_rows, IC, R, IC, OC);
+    if (dbias) add_column_sums(dbias, sq, dout, R, OC);
+    else add_column_squares(sq, dout, R, OC);
+    for (int j = 0; j < IC; j++) H[j] = (float)(h[j] / R);
+    H[IC] = 1.0f; /* the bias's constant-1 column: Σ 1 / R */
+    for (int o = 0; o < OC; o++) S[o] = (float)(sq[o] / R);
 }
 
 /* ------------------------------------------------------------------ Conv2d */
@@ -285,7 +343,7 @@ static void conv_depthwise_backward(float *dinp, float *dweight, float *dbias, f
                     }
                 }
     }
-    if (dbias) add_column_sums(dbias, dout, d->B * d->OH * d->OW, C, C);
+    if (dbias) add_column_sums(dbias, NULL, dout, d->B * d->OH * d->OW, C);
     if (!dweight) return;
     /* a row of the weight is a channel: only the live channels' taps are summed */
     row_run runs[(C + 1) / 2];
@@ -350,7 +408,7 @@ void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
     float *wperm = scratch, *dwperm = scratch + (size_t)d->OC * kg;
     float *col = scratch + 2 * (size_t)d->OC * kg;
     int pointwise = conv_is_pointwise(d);
-    if (dbias) add_column_sums(dbias, dout, rows, d->OC, d->OC);
+    if (dbias) add_column_sums(dbias, NULL, dout, rows, d->OC);
     row_run runs[(d->OC + 1) / 2];
     int n_runs = dweight ? row_runs(runs, live_rows, d->OC) : 0;
     if (n_runs) {
@@ -407,21 +465,17 @@ void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float 
     }
 }
 
-void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const float *inp, const float *weight, const float *mean,
-                               const float *rstd, int R, int C) {
-    int par = (size_t)R * C > PAR_MIN;
-    if (dweight) {
-#pragma omp parallel for schedule(static) reduction(+ : dweight[:C]) if (par)
-        for (int r = 0; r < R; r++) {
-            const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
-            float m = mean[r], s = rstd[r];
-            for (int c = 0; c < C; c++) dweight[c] += g[c] * ((x[c] - m) * s);
-        }
-    }
-    if (dbias) add_column_sums(dbias, dout, R, C, C);
-    if (!dinp) return;
-#pragma omp parallel for schedule(static) if (par)
+/* acc (n) = (acc + x) in float, in shard order: the arithmetic of a
+ * communicator summing ranks in rank order (see the _shards contract). */
+static void add_f(float *acc, const float *x, int n) {
+    for (int i = 0; i < n; i++) acc[i] += x[i];
+}
+
+/* dinp (R, C) += what the LayerNorm passes down, row by row. */
+static void layernorm_backward_dinp(float *dinp, const float *dout, const float *inp,
+                                    const float *weight, const float *mean, const float *rstd,
+                                    int R, int C) {
+#pragma omp parallel for schedule(static) if ((size_t)R * C > PAR_MIN)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
         float *dx = dinp + (size_t)r * C;
@@ -437,6 +491,128 @@ void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const 
             dx[c] += s * (g[c] * weight[c] - sum_dn - n * sum_dn_n);
         }
     }
+}
+
+/* One band of rows [r0, r1) of the LayerNorm's parameter-gradient pass:
+ * dw += dout·x̂, db += dout (db may be NULL) and cs += dout in double (cs
+ * may be NULL; the statistics' S). An OpenMP array reduction kept this
+ * loop scalar (GCC does not vectorise through the privatised arrays);
+ * bands with restrict partials vectorise, cloned like add_rows_squares.
+ * Each dw[c], db[c], cs[c] is still summed row by row in row order, so
+ * the vectors change no bit. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+layernorm_grad_rows(float *restrict dw, float *restrict db, double *restrict cs,
+                    const float *restrict inp, const float *restrict dout, const float *restrict mean,
+                    const float *restrict rstd, int r0, int r1, int C) {
+    for (int r = r0; r < r1; r++) {
+        const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
+        float m = mean[r], s = rstd[r];
+#pragma omp simd
+        for (int c = 0; c < C; c++) dw[c] += g[c] * ((x[c] - m) * s);
+        if (db) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) db[c] += g[c];
+        }
+        if (cs) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) cs[c] += g[c];
+        }
+    }
+}
+
+/* The LayerNorm's parameter gradients over R rows, added into dweight and
+ * dbias (either may be NULL; one pass for both), and with colsum (C) not
+ * NULL Σ_r dout per column written there. Threads take contiguous bands,
+ * each into zeroed partials, added in thread order: reproducible for a
+ * given team size. */
+static void layernorm_param_grads(float *dweight, float *dbias, double *colsum, const float *dout,
+                                  const float *inp, const float *mean, const float *rstd, int R,
+                                  int C) {
+    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R > 0 ? R : 1;
+    size_t per = 2 * (size_t)C; /* doubles: cs (C), then dw and db (C floats each) */
+    double *ws = calloc((size_t)T * per, sizeof *ws);
+    if (!ws) T = 1;
+    double one[ws ? 1 : per]; /* no memory: one band, partials on the stack */
+    if (!ws) memset(one, 0, sizeof one);
+    double *base = ws ? ws : one;
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        double *cs = base + (size_t)t * per;
+        float *dw = (float *)(cs + C), *db = dw + C;
+        layernorm_grad_rows(dw, dbias ? db : NULL, colsum ? cs : NULL, inp, dout, mean, rstd,
+                            (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
+    }
+    if (colsum) memset(colsum, 0, (size_t)C * sizeof *colsum);
+    for (int t = 0; t < T; t++) {
+        const double *cs = base + (size_t)t * per;
+        const float *dw = (const float *)(cs + C), *db = dw + C;
+        for (int c = 0; dweight && c < C; c++) dweight[c] += dw[c];
+        for (int c = 0; dbias && c < C; c++) dbias[c] += db[c];
+        for (int c = 0; colsum && c < C; c++) colsum[c] += cs[c];
+    }
+    free(ws);
+}
+
+void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int R, int C) {
+    if (dweight || dbias)
+        layernorm_param_grads(dweight, dbias, NULL, dout, inp, mean, rstd, R, C);
+    if (dinp) layernorm_backward_dinp(dinp, dout, inp, weight, mean, rstd, R, C);
+}
+
+/* LayerNorm's H and S (layers.h) over B·N rows from what its backward
+ * holds: u[n] = Σ_{b,c} x / C² is Σ_b mean[b,n] / C with the forward's row
+ * means, and S's column sums of dout come from the parameter-gradient
+ * pass. */
+static void layernorm_stats_from_sums(float *H, float *S, const float *mean, const double *colsum,
+                                      int B, int N, int C) {
+    double h0 = 0;
+    for (int n = 0; n < N; n++) {
+        double un = 0;
+        for (int b = 0; b < B; b++) un += mean[(size_t)b * N + n];
+        un /= C;
+        h0 += un * un;
+    }
+    for (int c = 0; c < C; c++) S[c] = (float)(colsum[c] * colsum[c] / B);
+    H[0] = (float)(h0 / ((double)B * B));
+    H[1] = (float)((double)N / ((double)B * B));
+}
+
+/* The statistics from what forward and backward already hold (§1): the
+ * forward's row means for H, and Σ_r dout per column for S added to the
+ * parameter-gradient pass, which reads every row of dout anyway — instead
+ * of a second pass over inp and dout (fisher_stats_layernorm: with the
+ * BatchNorm's column sums, 2.2 ms a step of perf samples on mit-b0 128×128
+ * batch 4 at 1 thread; see fisher_linear_backward_stats for the step).
+ * The means are float, so H[0] differs from fisher_stats_layernorm's
+ * double sums: on mit-b0 at 1 and 2 threads by ≤ 4e-6 relative where
+ * H[0] > 1e-10, by more only where the token means cancel (H[0] < 1e-15,
+ * float noise in the reference's float32 sums too), and never more than
+ * 1e-13 of the layer's largest H (H[1] = N/B²; parity tolerance 1e-4 of
+ * it, rtol 1e-3). Shards: each shard's rows in turn through the same
+ * pass, so a rank's own batch and a one-process shard of it give the same
+ * bits; their statistics averaged as fisher_stats_layernorm_shards does. */
+void fisher_layernorm_backward_stats(float *dinp, float *dweight, float *dbias, float *H, float *S,
+                                     const float *dout, const float *inp, const float *weight,
+                                     const float *mean, const float *rstd, int B, int N, int C,
+                                     int shards) {
+    if (shards < 1) shards = 1;
+    int b = B / shards, Rk = b * N;
+    double colsum[C];
+    float h[2], sk[C];
+    for (int k = 0; k < shards; k++) {
+        size_t at = (size_t)k * Rk;
+        layernorm_param_grads(dweight, dbias, colsum, dout + at * C, inp + at * C, mean + at,
+                              rstd + at, Rk, C);
+        layernorm_stats_from_sums(k ? h : H, k ? sk : S, mean + at, colsum, b, N, C);
+        if (k) add_f(H, h, 2), add_f(S, sk, C);
+    }
+    for (int i = 0; shards > 1 && i < 2; i++) H[i] /= (float)shards;
+    for (int c = 0; shards > 1 && c < C; c++) S[c] /= (float)shards;
+    if (dinp) layernorm_backward_dinp(dinp, dout, inp, weight, mean, rstd, B * N, C);
 }
 
 /* --------------------------------------------------------------- BatchNorm */
@@ -510,23 +686,99 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
                                    NULL); /* cannot fail alone */
 }
 
+/* BatchNorm's H and S (layers.h) from the column sums of its input and of
+ * its output gradient over B·P rows, in double. */
+static void batchnorm_stats_from_sums(float *H, float *S, const double *u, const double *sg, int B,
+                                      int P, int C) {
+    double h0 = 0;
+    for (int c = 0; c < C; c++) {
+        double uc = u[c] / ((double)P * P);
+        h0 += uc * uc;
+        S[c] = (float)(sg[c] * sg[c] / B);
+    }
+    H[0] = (float)(h0 / ((double)B * B));
+    H[1] = (float)((double)C / ((double)B * B));
+}
+
+/* One band of rows [r0, r1) of the BatchNorm backward's sums: sg += dout,
+ * sgn += dout·x̂ and, with sx, sx += x, all in double. Vectorised bands
+ * instead of an OpenMP array reduction, which GCC leaves scalar (see
+ * layernorm_grad_rows); each sum still runs row by row in row order. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+batchnorm_sum_rows(double *restrict sg, double *restrict sgn, double *restrict sx,
+                   const float *restrict inp, const float *restrict dout, const float *restrict mean,
+                   const float *restrict rstd, int r0, int r1, int C) {
+    for (int r = r0; r < r1; r++) {
+        const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) {
+            sg[c] += g[c];
+            sgn[c] += (double)g[c] * ((x[c] - mean[c]) * rstd[c]);
+        }
+        if (sx) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) sx[c] += x[c];
+        }
+    }
+}
+
+/* sum_g, sum_gn and (when not NULL) sum_x (C each) = those sums over R rows.
+ * Threads take contiguous bands into zeroed partials, added in thread
+ * order: reproducible for a given team size. */
+static void batchnorm_sums(double *sum_g, double *sum_gn, double *sum_x, const float *dout,
+                           const float *inp, const float *mean, const float *rstd, int R, int C) {
+    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R > 0 ? R : 1;
+    size_t per = 3 * (size_t)C;
+    double *ws = calloc((size_t)T * per, sizeof *ws);
+    if (!ws) T = 1;
+    double one[ws ? 1 : per]; /* no memory: one band, partials on the stack */
+    if (!ws) memset(one, 0, sizeof one);
+    double *base = ws ? ws : one;
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        double *p = base + (size_t)t * per;
+        batchnorm_sum_rows(p, p + C, sum_x ? p + 2 * C : NULL, inp, dout, mean, rstd,
+                           (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
+    }
+    for (int c = 0; c < C; c++) {
+        sum_g[c] = 0.0, sum_gn[c] = 0.0;
+        if (sum_x) sum_x[c] = 0.0;
+    }
+    for (int t = 0; t < T; t++) {
+        const double *p = base + (size_t)t * per;
+        for (int c = 0; c < C; c++) {
+            sum_g[c] += p[c], sum_gn[c] += p[C + c];
+            if (sum_x) sum_x[c] += p[2 * C + c];
+        }
+    }
+    free(ws);
+}
+
 int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, const float *dout,
                                    const float *inp, const float *weight, const float *mean,
                                    const float *rstd, int R, int C, fisher_comm *comm,
                                    fisher_error *err) {
-    int par = (size_t)R * C > PAR_MIN;
+    return fisher_batchnorm_backward_sync_stats(dinp, dweight, dbias, NULL, NULL, dout, inp, weight,
+                                                mean, rstd, 1, R, C, comm, err);
+}
+
+/* The statistics ride on the pass that sums dout and dout·x̂ per channel,
+ * which reads every row of inp and dout anyway: Σ dout is already there,
+ * Σ x is one more add an element (the separate pass over both, 4 MB each on
+ * mit-b0 128×128 batch 4, cost 0.6 ms a step at 1 thread). Local sums, taken
+ * before any all-reduce: the statistics are each rank's own (layers.h). */
+int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *H,
+                                         float *S, const float *dout, const float *inp,
+                                         const float *weight, const float *mean, const float *rstd,
+                                         int B, int P, int C, fisher_comm *comm, fisher_error *err) {
+    int R = B * P, par = (size_t)R * C > PAR_MIN;
     /* Σ dout, Σ dout·norm per channel, and the rows: one buffer, one all-reduce */
-    double sums[2 * C + 1], *sum_g = sums, *sum_gn = sums + C;
-    for (int c = 0; c < C; c++) sum_g[c] = 0.0, sum_gn[c] = 0.0;
+    double sums[2 * C + 1], *sum_g = sums, *sum_gn = sums + C, sum_x[C];
     sums[2 * C] = (double)R;
-#pragma omp parallel for schedule(static) reduction(+ : sum_g[:C], sum_gn[:C]) if (par)
-    for (int r = 0; r < R; r++) {
-        const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
-        for (int c = 0; c < C; c++) {
-            sum_g[c] += g[c];
-            sum_gn[c] += (double)g[c] * ((x[c] - mean[c]) * rstd[c]);
-        }
-    }
+    batchnorm_sums(sum_g, sum_gn, H ? sum_x : NULL, dout, inp, mean, rstd, R, C);
+    if (H) batchnorm_stats_from_sums(H, S, sum_x, sum_g, B, P, C);
     /* the local sums: the gradient all-reduce adds the ranks' up */
     for (int c = 0; c < C; c++) {
         if (dweight) dweight[c] += (float)sum_gn[c];
@@ -865,16 +1117,10 @@ static void column_sums_d(double *sum, const float *m, int R, int C) {
 
 void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *dout, int B, int P,
                             int C) {
-    double u[C], sg[C], h0 = 0;
+    double u[C], sg[C];
     column_sums_d(u, inp, B * P, C);
     column_sums_d(sg, dout, B * P, C);
-    for (int c = 0; c < C; c++) {
-        double uc = u[c] / ((double)P * P);
-        h0 += uc * uc;
-        S[c] = (float)(sg[c] * sg[c] / B);
-    }
-    H[0] = (float)(h0 / ((double)B * B));
-    H[1] = (float)((double)C / ((double)B * B));
+    batchnorm_stats_from_sums(H, S, u, sg, B, P, C);
 }
 
 void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *dout, int B, int N,
@@ -903,12 +1149,6 @@ void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *d
     for (int c = 0; c < C; c++) S[c] = (float)(sg[c] * sg[c] / B);
     H[0] = (float)(h0 / ((double)B * B));
     H[1] = (float)((double)N / ((double)B * B));
-}
-
-/* acc (n) = (acc + x) in float, in shard order: the arithmetic of a
- * communicator summing ranks in rank order (see the _shards contract). */
-static void add_f(float *acc, const float *x, int n) {
-    for (int i = 0; i < n; i++) acc[i] += x[i];
 }
 
 /* BatchNorm's and LayerNorm's statistics have one signature: (B, P or N, C). */
@@ -989,6 +1229,24 @@ void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratc
     fisher_linear_forward(out, a->ctx, w->o_w, w->o_b, B * N, C, C);
 }
 
+/* One of the attention's C→C linear layers: with its statistics when S is
+ * not NULL (H NULL: the caller has H already). */
+static void esa_linear_backward(float *dinp, float *dweight, float *dbias, float *H, float *S,
+                                const float *dout, const float *inp, const float *weight,
+                                const uint8_t *live_rows, int R, int C) {
+    if (H)
+        fisher_linear_backward_stats(dinp, dweight, dbias, H, S, dout, inp, weight, live_rows, R, C, C);
+    else if (S) { /* S alone: the H-less statistics with the same S */
+        fisher_linear_backward(dinp, dweight, NULL, dout, inp, weight, live_rows, R, C, C);
+        double sq[C];
+        memset(sq, 0, sizeof sq);
+        if (dbias) add_column_sums(dbias, sq, dout, R, C);
+        else add_column_squares(sq, dout, R, C);
+        for (int o = 0; o < C; o++) S[o] = (float)(sq[o] / R);
+    } else
+        fisher_linear_backward(dinp, dweight, dbias, dout, inp, weight, live_rows, R, C, C);
+}
+
 void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scratch,
                          const float *dout, const float *inp, const fisher_esa_cache *cache,
                          const fisher_esa_params *w, const fisher_esa_rows *live_rows,
@@ -1000,28 +1258,30 @@ void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scra
     float *dq = scratch, *dctx = dq + nc, *dk = dctx + nc, *dv = dk + mc;
     float *dsr_ln = dv + mc, *dsr = dsr_ln + mc, *att_scratch = dsr + mc;
     memset(scratch, 0, (2 * nc + 4 * mc) * sizeof *scratch);
-    fisher_linear_backward(dctx, grad->o_w, grad->o_b, dout, a->ctx, w->o_w, lr->o_w, B * N, C, C);
+    const fisher_esa_stats none = {0}, *st = stats ? stats : &none;
+    esa_linear_backward(dctx, grad->o_w, grad->o_b, st->o_H, st->o_S, dout, a->ctx, w->o_w, lr->o_w,
+                        B * N, C);
     fisher_attention_backward(dq, dk, dv, att_scratch, dctx, a->q, a->k, a->v, a->att, B, N, M, C,
                               d->NH);
     int reduced = d->sr > 1;
     /* without reduction, keys and values read the input itself */
     float *dkv = reduced ? dsr_ln : dinp;
     const float *kv_src = reduced ? a->sr_ln : inp;
-    fisher_linear_backward(dkv, grad->k_w, grad->k_b, dk, kv_src, w->k_w, lr->k_w, B * M, C, C);
-    fisher_linear_backward(dkv, grad->v_w, grad->v_b, dv, kv_src, w->v_w, lr->v_w, B * M, C, C);
+    esa_linear_backward(dkv, grad->k_w, grad->k_b, st->k_H, st->k_S, dk, kv_src, w->k_w, lr->k_w,
+                        B * M, C);
+    /* values read what keys read: the same H, not summed twice */
+    int same_h = st->k_H && st->v_H;
+    esa_linear_backward(dkv, grad->v_w, grad->v_b, same_h ? NULL : st->v_H, st->v_S, dv, kv_src,
+                        w->v_w, lr->v_w, B * M, C);
+    if (same_h) memcpy(st->v_H, st->k_H, ((size_t)C + 1) * sizeof *st->v_H);
     if (reduced) {
         fisher_layernorm_backward(dsr, grad->sr_ln_w, grad->sr_ln_b, dsr_ln, a->sr, w->sr_ln_w,
                                   a->sr_mean, a->sr_rstd, B * M, C);
         fisher_conv2d_backward(dinp, grad->sr_w, grad->sr_b, esa_conv_scratch(scratch, d), dsr, inp,
                                w->sr_w, lr->sr_w, &d->sr_conv);
     }
-    fisher_linear_backward(dinp, grad->q_w, grad->q_b, dq, inp, w->q_w, lr->q_w, B * N, C, C);
-    if (!stats) return;
-    const fisher_esa_stats *st = stats;
-    if (st->o_H) fisher_stats_linear(st->o_H, st->o_S, a->ctx, dout, B * N, C, C, 1);
-    if (st->q_H) fisher_stats_linear(st->q_H, st->q_S, inp, dq, B * N, C, C, 1);
-    if (st->k_H) fisher_stats_linear(st->k_H, st->k_S, kv_src, dk, B * M, C, C, 1);
-    if (st->v_H) fisher_stats_linear(st->v_H, st->v_S, kv_src, dv, B * M, C, C, 1);
+    esa_linear_backward(dinp, grad->q_w, grad->q_b, st->q_H, st->q_S, dq, inp, w->q_w, lr->q_w,
+                        B * N, C);
     if (reduced && st->sr_H) fisher_stats_conv(st->sr_H, st->sr_S, inp, dsr, &d->sr_conv, 1);
     if (reduced && st->sr_ln_H)
         fisher_stats_layernorm_shards(st->sr_ln_H, st->sr_ln_S, a->sr, dsr_ln, B, M, C, st->shards);

@@ -55,6 +55,12 @@ void fisher_linear_forward(float *out, const float *inp, const float *weight, co
 void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const uint8_t *live_rows,
                             int R, int IC, int OC);
+/* The same for a layer with a bias, also leaving its Fisher statistics
+ * (fisher_stats_linear with has_bias) in H (IC + 1) and S (OC); the
+ * gradients are bit for bit fisher_linear_backward's. */
+void fisher_linear_backward_stats(float *dinp, float *dweight, float *dbias, float *H, float *S,
+                                  const float *dout, const float *inp, const float *weight,
+                                  const uint8_t *live_rows, int R, int IC, int OC);
 /* The same without bias, for a block of IC columns of a wider weight whose
  * rows are ldw floats apart (one input block of a layer that reads a
  * concatenation; live_rows (OC) are the wide weight's rows). Forward
@@ -94,6 +100,15 @@ void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float 
 void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int R, int C);
+/* The backward over R = B·N rows that also leaves the layer's Fisher
+ * statistics (as fisher_stats_layernorm_shards; shards ≤ 1: the whole
+ * batch) in H (2) and S (C), from the forward's row means and the pass
+ * that computes the parameter gradients. The gradients are bit for bit
+ * fisher_layernorm_backward's when shards ≤ 1. */
+void fisher_layernorm_backward_stats(float *dinp, float *dweight, float *dbias, float *H, float *S,
+                                     const float *dout, const float *inp, const float *weight,
+                                     const float *mean, const float *rstd, int B, int N, int C,
+                                     int shards);
 
 /* ---- BatchNorm2d, channels-last: (R = B·H·W, C), PyTorch semantics ----
  * Training: normalise with the batch's biased variance, cache mean and rstd
@@ -127,6 +142,13 @@ int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, co
                                    const float *inp, const float *weight, const float *mean,
                                    const float *rstd, int R, int C, fisher_comm *comm,
                                    fisher_error *err);
+/* The same over R = B·P rows, also leaving this rank's own Fisher
+ * statistics (fisher_stats_batchnorm, from its local rows) in H (2) and
+ * S (C); H NULL: none. The gradients are bit for bit the above's. */
+int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *H,
+                                         float *S, const float *dout, const float *inp,
+                                         const float *weight, const float *mean, const float *rstd,
+                                         int B, int P, int C, fisher_comm *comm, fisher_error *err);
 
 /* ---- Elementwise ---- */
 /* GELU, exact: x·Φ(x) with the erf form (PyTorch's default). */

@@ -1005,6 +1005,30 @@ static fisher_layer *stats_for(fisher_segformer *m, int weight) {
     return trains ? l : NULL; /* a layer with no live chunk needs no statistics */
 }
 
+/* A linear layer's backward (weight tensor w, bias b), with its statistics
+ * into l when l is not NULL (fisher_linear_backward_stats). */
+static void linear_backward(fisher_segformer *m, fisher_layer *l, float *dinp, int w, int b,
+                            const float *dout, const float *inp, int R, int IC, int OC) {
+    if (l)
+        fisher_linear_backward_stats(dinp, G(m, w), G(m, b), l->H, l->S, dout, inp, P(m, w), LIVE(m, w),
+                                     R, IC, OC);
+    else
+        fisher_linear_backward(dinp, G(m, w), G(m, b), dout, inp, P(m, w), LIVE(m, w), R, IC, OC);
+}
+
+/* A LayerNorm's backward over (B, N, C), weight tensor w and bias b; with
+ * its statistics into l when l is not NULL, from what forward and backward
+ * hold (fisher_layernorm_backward_stats). */
+static void layernorm_backward(fisher_segformer *m, fisher_layer *l, float *dinp, int w, int b,
+                               const float *dout, const float *inp, const float *mean,
+                               const float *rstd, int B, int N, int C) {
+    if (l)
+        fisher_layernorm_backward_stats(dinp, G(m, w), G(m, b), l->H, l->S, dout, inp, P(m, w), mean,
+                                        rstd, B, N, C, m->stat_shards);
+    else
+        fisher_layernorm_backward(dinp, G(m, w), G(m, b), dout, inp, P(m, w), mean, rstd, B * N, C);
+}
+
 /* dres holds d(block output) on entry and d(block input) on return. */
 static void block_backward(fisher_segformer *m, int s, int j, const float *x, float *dres) {
     const fisher_segformer_config *c = &m->cfg;
@@ -1018,24 +1042,18 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
     /* Mix-FFN: out = x1 + dense2(gelu(dwconv(dense1(ln2(x1))))) */
     float *dh3 = g->hidden_a, *dh2 = g->hidden_b, *dh1 = g->hidden_a;
     fisher_layer *l;
-    if ((l = stats_for(m, p->fc2_w))) fisher_stats_linear(l->H, l->S, a->h3, dres, B * N, Hd, C, 1);
     zero(dh3, nh);
-    fisher_linear_backward(dh3, G(m, p->fc2_w), G(m, p->fc2_b), dres, a->h3, P(m, p->fc2_w),
-                           LIVE(m, p->fc2_w), B * N, Hd, C);
+    linear_backward(m, stats_for(m, p->fc2_w), dh3, p->fc2_w, p->fc2_b, dres, a->h3, B * N, Hd, C);
     zero(dh2, nh);
     fisher_gelu_backward(dh2, dh3, a->h2, nh);
     if ((l = stats_for(m, p->dw_w))) fisher_stats_conv(l->H, l->S, a->h1, dh2, &sa->dw, 1);
     zero(dh1, nh); /* dh3 is spent: its buffer now collects dh1 */
     fisher_conv2d_backward(dh1, G(m, p->dw_w), G(m, p->dw_b), g->conv, dh2, a->h1, P(m, p->dw_w),
                            LIVE(m, p->dw_w), &sa->dw);
-    if ((l = stats_for(m, p->fc1_w))) fisher_stats_linear(l->H, l->S, a->ln2, dh1, B * N, C, Hd, 1);
     zero(g->ln, nc);
-    fisher_linear_backward(g->ln, G(m, p->fc1_w), G(m, p->fc1_b), dh1, a->ln2, P(m, p->fc1_w),
-                           LIVE(m, p->fc1_w), B * N, C, Hd);
-    if ((l = stats_for(m, p->ln2_w)))
-        fisher_stats_layernorm_shards(l->H, l->S, a->x1, g->ln, B, N, C, m->stat_shards);
-    fisher_layernorm_backward(dres, G(m, p->ln2_w), G(m, p->ln2_b), g->ln, a->x1, P(m, p->ln2_w),
-                              a->ln2_mean, a->ln2_rstd, B * N, C);
+    linear_backward(m, stats_for(m, p->fc1_w), g->ln, p->fc1_w, p->fc1_b, dh1, a->ln2, B * N, C, Hd);
+    layernorm_backward(m, stats_for(m, p->ln2_w), dres, p->ln2_w, p->ln2_b, g->ln, a->x1,
+                       a->ln2_mean, a->ln2_rstd, B, N, C);
 
     /* attention: x1 = x + esa(ln1(x)) */
     fisher_esa_params w = esa_params(m, p, P), dw = esa_params(m, p, G);
@@ -1056,10 +1074,8 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
     zero(g->ln, nc);
     fisher_esa_backward(g->ln, &dw, m->esa_scratch, dres, a->ln1, &a->esa, &w, &rows, &sa->esa,
                         stp);
-    if ((l = stats_for(m, p->ln1_w)))
-        fisher_stats_layernorm_shards(l->H, l->S, x, g->ln, B, N, C, m->stat_shards);
-    fisher_layernorm_backward(dres, G(m, p->ln1_w), G(m, p->ln1_b), g->ln, x, P(m, p->ln1_w),
-                              a->ln1_mean, a->ln1_rstd, B * N, C);
+    layernorm_backward(m, stats_for(m, p->ln1_w), dres, p->ln1_w, p->ln1_b, g->ln, x, a->ln1_mean,
+                       a->ln1_rstd, B, N, C);
 }
 
 /* linear_fuse's statistics as the reference sees it: a 1×1 Conv2d without
@@ -1150,13 +1166,17 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
     if (!flows) return 0;
     zero(g->bn, nd);
     fisher_relu_backward(g->bn, g->relu, m->relu, nd);
-    if ((l = stats_for(m, m->bn_w)))
-        fisher_stats_batchnorm_shards(l->H, l->S, m->fuse, g->bn, B, N0, D, m->stat_shards);
+    /* one process's whole batch: the statistics from the backward's own pass */
+    fisher_layer *bn = stats_for(m, m->bn_w), *bn_fused = m->stat_shards <= 1 ? bn : NULL;
+    if (bn && !bn_fused)
+        fisher_stats_batchnorm_shards(bn->H, bn->S, m->fuse, g->bn, B, N0, D, m->stat_shards);
     flows = flows_below(m, m->bn_w);
     if (flows) zero(g->fuse, nd);
-    if (fisher_batchnorm_backward_sync(flows ? g->fuse : NULL, G(m, m->bn_w), G(m, m->bn_b), g->bn,
-                                       m->fuse, P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B * N0, D,
-                                       m->comm, err))
+    if (fisher_batchnorm_backward_sync_stats(flows ? g->fuse : NULL, G(m, m->bn_w), G(m, m->bn_b),
+                                             bn_fused ? bn_fused->H : NULL,
+                                             bn_fused ? bn_fused->S : NULL, g->bn, m->fuse,
+                                             P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B, N0, D,
+                                             m->comm, err))
         return -1;
     if (!flows) return 0;
     /* the stage-wise fuse of the forward, in reverse: stage s's share of
@@ -1178,12 +1198,9 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
                                      m->lc[s], P(m, m->fuse_w) + col, LIVE(m, m->fuse_w),
                                      FISHER_STAGES * D, B * sa->N, D, D);
         if (!to_lc) continue;
-        if ((l = stats_for(m, m->lc_w[s])))
-            fisher_stats_linear(l->H, l->S, sa->out, g->lc[s], B * sa->N, c->hidden_sizes[s], D, 1);
         if (to_encoder) zero(g->stage_out[s], (size_t)B * sa->N * c->hidden_sizes[s]);
-        fisher_linear_backward(to_encoder ? g->stage_out[s] : NULL, G(m, m->lc_w[s]),
-                               G(m, m->lc_b[s]), g->lc[s], sa->out, P(m, m->lc_w[s]),
-                               LIVE(m, m->lc_w[s]), B * sa->N, c->hidden_sizes[s], D);
+        linear_backward(m, stats_for(m, m->lc_w[s]), to_encoder ? g->stage_out[s] : NULL,
+                        m->lc_w[s], m->lc_b[s], g->lc[s], sa->out, B * sa->N, c->hidden_sizes[s], D);
     }
     if (!to_encoder) return 0;
 
@@ -1196,22 +1213,17 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
         size_t nc = (size_t)B * N * C;
         const float *last = sa->blocks[depth - 1].out;
         if (!flows_below_or_at(m, sp->ln_w)) return 0; /* this stage and all below are frozen */
-        if ((l = stats_for(m, sp->ln_w)))
-            fisher_stats_layernorm_shards(l->H, l->S, last, g->stage_out[s], B, N, C, m->stat_shards);
         zero(g->res, nc);
-        fisher_layernorm_backward(g->res, G(m, sp->ln_w), G(m, sp->ln_b), g->stage_out[s], last,
-                                  P(m, sp->ln_w), sa->out_mean, sa->out_rstd, B * N, C);
+        layernorm_backward(m, stats_for(m, sp->ln_w), g->res, sp->ln_w, sp->ln_b, g->stage_out[s],
+                           last, sa->out_mean, sa->out_rstd, B, N, C);
         for (int j = depth - 1; j >= 0; j--) {
             if (!flows_below_or_at(m, sp->blocks[j].fc2_w)) return 0;
             block_backward(m, s, j, j ? sa->blocks[j - 1].out : sa->x0, g->res);
         }
         if (!flows_below_or_at(m, sp->patch_ln_w)) return 0;
-        if ((l = stats_for(m, sp->patch_ln_w)))
-            fisher_stats_layernorm_shards(l->H, l->S, sa->patch_out, g->res, B, N, C, m->stat_shards);
         zero(g->patch, nc);
-        fisher_layernorm_backward(g->patch, G(m, sp->patch_ln_w), G(m, sp->patch_ln_b), g->res,
-                                  sa->patch_out, P(m, sp->patch_ln_w), sa->x0_mean, sa->x0_rstd,
-                                  B * N, C);
+        layernorm_backward(m, stats_for(m, sp->patch_ln_w), g->patch, sp->patch_ln_w,
+                           sp->patch_ln_b, g->res, sa->patch_out, sa->x0_mean, sa->x0_rstd, B, N, C);
         const float *inp = s ? m->acts[s - 1].out : m->images;
         if ((l = stats_for(m, sp->patch_w))) fisher_stats_conv(l->H, l->S, inp, g->patch, &sa->patch, 1);
         fisher_conv2d_backward(s && flows_below(m, sp->patch_w) ? g->stage_out[s - 1] : NULL,

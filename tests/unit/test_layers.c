@@ -11,6 +11,7 @@
  */
 #include "testutil.h"
 
+#include <omp.h>
 #include <stddef.h>
 
 #include "layers.h"
@@ -360,6 +361,93 @@ static void test_batchnorm(void **s) {
     free(out), free(mean), free(rstd), free(dinp), free(dw), free(db);
 }
 
+/* n floats of N(mean, 1) from rng. */
+static float *normals(fisher_rng *rng, size_t n, float mean) {
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = mean + fisher_rng_normal(rng);
+    return v;
+}
+
+/* The backwards that leave Fisher statistics from their own passes
+ * (fisher_*_backward_stats) against the plain backward plus the separate
+ * statistic: gradients bit for bit, statistics bit for bit where the sums
+ * are the same sums (Linear, BatchNorm, LayerNorm's S) and to float
+ * rounding where LayerNorm's H reads the forward's float means. At a size
+ * that runs serially and one that splits rows over two threads. */
+static void test_backward_stats_fused(void **s) {
+    (void)s;
+    const struct { int B, N, C; } sizes[] = {{2, 9, 12}, {4, 300, 40}};
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 7);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        int B = sizes[k].B, N = sizes[k].N, C = sizes[k].C, R = B * N, OC = C + 5;
+        size_t n = (size_t)R * C;
+        float *inp = normals(&rng, n, 0.3f), *dout = normals(&rng, n, 0.1f);
+        float *w = normals(&rng, C, 1.0f), *b = normals(&rng, C, 0.0f);
+        float *out = zeros(n), *mean = zeros(R), *rstd = zeros(R);
+        float *dinp[2] = {zeros(n), zeros(n)}, *dw[2] = {zeros(C), zeros(C)}, *db[2] = {zeros(C), zeros(C)};
+        float H[2][2], S[2][OC], Hl[2][C + 1];
+
+        /* LayerNorm, the whole batch and two shards */
+        fisher_layernorm_forward(out, mean, rstd, inp, w, b, R, C, 1e-5f);
+        fisher_layernorm_backward(dinp[0], dw[0], db[0], dout, inp, w, mean, rstd, R, C);
+        fisher_stats_layernorm(H[0], S[0], inp, dout, B, N, C);
+        fisher_layernorm_backward_stats(dinp[1], dw[1], db[1], H[1], S[1], dout, inp, w, mean, rstd, B,
+                                        N, C, 1);
+        assert_memory_equal(dinp[0], dinp[1], n * sizeof(float));
+        assert_memory_equal(dw[0], dw[1], C * sizeof(float));
+        assert_memory_equal(db[0], db[1], C * sizeof(float));
+        assert_memory_equal(S[0], S[1], C * sizeof(float));
+        assert_close("layernorm H", H[1], H[0], 2, 1e-5, 0);
+        fisher_stats_layernorm_shards(H[0], S[0], inp, dout, B, N, C, 2);
+        fisher_layernorm_backward_stats(NULL, NULL, NULL, H[1], S[1], dout, inp, w, mean, rstd, B, N,
+                                        C, 2);
+        assert_memory_equal(S[0], S[1], C * sizeof(float));
+        assert_close("layernorm H, 2 shards", H[1], H[0], 2, 1e-5, 0);
+
+        /* BatchNorm over (B, N, C) */
+        float *bmean = zeros(C), *brstd = zeros(C), *rm = zeros(C), *rv = zeros(C);
+        fisher_batchnorm_forward_train(out, bmean, brstd, rm, rv, inp, w, b, R, C, 0.1f, 1e-5f);
+        for (int i = 0; i < 2; i++) memset(dinp[i], 0, n * sizeof(float));
+        fisher_batchnorm_backward(dinp[0], dw[0], db[0], dout, inp, w, bmean, brstd, R, C);
+        fisher_stats_batchnorm(H[0], S[0], inp, dout, B, N, C);
+        assert_int_equal(fisher_batchnorm_backward_sync_stats(dinp[1], dw[1], db[1], H[1], S[1], dout,
+                                                              inp, w, bmean, brstd, B, N, C, NULL,
+                                                              NULL),
+                         0);
+        assert_memory_equal(dinp[0], dinp[1], n * sizeof(float));
+        assert_memory_equal(dw[0], dw[1], C * sizeof(float));
+        assert_memory_equal(db[0], db[1], C * sizeof(float));
+        assert_memory_equal(H[0], H[1], sizeof H[0]);
+        assert_memory_equal(S[0], S[1], C * sizeof(float));
+
+        /* Linear C -> OC, with and without its bias gradient */
+        float *lw = normals(&rng, (size_t)OC * C, 0.0f), *ldout = normals(&rng, (size_t)R * OC, 0.0f);
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            float *lgw[2] = {zeros((size_t)OC * C), zeros((size_t)OC * C)};
+            float *lgb[2] = {zeros(OC), zeros(OC)};
+            for (int i = 0; i < 2; i++) memset(dinp[i], 0, n * sizeof(float));
+            fisher_linear_backward(dinp[0], lgw[0], with_bias ? lgb[0] : NULL, ldout, inp, lw, NULL, R,
+                                   C, OC);
+            fisher_stats_linear(Hl[0], S[0], inp, ldout, R, C, OC, 1);
+            fisher_linear_backward_stats(dinp[1], lgw[1], with_bias ? lgb[1] : NULL, Hl[1], S[1], ldout,
+                                         inp, lw, NULL, R, C, OC);
+            assert_memory_equal(dinp[0], dinp[1], n * sizeof(float));
+            assert_memory_equal(lgw[0], lgw[1], (size_t)OC * C * sizeof(float));
+            assert_memory_equal(lgb[0], lgb[1], OC * sizeof(float));
+            assert_memory_equal(Hl[0], Hl[1], sizeof Hl[0]);
+            assert_memory_equal(S[0], S[1], OC * sizeof(float));
+            for (int i = 0; i < 2; i++) free(lgw[i]), free(lgb[i]);
+        }
+        free(lw), free(ldout), free(bmean), free(brstd), free(rm), free(rv);
+        free(inp), free(dout), free(w), free(b), free(out), free(mean), free(rstd);
+        for (int i = 0; i < 2; i++) free(dinp[i]), free(dw[i]), free(db[i]);
+    }
+    omp_set_num_threads(threads);
+}
+
 static void run_elementwise(const char *cas, void (*fwd)(float *, const float *, size_t), int uses_out) {
     size_t n = 150;
     float *inp = get(cas, "inp", n), *dout = get(cas, "dout", n);
@@ -613,6 +701,7 @@ int main(void) {
         cmocka_unit_test(test_stats_conv_direct),
         cmocka_unit_test(test_linear_live_rows), cmocka_unit_test(test_conv_live_rows),
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
+        cmocka_unit_test(test_backward_stats_fused),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
         cmocka_unit_test(test_resize_up),
