@@ -772,6 +772,42 @@ static void test_tracker_outer_matches_array(void **state) {
     assert_true(outer_used > checked / 2);
 }
 
+/* The same for a chunk of 8.6 M values, past the 2^19 vectors after which
+ * the vector route's bit-sliced histograms read themselves out and start
+ * again (drift.c: BIT_BLOCKS_MAX): rows all different, so cur is binned
+ * value by value too. */
+static void test_tracker_outer_large_chunk(void **state) {
+    (void)state;
+    const size_t R = 4200, C = 2048, n = R * C;
+    fisher_drift_config cfg = fisher_drift_defaults();
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 34);
+    float *sv = malloc(R * sizeof *sv), *hv = malloc(C * sizeof *hv), *cur = malloc(n * sizeof *cur);
+    assert_non_null(sv), assert_non_null(hv), assert_non_null(cur);
+    fisher_chunk_drift by_outer = {0}, by_array = {0};
+    int outer_used = 0;
+    for (int step = 0; step < 4; step++) {
+        for (size_t r = 0; r < R; r++) sv[r] = step ? sv[r] * expf(0.02f * fisher_rng_normal(&rng)) : expf(fisher_rng_normal(&rng));
+        for (size_t c = 0; c < C; c++)
+            hv[c] = step ? hv[c] * expf(0.02f * fisher_rng_normal(&rng)) : 0.2f + 0.8f * expf(3 * fisher_rng_normal(&rng));
+        for (size_t r = 0; r < R; r++)
+            for (size_t c = 0; c < C; c++) cur[r * C + c] = fabsf(sv[r] * hv[c]);
+        fisher_outer o = {sv, R, hv, C, NULL};
+        fisher_error err = {{0}};
+        double js_outer, js_array;
+        int rc = fisher_chunk_drift_update_outer(&by_outer, &o, step, &cfg, &js_outer, &err);
+        assert_true(rc == 0 || rc == 1);
+        if (rc == 1) assert_int_equal(fisher_chunk_drift_update(&by_outer, cur, n, step, &cfg, &js_outer, &err), 0);
+        else outer_used++;
+        assert_int_equal(fisher_chunk_drift_update(&by_array, cur, n, step, &cfg, &js_array, &err), 0);
+        if (!(js_outer == js_array)) fail_msg("step %d: outer js %.17g, array %.17g", step, js_outer, js_array);
+        assert_memory_equal(by_outer.ema_F, by_array.ema_F, n * sizeof(float));
+    }
+    assert_true(outer_used >= 2);
+    fisher_chunk_drift_free(&by_outer), fisher_chunk_drift_free(&by_array);
+    free(sv), free(hv), free(cur);
+}
+
 static int cmp_float_asc(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
@@ -859,6 +895,7 @@ int main(void) {
         cmocka_unit_test(test_js_matches_plain_definition),
         cmocka_unit_test(test_tracker_matches_stateless),
         cmocka_unit_test(test_tracker_outer_matches_array),
+        cmocka_unit_test(test_tracker_outer_large_chunk),
         cmocka_unit_test(test_outer_sort_matches_qsort),
     };
     return cmocka_run_group_tests_name("drift", tests, NULL, NULL);
