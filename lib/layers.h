@@ -93,6 +93,13 @@ void fisher_conv2d_forward(float *out, float *scratch, const float *inp, const f
 void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                             const float *dout, const float *inp, const float *weight,
                             const uint8_t *live_rows, const fisher_conv2d_dims *d);
+/* The same for a conv with a bias, also leaving its Fisher statistics
+ * (fisher_stats_conv with has_bias) in H (C/G·KH·KW + 1) and S (OC); the
+ * gradients are bit for bit fisher_conv2d_backward's. */
+void fisher_conv2d_backward_stats(float *dinp, float *dweight, float *dbias, float *H, float *S,
+                                  float *scratch, const float *dout, const float *inp,
+                                  const float *weight, const uint8_t *live_rows,
+                                  const fisher_conv2d_dims *d);
 
 /* ---- LayerNorm over the last axis: (R, C) -> (R, C); caches mean, rstd (R) ---- */
 void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,

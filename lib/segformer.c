@@ -1016,6 +1016,17 @@ static void linear_backward(fisher_segformer *m, fisher_layer *l, float *dinp, i
         fisher_linear_backward(dinp, G(m, w), G(m, b), dout, inp, P(m, w), LIVE(m, w), R, IC, OC);
 }
 
+/* A conv's backward (weight tensor w, bias b, scratch m->g.conv), with its
+ * statistics into l when l is not NULL (fisher_conv2d_backward_stats). */
+static void conv_backward(fisher_segformer *m, fisher_layer *l, float *dinp, int w, int b,
+                          const float *dout, const float *inp, const fisher_conv2d_dims *d) {
+    if (l)
+        fisher_conv2d_backward_stats(dinp, G(m, w), G(m, b), l->H, l->S, m->g.conv, dout, inp, P(m, w),
+                                     LIVE(m, w), d);
+    else
+        fisher_conv2d_backward(dinp, G(m, w), G(m, b), m->g.conv, dout, inp, P(m, w), LIVE(m, w), d);
+}
+
 /* A LayerNorm's backward over (B, N, C), weight tensor w and bias b; with
  * its statistics into l when l is not NULL, from what forward and backward
  * hold (fisher_layernorm_backward_stats). */
@@ -1041,15 +1052,12 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
 
     /* Mix-FFN: out = x1 + dense2(gelu(dwconv(dense1(ln2(x1))))) */
     float *dh3 = g->hidden_a, *dh2 = g->hidden_b, *dh1 = g->hidden_a;
-    fisher_layer *l;
     zero(dh3, nh);
     linear_backward(m, stats_for(m, p->fc2_w), dh3, p->fc2_w, p->fc2_b, dres, a->h3, B * N, Hd, C);
     zero(dh2, nh);
     fisher_gelu_backward(dh2, dh3, a->h2, nh);
-    if ((l = stats_for(m, p->dw_w))) fisher_stats_conv(l->H, l->S, a->h1, dh2, &sa->dw, 1);
     zero(dh1, nh); /* dh3 is spent: its buffer now collects dh1 */
-    fisher_conv2d_backward(dh1, G(m, p->dw_w), G(m, p->dw_b), g->conv, dh2, a->h1, P(m, p->dw_w),
-                           LIVE(m, p->dw_w), &sa->dw);
+    conv_backward(m, stats_for(m, p->dw_w), dh1, p->dw_w, p->dw_b, dh2, a->h1, &sa->dw);
     zero(g->ln, nc);
     linear_backward(m, stats_for(m, p->fc1_w), g->ln, p->fc1_w, p->fc1_b, dh1, a->ln2, B * N, C, Hd);
     layernorm_backward(m, stats_for(m, p->ln2_w), dres, p->ln2_w, p->ln2_b, g->ln, a->x1,
@@ -1225,10 +1233,9 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
         layernorm_backward(m, stats_for(m, sp->patch_ln_w), g->patch, sp->patch_ln_w,
                            sp->patch_ln_b, g->res, sa->patch_out, sa->x0_mean, sa->x0_rstd, B, N, C);
         const float *inp = s ? m->acts[s - 1].out : m->images;
-        if ((l = stats_for(m, sp->patch_w))) fisher_stats_conv(l->H, l->S, inp, g->patch, &sa->patch, 1);
-        fisher_conv2d_backward(s && flows_below(m, sp->patch_w) ? g->stage_out[s - 1] : NULL,
-                               G(m, sp->patch_w), G(m, sp->patch_b), g->conv, g->patch, inp,
-                               P(m, sp->patch_w), LIVE(m, sp->patch_w), &sa->patch);
+        conv_backward(m, stats_for(m, sp->patch_w),
+                      s && flows_below(m, sp->patch_w) ? g->stage_out[s - 1] : NULL, sp->patch_w,
+                      sp->patch_b, g->patch, inp, &sa->patch);
     }
     return 0;
 }

@@ -448,6 +448,45 @@ static void test_backward_stats_fused(void **s) {
     omp_set_num_threads(threads);
 }
 
+/* fisher_conv2d_backward_stats against fisher_conv2d_backward plus
+ * fisher_stats_conv: everything bit for bit, for a depthwise, a strided
+ * and a pointwise conv, at sizes that split over two threads. */
+static void test_conv_backward_stats_fused(void **s) {
+    (void)s;
+    /* B, H, W, C, OC, K, stride, pad, groups */
+    const int cases[][9] = {{4, 20, 20, 40, 40, 3, 1, 1, 40}, {4, 21, 19, 8, 16, 3, 2, 1, 1},
+                            {4, 20, 20, 24, 10, 1, 1, 0, 1}};
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 11);
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        const int *c = cases[k];
+        fisher_conv2d_dims d;
+        assert_int_equal(fisher_conv2d_dims_init(&d, c[0], c[1], c[2], c[3], c[4], c[5], c[5], c[6],
+                                                 c[7], c[8]),
+                         0);
+        size_t n_in = (size_t)d.B * d.H * d.W * d.C, n_out = (size_t)d.B * d.OH * d.OW * d.OC;
+        size_t n_w = (size_t)d.OC * (d.C / d.groups) * d.KH * d.KW, hl = n_w / d.OC + 1;
+        float *inp = normals(&rng, n_in, 0.2f), *dout = normals(&rng, n_out, 0.0f);
+        float *w = normals(&rng, n_w, 0.0f), *scratch = zeros(fisher_conv2d_scratch_floats(&d));
+        float *dinp[2] = {zeros(n_in), zeros(n_in)}, *dw[2] = {zeros(n_w), zeros(n_w)};
+        float *db[2] = {zeros(d.OC), zeros(d.OC)}, *H[2] = {zeros(hl), zeros(hl)};
+        float *S[2] = {zeros(d.OC), zeros(d.OC)};
+        fisher_conv2d_backward(dinp[0], dw[0], db[0], scratch, dout, inp, w, NULL, &d);
+        fisher_stats_conv(H[0], S[0], inp, dout, &d, 1);
+        fisher_conv2d_backward_stats(dinp[1], dw[1], db[1], H[1], S[1], scratch, dout, inp, w, NULL, &d);
+        assert_memory_equal(dinp[0], dinp[1], n_in * sizeof(float));
+        assert_memory_equal(dw[0], dw[1], n_w * sizeof(float));
+        assert_memory_equal(db[0], db[1], d.OC * sizeof(float));
+        assert_memory_equal(H[0], H[1], hl * sizeof(float));
+        assert_memory_equal(S[0], S[1], d.OC * sizeof(float));
+        free(inp), free(dout), free(w), free(scratch);
+        for (int i = 0; i < 2; i++) free(dinp[i]), free(dw[i]), free(db[i]), free(H[i]), free(S[i]);
+    }
+    omp_set_num_threads(threads);
+}
+
 static void run_elementwise(const char *cas, void (*fwd)(float *, const float *, size_t), int uses_out) {
     size_t n = 150;
     float *inp = get(cas, "inp", n), *dout = get(cas, "dout", n);
@@ -701,7 +740,7 @@ int main(void) {
         cmocka_unit_test(test_stats_conv_direct),
         cmocka_unit_test(test_linear_live_rows), cmocka_unit_test(test_conv_live_rows),
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
-        cmocka_unit_test(test_backward_stats_fused),
+        cmocka_unit_test(test_backward_stats_fused), cmocka_unit_test(test_conv_backward_stats_fused),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
         cmocka_unit_test(test_resize_up),
