@@ -103,6 +103,45 @@ static uint32_t least_of(const uint32_t *x, size_t n) {
     return least;
 }
 
+/* The j-th smallest of x (n), every key in [lo, lo + span], and with next
+ * the one after it (j + 1 < n); x is reordered. Keys are counted by the top
+ * bits of k − lo and selected among the one bucket's that holds rank j:
+ * two passes without branches on the keys, where quickselect's partitions
+ * mispredicted (mit-b0: ~570 selections of ~230 keys a step). The key after
+ * is the bucket's next, or the least of a later bucket. */
+#define SPAN_BUCKETS 256
+static uint32_t select_in_span(uint32_t *x, size_t n, size_t j, uint32_t lo, uint32_t span, uint32_t *next) {
+    uint32_t later = UINT32_MAX; /* the least key above the bucket so far */
+    while (n > 64 && span > 0) { /* each round narrows the span 256-fold */
+        int sh = 0;
+        while ((span >> sh) >= SPAN_BUCKETS) sh++;
+        /* four sets of counters: keys near a percentile crowd into few
+         * buckets, and one counter made each increment wait for the last */
+        uint32_t count[4][SPAN_BUCKETS] = {{0}};
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int l = 0; l < 4; l++) count[l][(x[i + l] - lo) >> sh]++;
+        for (; i < n; i++) count[0][(x[i] - lo) >> sh]++;
+        size_t below = 0;
+        uint32_t bucket = 0;
+        for (;; bucket++) {
+            size_t c = (size_t)count[0][bucket] + count[1][bucket] + count[2][bucket] + count[3][bucket];
+            if (below + c > j) break;
+            below += c;
+        }
+        size_t m = 0;
+        for (i = 0; i < n; i++) { /* the bucket's keys to the front */
+            uint32_t k = x[i], in = (k - lo) >> sh;
+            x[m] = k, m += in == bucket;
+            later = in > bucket && k < later ? k : later;
+        }
+        n = m, j -= below, lo += bucket << sh, span = (1u << sh) - 1;
+    }
+    uint32_t key = span ? kth_smallest(x, n, j) : lo;
+    if (next) *next = j + 1 < n ? (span ? least_of(x + j + 1, n - j - 1) : lo) : later;
+    return key;
+}
+
 /* Where numpy's 'linear' percentile q of n values reads: order statistics
  * k and k1 = k + 1 (clamped to n − 1), the second weighted t. */
 typedef struct {
@@ -133,34 +172,63 @@ static uint32_t key_at(const both *a, size_t i) {
 }
 
 /* The four order statistics numpy's 1st and 99th percentiles read (lo.k,
- * lo.k1, hi.k, hi.k1 → out[0..3]), by selection over a copy of every key
- * in work (n); *max_key gets the largest key (> KEY_INF: there is a NaN). */
+ * lo.k1, hi.k, hi.k1 → out[0..3]), by selection over two copies of every
+ * key in work (2n); *max_key gets the largest key (> KEY_INF: there is a
+ * NaN). Each selection takes its rank and the next (k1 = k0 + 1 or k0,
+ * clamped at n − 1; k3 likewise). */
 static void order_stats_all(const both *a, const pct_at *lo, const pct_at *hi, uint32_t *work,
                             uint32_t *out, uint32_t *max_key) {
-    uint32_t mk = 0;
-    for (size_t i = 0; i < a->n_ref; i++) work[i] = key_of(a->ref[i]), mk = work[i] > mk ? work[i] : mk;
-    for (size_t i = 0; i < a->n_cur; i++) {
-        uint32_t k = work[a->n_ref + i] = key_of(a->cur[i]);
-        mk = k > mk ? k : mk;
+    size_t n = a->n;
+    uint32_t mk = 0, least = UINT32_MAX;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = work[i] = work[n + i] = key_at(a, i);
+        mk = k > mk ? k : mk, least = k < least ? k : least;
     }
     *max_key = mk;
-    /* After selecting rank k0, the keys behind it are the ranks above k0:
-     * rank k0 + 1 is their least, and a higher rank is selected among them
-     * alone (k0 ≤ k1 = k0 + 1 clamped, k2 ≥ k0, k3 = k2 + 1 clamped). Two
-     * selections and two scans, not four selections over everything. */
-    size_t n = a->n, k0 = lo->k, k1 = lo->k1, k2 = hi->k, k3 = hi->k1;
-    uint32_t *rest = work + k0 + 1;
-    size_t n_rest = n - k0 - 1;
-    out[0] = kth_smallest(work, n, k0);
-    out[1] = k1 == k0 ? out[0] : least_of(rest, n_rest);
-    int selected = 0;
-    if (k2 == k0) out[2] = out[0];
-    else if (k2 == k1) out[2] = out[1];
-    else out[2] = kth_smallest(rest, n_rest, k2 - k0 - 1), selected = 1;
-    if (k3 == k2) out[3] = out[2];
-    else if (k3 == k1) out[3] = out[1];
-    else if (selected) out[3] = least_of(work + k2 + 1, n - k2 - 1);
-    else out[3] = kth_smallest(rest, n_rest, k3 - k0 - 1);
+    out[0] = select_in_span(work, n, lo->k, least, mk - least, lo->k1 != lo->k ? &out[1] : NULL);
+    if (lo->k1 == lo->k) out[1] = out[0];
+    out[2] = select_in_span(work + n, n, hi->k, least, mk - least, hi->k1 != hi->k ? &out[3] : NULL);
+    if (hi->k1 == hi->k) out[3] = out[2];
+}
+
+/* list (ascending, *filled of its m) takes k if k is among the m least
+ * keys it has been offered. */
+static inline void keep_least(uint32_t *list, size_t m, size_t *filled, uint32_t k) {
+    size_t j;
+    if (*filled < m) j = (*filled)++;
+    else if (k < list[m - 1]) j = m - 1;
+    else return;
+    while (j > 0 && list[j - 1] > k) list[j] = list[j - 1], j--;
+    list[j] = k;
+}
+
+/* The m_low least keys of a, ascending, into low and the m_high greatest,
+ * descending, into high (1 ≤ m ≤ n), in one pass: past the first few, a
+ * key rarely enters either list. */
+static void extreme_keys(const both *a, size_t m_low, size_t m_high, uint32_t *low, uint32_t *high) {
+    size_t n_low = 0, n_high = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        uint32_t k = key_at(a, i);
+        if (n_low < m_low || k < low[m_low - 1]) keep_least(low, m_low, &n_low, k);
+        /* the greatest as the least of the complements */
+        if (n_high < m_high || ~k < high[m_high - 1]) keep_least(high, m_high, &n_high, ~k);
+    }
+    for (size_t i = 0; i < m_high; i++) high[i] = ~high[i];
+}
+
+/* The four order statistics from extreme_keys, when the percentiles'
+ * ranks lie within RANKS_FEW of either end (every array below FEW keys):
+ * small chunks, whose selections over all keys took ~5 % of the drift time. */
+#define RANKS_FEW 32
+static int order_stats_few(const both *a, const pct_at *lo, const pct_at *hi, uint32_t *out, uint32_t *max_key) {
+    size_t m_low = lo->k1 + 1, m_high = a->n - hi->k;
+    if (m_low > RANKS_FEW || m_high > RANKS_FEW) return -1;
+    uint32_t low[RANKS_FEW], high[RANKS_FEW];
+    extreme_keys(a, m_low, m_high, low, high);
+    out[0] = low[lo->k], out[1] = low[lo->k1];
+    out[2] = high[a->n - 1 - hi->k], out[3] = high[a->n - 1 - hi->k1];
+    *max_key = high[0];
+    return 0;
 }
 
 /* A key range that should hold a needed rank. Keys below lo are counted;
@@ -257,21 +325,15 @@ static int bracket_locate(const bracket *b, size_t r, uint32_t *key, size_t *j) 
 }
 
 /* The keys of global ranks r and r1 (r1 = r or r + 1), or -1 when either
- * is not inside b. Two neighbouring gathered ranks cost one selection: after
- * it, the next rank is the least key behind the first. */
+ * is not inside b. Two neighbouring gathered ranks cost one selection. */
 static int bracket_ranks(bracket *b, size_t r, size_t r1, uint32_t *out, uint32_t *out1) {
     size_t j, j1;
     int where = bracket_locate(b, r, out, &j), where1 = bracket_locate(b, r1, out1, &j1);
     if (!where || !where1) return -1;
-    if (where == 2) *out = kth_smallest(b->buf, b->inside, j);
-    if (where1 != 2) return 0;
-    if (where == 2 && j1 == j + 1) {
-        uint32_t least = UINT32_MAX;
-        for (size_t i = j1; i < b->inside; i++) least = b->buf[i] < least ? b->buf[i] : least;
-        *out1 = least;
-    } else {
-        *out1 = kth_smallest(b->buf, b->inside, j1);
-    }
+    int pair = where == 2 && where1 == 2 && j1 == j + 1;
+    uint32_t span = b->hi - b->lo; /* gathered keys lie in [lo, hi] */
+    if (where == 2) *out = select_in_span(b->buf, b->inside, j, b->lo, span, pair ? out1 : NULL);
+    if (where1 == 2 && !pair) *out1 = select_in_span(b->buf, b->inside, j1, b->lo, span, NULL);
     return 0;
 }
 
@@ -337,8 +399,9 @@ static void brackets_from_sample(bracket *br, uint32_t *sample, size_t m, size_t
 static int order_stats(const both *a, const pct_at *lo, const pct_at *hi, uint32_t *out,
                        uint32_t *max_key, uint32_t half_width[2]) {
     half_width[0] = half_width[1] = 0;
+    if (a->n < FEW && !order_stats_few(a, lo, hi, out, max_key)) return 0;
     if (a->n < FEW) {
-        uint32_t work[FEW];
+        uint32_t work[2 * FEW];
         order_stats_all(a, lo, hi, work, out, max_key);
         return 0;
     }
@@ -355,7 +418,7 @@ static int order_stats(const both *a, const pct_at *lo, const pct_at *hi, uint32
     int missed = percentile_keys(br, lo, hi, out);
     free(buf);
     if (!missed) return 0;
-    uint32_t *work = malloc(a->n * sizeof *work);
+    uint32_t *work = malloc(2 * a->n * sizeof *work);
     if (!work) return -1;
     order_stats_all(a, lo, hi, work, out, max_key);
     free(work);
@@ -1155,26 +1218,27 @@ AVX512_TARGET static inline void bit_hist_add(bit_hist *v, int *n_buf, __m512i b
     if (++*n_buf == 16) bit_hist_block(v), *n_buf = 0;
 }
 
-/* acc (64 per-position sums: position p of even lanes at p, of odd lanes
- * at 32 + p) += 2^k · plane's bits. */
-AVX512_TARGET static void bit_hist_plane(__m512i acc[4], const uint32_t *plane, int k) {
-    __m512i x = VLOAD(plane);
-    if (!_mm512_test_epi32_mask(x, x)) return;
-    uint64_t q[8];
-    _mm512_storeu_si512((void *)q, x);
-    __m512i bytes = _mm512_setzero_si512(), minus_one = _mm512_set1_epi8(-1);
-    for (int i = 0; i < 8; i++) bytes = _mm512_mask_sub_epi8(bytes, _cvtu64_mask64(q[i]), bytes, minus_one);
-    const __m128i shift = _mm_cvtsi32_si128(k);
-    uint8_t count[64];
-    _mm512_storeu_si512((void *)count, bytes);
-    for (int i = 0; i < 4; i++) {
-        __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(count + 16 * i)));
-        acc[i] = _mm512_add_epi32(acc[i], _mm512_sll_epi32(w, shift));
-    }
+/* The counts of plane x's bits as 64 bytes, at most 8 each: byte j counts
+ * bit j of the eight quadwords (position j of the even lanes, j − 32 of
+ * the odd ones). In registers: through memory, each mask load waited for
+ * the store before it. */
+AVX512_TARGET static inline __m512i bit_plane_bytes(__m512i x) {
+    const __m512i minus_one = _mm512_set1_epi8(-1);
+    __m512i bytes = _mm512_setzero_si512();
+#define ADD_QWORD(part, hi)                                                                                  \
+    bytes = _mm512_mask_sub_epi8(                                                                            \
+        bytes, _cvtu64_mask64((uint64_t)_mm_extract_epi64(_mm512_extracti32x4_epi32(x, part), hi)), bytes, \
+        minus_one)
+    ADD_QWORD(0, 0), ADD_QWORD(0, 1), ADD_QWORD(1, 0), ADD_QWORD(1, 1);
+    ADD_QWORD(2, 0), ADD_QWORD(2, 1), ADD_QWORD(3, 0), ADD_QWORD(3, 1);
+#undef ADD_QWORD
+    return bytes;
 }
 
 /* Adds v's counts to v->counts and leaves v empty of inputs (the caller
- * initialises it again before further use). */
+ * initialises it again before further use). Levels are read four at a
+ * time: their byte counts (at most 16 a level, with a waiting carry)
+ * weighted 1, 2, 4, 8 still fit a byte, so one widening serves four. */
 AVX512_TARGET static void bit_hist_finish(bit_hist *v) {
     if (v->n_buf) { /* zero inputs fill the block: they count nowhere */
         for (int i = v->n_buf; i < 16; i++)
@@ -1183,10 +1247,21 @@ AVX512_TARGET static void bit_hist_finish(bit_hist *v) {
     }
     for (int s = 0; s < 2; s++) {
         __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-        for (int k = 0; k < 4; k++) bit_hist_plane(acc, v->low[k][s], k);
-        for (int k = 4; k < v->top; k++) {
-            bit_hist_plane(acc, v->plane[k][s], k);
-            if (v->has_pend >> k & 1) bit_hist_plane(acc, v->pend[k][s], k);
+        for (int g = 0; 4 * g < v->top; g++) {
+            __m512i four = _mm512_setzero_si512(); /* Σ 2^i · level 4g + i's byte counts */
+            for (int i = 3; i >= 0; i--) {
+                int k = 4 * g + i;
+                four = _mm512_add_epi8(four, four);
+                if (k >= v->top) continue;
+                __m512i x = VLOAD(k < 4 ? v->low[k][s] : v->plane[k][s]);
+                if (_mm512_test_epi32_mask(x, x)) four = _mm512_add_epi8(four, bit_plane_bytes(x));
+                if (k >= 4 && v->has_pend >> k & 1) four = _mm512_add_epi8(four, bit_plane_bytes(VLOAD(v->pend[k][s])));
+            }
+            if (!_mm512_test_epi32_mask(four, four)) continue;
+            const __m128i shift = _mm_cvtsi32_si128(4 * g);
+#define WIDEN(i) acc[i] = _mm512_add_epi32(acc[i], _mm512_sll_epi32(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(four, i)), shift))
+            WIDEN(0), WIDEN(1), WIDEN(2), WIDEN(3);
+#undef WIDEN
         }
         uint32_t sum[64];
         for (int i = 0; i < 4; i++) _mm512_storeu_si512((void *)(sum + 16 * i), acc[i]);
