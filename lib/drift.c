@@ -460,7 +460,7 @@ static int bin_of(const bins *h, double x) {
  * LUT_SIZE equal spans names the bin at each span's start and where in
  * the span the next edge lies, and one comparison (rarely more) corrects
  * the bin within the span — one table read, no second one for the edge. */
-#define LUT_SIZE 512
+#define LUT_SIZE 256 /* built for every chunk at every step: 512 spans cost more to fill (mit-b0) and left one_step no likelier */
 
 typedef struct {
     uint32_t t[JS_BINS + 1];
@@ -543,7 +543,7 @@ static void make_key_bins(key_bins *kb, const bins *h) {
     kb->span = kb->t[JS_BINS] - t0;
     kb->shift = 0;
     while ((kb->span >> kb->shift) >= LUT_SIZE) kb->shift++;
-    uint32_t last = kb->span >> kb->shift, width = 1u << kb->shift; /* shift ≤ 19: fits beside 6 bits */
+    uint32_t last = kb->span >> kb->shift, width = 1u << kb->shift; /* keys < 2^31, so shift ≤ 23: fits beside 6 bits */
     /* Span s starts at t0 + s·width and is named by the last bin b whose
      * edge t[b] it has reached (t[1..63]; bin 63 takes the rest), with the
      * distance to edge t[b + 1]. Filled bin by bin: the spans starting
@@ -767,14 +767,22 @@ static void blend(float *ema, const float *cur, size_t n, float keep, float take
     }
 }
 
-/* counts + eps, normalised; then clipped at eps and renormalised (§3.4–5). */
-static void to_distribution(double *p, const uint64_t *counts) {
-    double sum = 0;
-    for (int i = 0; i < JS_BINS; i++) sum += (p[i] = (double)counts[i] + JS_EPS);
-    for (int i = 0; i < JS_BINS; i++) p[i] /= sum;
-    sum = 0;
-    for (int i = 0; i < JS_BINS; i++) sum += (p[i] = p[i] < JS_EPS ? JS_EPS : p[i]);
-    for (int i = 0; i < JS_BINS; i++) p[i] /= sum;
+/* counts + eps, normalised; then clipped at eps and renormalised (§3.4–5):
+ * p from count_p and q from count_q side by side, each sum in its own
+ * order, so that the two chains of dependent additions overlap. */
+static void to_distributions(double *p, double *q, const uint64_t *count_p, const uint64_t *count_q) {
+    double sum_p = 0, sum_q = 0;
+    for (int i = 0; i < JS_BINS; i++) {
+        sum_p += (p[i] = (double)count_p[i] + JS_EPS);
+        sum_q += (q[i] = (double)count_q[i] + JS_EPS);
+    }
+    for (int i = 0; i < JS_BINS; i++) p[i] /= sum_p, q[i] /= sum_q;
+    sum_p = 0, sum_q = 0;
+    for (int i = 0; i < JS_BINS; i++) {
+        sum_p += (p[i] = p[i] < JS_EPS ? JS_EPS : p[i]);
+        sum_q += (q[i] = q[i] < JS_EPS ? JS_EPS : q[i]);
+    }
+    for (int i = 0; i < JS_BINS; i++) p[i] /= sum_p, q[i] /= sum_q;
 }
 
 /* Equal counts make equal probabilities, and so equal terms: bins whose
@@ -786,8 +794,7 @@ static void to_distribution(double *p, const uint64_t *counts) {
 static double js_of_counts(const uint64_t *count_ref, const uint64_t *count_cur) {
     double p[JS_BINS], q[JS_BINS], kl_pm = 0, kl_qm = 0, memo[JS_MEMO][JS_MEMO][2];
     uint8_t known[JS_MEMO][JS_MEMO] = {{0}};
-    to_distribution(p, count_ref);
-    to_distribution(q, count_cur);
+    to_distributions(p, q, count_ref, count_cur);
     for (int i = 0; i < JS_BINS; i++) {
         uint64_t a = count_ref[i], b = count_cur[i];
         double *t = a < JS_MEMO && b < JS_MEMO ? memo[a][b] : NULL;
@@ -1074,7 +1081,7 @@ static int outer_order_stats(fisher_drift_brackets *p, const float *ema, const f
 
 /* The EMA pass of an outer-product chunk, one row at a time: every EMA
  * value binned (before the update) and replaced by keep·ema + take·cur,
- * cur = s_r·h[c] formed on the fly and binned too when cur_lanes is given,
+ * cur = |s_r·h[c]| formed on the fly and binned too when cur_lanes is given,
  * and the new value counted against the next brackets. */
 typedef struct {
     float keep, take;         /* float32, both factors rounded from double */
@@ -1088,7 +1095,7 @@ static void ema_row_scalar(ema_pass *ps, float *ema, float sr, const float *h, s
                            lane_counts *cur_lanes) {
     uint32_t mk = ps->max_key;
     for (size_t c = 0; c < C; c++) {
-        float e = ema[c], cv = sr * h[c];
+        float e = ema[c], cv = fabsf(sr * h[c]);
         lanes[c % LANES][key_bin(ps->kb, key_of(e))]++;
         if (cur_lanes) (*cur_lanes)[c % LANES][key_bin(ps->kb, key_of(cv))]++;
         float x = ps->keep * e, y = ps->take * cv, z = x + y;
@@ -1336,7 +1343,7 @@ ema_row_avx512_core(ema_pass *ps, float *ema, float sr, const float *h, size_t C
          * (1 thread: 16.9 -> 14.4 ms of drift a step, best of 20) */
         _mm_prefetch((const char *)(ema + c) + 1024, _MM_HINT_T0);
         __m512 e = _mm512_loadu_ps(ema + c);
-        __m512 cv = _mm512_mul_ps(s, _mm512_loadu_ps(h + c));
+        __m512 cv = _mm512_abs_ps(_mm512_mul_ps(s, _mm512_loadu_ps(h + c)));
         __m512 z = _mm512_add_ps(_mm512_mul_ps(keep, e), _mm512_mul_ps(take, cv));
         _mm512_storeu_ps(ema + c, z);
         STEP16(0xffff);
@@ -1347,7 +1354,7 @@ ema_row_avx512_core(ema_pass *ps, float *ema, float sr, const float *h, size_t C
          * others load zeros, are not stored, bin outside, count nowhere */
         __mmask16 live = (__mmask16)((1u << (C - c)) - 1);
         __m512 e = _mm512_maskz_loadu_ps(live, ema + c);
-        __m512 cv = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(live, h + c));
+        __m512 cv = _mm512_abs_ps(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(live, h + c)));
         __m512 z = _mm512_add_ps(_mm512_mul_ps(keep, e), _mm512_mul_ps(take, cv));
         _mm512_mask_storeu_ps(ema + c, live, z);
         STEP16(live);
@@ -1421,22 +1428,26 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
     if (!d->next && !(d->next = brackets_new(n, 0)))
         return fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
     fisher_drift_brackets *p = d->next;
-    float *s = malloc((R + 3 * C) * sizeof *s), *h = s + R, *hs = h + C;
+    float *s = malloc((R + (o->h_sorted ? 0 : 2 * C)) * sizeof *s), *sorted = s + R;
     if (!s) return fisher_errorf(err, "drift: out of memory measuring a chunk of %zu", n);
     int rc = 1;
-    float s_max = 0, h_max = 0;
+    float s_max = 0;
     for (size_t r = 0; r < R; r++) {
         s[r] = fabsf(o->s[r]);
         if (!isfinite(s[r])) goto out;
         s_max = s[r] > s_max ? s[r] : s_max;
     }
+    /* h is read as it is, not copied as |h|: keys ignore the sign, and the
+     * EMA pass takes |s·h|, the same float as |s|·|h| */
+    const float *h = o->h, *hs = o->h_sorted;
+    uint32_t h_key = 0; /* the largest key of h; ≥ KEY_INF: not finite */
     for (size_t c = 0; c < C; c++) {
-        h[c] = fabsf(o->h[c]);
-        if (!isfinite(h[c])) goto out;
-        h_max = h[c] > h_max ? h[c] : h_max;
+        uint32_t k = key_of(h[c]);
+        h_key = k > h_key ? k : h_key;
     }
-    if (o->h_sorted) memcpy(hs, o->h_sorted, C * sizeof *hs);
-    else fisher_outer_sort(h, C, hs, hs + C);
+    if (h_key >= KEY_INF) goto out;
+    float h_max = (float)value_of_key(h_key);
+    if (!hs) fisher_outer_sort(h, C, sorted, sorted + C), hs = sorted;
 
     pct_at lo = percentile_at(2 * n, 0.01), hi = percentile_at(2 * n, 0.99);
     uint32_t ord[4], max_key;
