@@ -155,12 +155,11 @@ void fisher_linear_backward_stats(float *dinp, float *dweight, float *dbias, flo
                                   const uint8_t *live_rows, int R, int IC, int OC) {
     double h[IC], sq[OC];
     memset(h, 0, sizeof h), memset(sq, 0, sizeof sq);
-    add_column_squares(h, inp, R, IC);
+    if (H) add_column_squares(h, inp, R, IC);
     fisher_linear_slice_backward(dinp, dweight, dout, inp, weight, live_rows, IC, R, IC, OC);
     if (dbias) add_column_sums(dbias, sq, dout, R, OC);
     else add_column_squares(sq, dout, R, OC);
-    for (int j = 0; j < IC; j++) H[j] = (float)(h[j] / R);
-    H[IC] = 1.0f; /* the bias's constant-1 column: Σ 1 / R */
+    if (H) fisher_stats_linear_h(H, h, R, IC, 1);
     for (int o = 0; o < OC; o++) S[o] = (float)(sq[o] / R);
 }
 
@@ -868,6 +867,129 @@ void fisher_add_inplace(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] += inp[i];
 }
 
+/* ------------------------------------- Forwards that square their output */
+/* A layer's H is the column squares of its input, which the forward of the
+ * layer before produces: summing them as each output row is written costs
+ * arithmetic on values in registers, where the backward's statistics pass
+ * read the whole tensor again from memory (7 GB/s: cold by then). For the
+ * linear layers reading a LayerNorm (q, fc1, the decode head's lc_s), the
+ * classifier reading ReLU and linear_fuse's lc_0 block, on mit-b0 128×128
+ * batch 4 at 1 thread: forward+backward(fisher) − (no statistics) 5.0-5.2
+ * -> 2.9-3.7 ms CPU a step (3×40 paired steps). Not GELU's output (fc2):
+ * squared in its forward it cost 2 ms (the scalar erff loop slowed down
+ * more than the squares cost) for 0.6 ms saved in the backward. */
+
+typedef void squares_band(const void *ctx, double *restrict sq, int r0, int r1);
+
+/* Runs band over rows [0, R) of a (R, C) output, sq (C) += its column
+ * squares: threads take contiguous bands into zeroed partials, added in
+ * thread order — add_column_squares' bands and order, so the sums have its
+ * bits. */
+static void banded_squares(squares_band *band, const void *ctx, double *sq, int R, int C) {
+    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R;
+    double *part = T > 1 ? calloc((size_t)T * C, sizeof *part) : NULL;
+    if (!part) { /* one thread, or no memory for the partial sums */
+        band(ctx, sq, 0, R);
+        return;
+    }
+#pragma omp parallel num_threads(T)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        band(ctx, part + (size_t)t * C, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt));
+    }
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) sq[c] += part[(size_t)t * C + c];
+    free(part);
+}
+
+typedef struct {
+    float *out, *mean, *rstd;
+    const float *inp, *weight, *bias;
+    int C;
+    float eps;
+} layernorm_job;
+
+/* The bands below write each output element with the plain forward's
+ * expression and square it where it is (vectorised, cloned like
+ * add_rows_squares; no contraction under -std=c11, so the same bits). */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+layernorm_band(const void *ctx, double *restrict sq, int r0, int r1) {
+    const layernorm_job *j = ctx;
+    int C = j->C;
+    const float *restrict w = j->weight, *restrict b = j->bias;
+    for (int r = r0; r < r1; r++) { /* fisher_layernorm_forward's arithmetic */
+        const float *restrict x = j->inp + (size_t)r * C;
+        float *restrict o = j->out + (size_t)r * C;
+        float m = 0.0f, v = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        v /= C;
+        float s = 1.0f / sqrtf(v + j->eps);
+#pragma omp simd
+        for (int c = 0; c < C; c++) {
+            o[c] = (x[c] - m) * s * w[c] + b[c];
+            sq[c] += (double)o[c] * o[c];
+        }
+        j->mean[r] = m, j->rstd[r] = s;
+    }
+}
+
+void fisher_layernorm_forward_squares(float *out, float *mean, float *rstd, double *sq,
+                                      const float *inp, const float *weight, const float *bias, int R,
+                                      int C, float eps) {
+    layernorm_job j = {out, mean, rstd, inp, weight, bias, C, eps};
+    banded_squares(layernorm_band, &j, sq, R, C);
+}
+
+typedef struct {
+    float *out;
+    const float *inp;
+    int C;
+} rows_job;
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+relu_band(const void *ctx, double *restrict sq, int r0, int r1) {
+    const rows_job *j = ctx;
+    int C = j->C;
+    for (int r = r0; r < r1; r++) {
+        const float *restrict x = j->inp + (size_t)r * C;
+        float *restrict o = j->out + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] = x[c] > 0.0f ? x[c] : 0.0f;
+#pragma omp simd
+        for (int c = 0; c < C; c++) sq[c] += (double)o[c] * o[c];
+    }
+}
+
+void fisher_relu_forward_squares(float *out, double *sq, const float *inp, int R, int C) {
+    rows_job j = {out, inp, C};
+    banded_squares(relu_band, &j, sq, R, C);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+bias_band(const void *ctx, double *restrict sq, int r0, int r1) {
+    const rows_job *j = ctx; /* inp is the bias */
+    int C = j->C;
+    const float *restrict bias = j->inp;
+    for (int r = r0; r < r1; r++) {
+        float *restrict o = j->out + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) {
+            o[c] += bias[c];
+            sq[c] += (double)o[c] * o[c];
+        }
+    }
+}
+
+void fisher_linear_forward_squares(float *out, double *sq, const float *inp, const float *weight,
+                                   const float *bias, int R, int IC, int OC) {
+    fisher_linear_slice_forward(out, inp, weight, IC, R, IC, OC, 0);
+    rows_job j = {out, bias, OC};
+    banded_squares(bias_band, &j, sq, R, OC);
+}
+
 /* --------------------------------------------------------------- Attention */
 /* Head h of batch b is a strided view: rows of C floats, columns
  * [h·hd, (h+1)·hd). sgemm's leading dimensions let every product read and
@@ -990,14 +1112,18 @@ static void add_column_squares(double *acc, const float *m, int R, int C) {
     add_columns(acc, m, R, C, add_rows_squares);
 }
 
+void fisher_stats_linear_h(float *H, const double *sq, int R, int IC, int has_bias) {
+    for (int j = 0; j < IC; j++) H[j] = (float)(sq[j] / R);
+    if (has_bias) H[IC] = 1.0f; /* the constant-1 column: Σ 1 / R */
+}
+
 void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout, int R, int IC,
                          int OC, int has_bias) {
     double h[IC], sq[OC];
     memset(h, 0, sizeof h), memset(sq, 0, sizeof sq);
-    add_column_squares(h, inp, R, IC);
+    if (H) add_column_squares(h, inp, R, IC);
     if (S) add_column_squares(sq, dout, R, OC);
-    for (int j = 0; j < IC; j++) H[j] = (float)(h[j] / R);
-    if (has_bias) H[IC] = 1.0f; /* the constant-1 column: Σ 1 / R */
+    if (H) fisher_stats_linear_h(H, h, R, IC, has_bias);
     for (int o = 0; S && o < OC; o++) S[o] = (float)(sq[o] / R);
 }
 
@@ -1134,9 +1260,15 @@ static void conv_stats_h(float *H, const float *inp, const fisher_conv2d_dims *d
     if (conv_is_pointwise(d)) {
         memset(h, 0, sizeof h);
         add_column_squares(h, inp, d->B * P, K);
-    } else if (conv_patch_squares(h, inp, d)) { /* every (batch, group, position) patch is a row; groups share H */
+    } else if (conv_patch_squares(h, inp, d)) {
+        /* every (batch, group, position) patch is a row; groups share H */
         conv_patch_squares_direct(h, inp, d);
     }
+    fisher_stats_conv_h(H, h, d, has_bias);
+}
+
+void fisher_stats_conv_h(float *H, const double *h, const fisher_conv2d_dims *d, int has_bias) {
+    int G = d->groups, K = d->C / G * d->KH * d->KW, P = d->OH * d->OW;
     double div = has_bias ? (double)d->B * P * K : (double)d->B;
     for (int j = 0; j < K; j++) H[j] = (float)(h[j] / div);
     if (has_bias) H[K] = (float)((double)G / K); /* Σ over B·G·P rows of 1, / (B·P·K) */
@@ -1147,7 +1279,7 @@ void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
     int P = d->OH * d->OW;
     double sq[d->OC];
     memset(sq, 0, sizeof sq);
-    conv_stats_h(H, inp, d, has_bias);
+    if (H) conv_stats_h(H, inp, d, has_bias);
     add_column_squares(sq, dout, d->B * P, d->OC);
     for (int o = 0; o < d->OC; o++) S[o] = (float)(sq[o] / ((double)d->B * P));
 }
@@ -1272,21 +1404,14 @@ void fisher_esa_forward(float *out, const fisher_esa_cache *cache, float *scratc
     fisher_linear_forward(out, a->ctx, w->o_w, w->o_b, B * N, C, C);
 }
 
-/* One of the attention's C→C linear layers: with its statistics when S is
- * not NULL (H NULL: the caller has H already). */
+/* One of the attention's C→C linear layers, with its statistics when S is
+ * not NULL (H NULL: H is known already). */
 static void esa_linear_backward(float *dinp, float *dweight, float *dbias, float *H, float *S,
                                 const float *dout, const float *inp, const float *weight,
                                 const uint8_t *live_rows, int R, int C) {
-    if (H)
+    if (S)
         fisher_linear_backward_stats(dinp, dweight, dbias, H, S, dout, inp, weight, live_rows, R, C, C);
-    else if (S) { /* S alone: the H-less statistics with the same S */
-        fisher_linear_backward(dinp, dweight, NULL, dout, inp, weight, live_rows, R, C, C);
-        double sq[C];
-        memset(sq, 0, sizeof sq);
-        if (dbias) add_column_sums(dbias, sq, dout, R, C);
-        else add_column_squares(sq, dout, R, C);
-        for (int o = 0; o < C; o++) S[o] = (float)(sq[o] / R);
-    } else
+    else
         fisher_linear_backward(dinp, dweight, dbias, dout, inp, weight, live_rows, R, C, C);
 }
 

@@ -56,8 +56,8 @@ void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const flo
                             const float *inp, const float *weight, const uint8_t *live_rows,
                             int R, int IC, int OC);
 /* The same for a layer with a bias, also leaving its Fisher statistics
- * (fisher_stats_linear with has_bias) in H (IC + 1) and S (OC); the
- * gradients are bit for bit fisher_linear_backward's. */
+ * (fisher_stats_linear with has_bias) in H (IC + 1; NULL: only S) and S
+ * (OC); the gradients are bit for bit fisher_linear_backward's. */
 void fisher_linear_backward_stats(float *dinp, float *dweight, float *dbias, float *H, float *S,
                                   const float *dout, const float *inp, const float *weight,
                                   const uint8_t *live_rows, int R, int IC, int OC);
@@ -180,6 +180,19 @@ void fisher_attention_backward(float *dq, float *dk, float *dv, float *scratch, 
                                const float *q, const float *k, const float *v, const float *att,
                                int B, int N, int M, int C, int NH);
 
+/* ---- Forwards that also sum their output's column squares ----
+ * The same outputs, bit for bit, as fisher_layernorm_forward,
+ * fisher_relu_forward and fisher_linear_forward (with a bias) on (R, C)
+ * rows; sq (C, double) += Σ_rows out², with the bits of
+ * the statistics' own column squares. For the H of the layer reading the
+ * output (fisher_stats_linear_h, fisher_stats_conv_h). */
+void fisher_layernorm_forward_squares(float *out, float *mean, float *rstd, double *sq,
+                                      const float *inp, const float *weight, const float *bias, int R,
+                                      int C, float eps);
+void fisher_relu_forward_squares(float *out, double *sq, const float *inp, int R, int C);
+void fisher_linear_forward_squares(float *out, double *sq, const float *inp, const float *weight,
+                                   const float *bias, int R, int IC, int OC);
+
 /* ---- Fisher statistics of a layer (FISHERADAPTUNE.md §1) ----
  * Per-batch second moments of a layer's input (H) and of the loss gradient
  * w.r.t. its output (S), from what forward and backward already hold. The
@@ -197,6 +210,11 @@ void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout
                          int OC, int has_bias);
 void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
                        const fisher_conv2d_dims *d, int has_bias);
+/* (H NULL in the two above: only S, H being known already.) H from the
+ * sums of squares they divide: sq (IC) of the input's columns; h (K) of
+ * the patches, as fisher_stats_conv sums them. */
+void fisher_stats_linear_h(float *H, const double *sq, int R, int IC, int has_bias);
+void fisher_stats_conv_h(float *H, const double *h, const fisher_conv2d_dims *d, int has_bias);
 void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *dout, int B, int P,
                             int C);
 void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *dout, int B, int N,

@@ -264,6 +264,8 @@ struct fisher_segformer {
     int *layer_of;                           /* parameter tensor index -> its layer */
     float *stats_data;                       /* every layer's H and S */
     int collect_stats;
+    int forward_h;                           /* this training forward computes layers' H */
+    uint8_t *h_forward;                      /* per layer: its H came from the last forward */
     uint8_t *trainable;                      /* per tensor: 0 = its gradient is never needed */
     const uint8_t **rows_of;                 /* per tensor: its live rows (layers.h), into
                                               * live_rows; NULL when every row is live */
@@ -446,13 +448,14 @@ static int finish_layers(fisher_segformer *m, fisher_error *err) {
     m->earliest = 0;
     m->stats_data = calloc(total, sizeof(float));
     m->stats_pack = malloc((total ? total : 1) * sizeof(float));
+    m->h_forward = calloc((size_t)m->n_layers + 1, 1);
     m->stat_shards = 1;
     size_t rows = 0;
     for (int i = 0; i < m->params.count; i++) rows += (size_t)m->params.tensors[i].shape[0];
     m->rows_of = calloc((size_t)m->params.count, sizeof *m->rows_of); /* all rows live */
     m->live_rows = malloc(rows);
     if (!m->layer_of || !m->stats_data || !m->stats_pack || !m->trainable || !m->rows_of ||
-        !m->live_rows)
+        !m->live_rows || !m->h_forward)
         return fisher_errorf(err, "out of memory building the model");
     float *at = m->stats_data;
     for (int i = 0; i < m->n_layers; i++) {
@@ -520,6 +523,7 @@ void fisher_segformer_free(fisher_segformer *m) {
     free(m->live_rows);
     free(m->stats_data);
     free(m->stats_pack);
+    free(m->h_forward);
     free(m->param_data);
     free(m->grad_data);
     free(m->buffer_data);
@@ -885,22 +889,56 @@ static fisher_esa_params esa_params(fisher_segformer *m, const block_params *p,
     };
 }
 
+static fisher_layer *stats_for(fisher_segformer *m, int weight);
+
+/* The layer owning `weight` when this training forward computes its H, as
+ * the column squares of its input summed where that input is written
+ * (layers.h, forwards that square their output), else NULL. */
+static fisher_layer *forward_h_for(fisher_segformer *m, int weight) {
+    return m->forward_h && weight != NONE ? stats_for(m, weight) : NULL;
+}
+
+/* l (may be NULL), a linear layer with a bias reading R rows of IC columns
+ * whose squares are sq: its H, marked as the forward's. */
+static void forward_h_linear(fisher_segformer *m, fisher_layer *l, const double *sq, int R, int IC) {
+    if (!l) return;
+    fisher_stats_linear_h(l->H, sq, R, IC, 1);
+    m->h_forward[l - m->layers] = 1;
+}
+
+/* A LayerNorm forward over R rows of C whose output is read by up to three
+ * linear layers (weights r0..r2, NONE for none): with their H when they
+ * need statistics. */
+static void layernorm_forward_h(fisher_segformer *m, float *out, float *mean, float *rstd,
+                                const float *inp, int w, int b, int R, int C, int r0, int r1, int r2) {
+    float eps = m->cfg.layer_norm_eps;
+    fisher_layer *l[3] = {forward_h_for(m, r0), forward_h_for(m, r1), forward_h_for(m, r2)};
+    if (!l[0] && !l[1] && !l[2]) {
+        fisher_layernorm_forward(out, mean, rstd, inp, P(m, w), P(m, b), R, C, eps);
+        return;
+    }
+    double sq[C];
+    memset(sq, 0, sizeof sq);
+    fisher_layernorm_forward_squares(out, mean, rstd, sq, inp, P(m, w), P(m, b), R, C, eps);
+    for (int i = 0; i < 3; i++) forward_h_linear(m, l[i], sq, R, C);
+}
+
 static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
     const fisher_segformer_config *c = &m->cfg;
     stage_acts *sa = &m->acts[s];
     block_acts *a = &sa->blocks[j];
     const block_params *p = &m->stages[s].blocks[j];
     int B = m->B, N = sa->N, C = c->hidden_sizes[s], Hd = C * c->mlp_ratio;
-    float eps = c->layer_norm_eps;
 
-    fisher_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, P(m, p->ln1_w), P(m, p->ln1_b),
-                             B * N, C, eps);
+    int kv_read_ln1 = c->sr_ratios[s] == 1; /* no reduction: keys and values read ln1 too */
+    layernorm_forward_h(m, a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b, B * N, C, p->q_w,
+                        kv_read_ln1 ? p->k_w : NONE, kv_read_ln1 ? p->v_w : NONE);
     fisher_esa_params w = esa_params(m, p, P);
     fisher_esa_forward(a->x1, &a->esa, m->esa_scratch, a->ln1, &w, &sa->esa);
     fisher_add_inplace(a->x1, x, (size_t)B * N * C);
 
-    fisher_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, P(m, p->ln2_w),
-                             P(m, p->ln2_b), B * N, C, eps);
+    layernorm_forward_h(m, a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, p->ln2_w, p->ln2_b, B * N, C,
+                        p->fc1_w, NONE, NONE);
     fisher_linear_forward(a->h1, a->ln2, P(m, p->fc1_w), P(m, p->fc1_b), B * N, C, Hd);
     fisher_conv2d_forward(a->h2, m->conv_scratch, a->h1, P(m, p->dw_w), P(m, p->dw_b), &sa->dw);
     fisher_gelu_forward(a->h3, a->h2, (size_t)B * N * Hd);
@@ -923,6 +961,8 @@ const float *fisher_segformer_forward_sync(fisher_segformer *m, const float *ima
     float eps = c->layer_norm_eps;
     const float *x = images;
     m->images = images;
+    m->forward_h = training && m->collect_stats;
+    memset(m->h_forward, 0, (size_t)m->n_layers);
     for (int s = 0; s < FISHER_STAGES; s++) {
         stage_acts *sa = &m->acts[s];
         const stage_params *sp = &m->stages[s];
@@ -936,8 +976,8 @@ const float *fisher_segformer_forward_sync(fisher_segformer *m, const float *ima
             block_forward(m, s, j, h);
             h = sa->blocks[j].out;
         }
-        fisher_layernorm_forward(sa->out, sa->out_mean, sa->out_rstd, h, P(m, sp->ln_w),
-                                 P(m, sp->ln_b), B * N, C, eps);
+        layernorm_forward_h(m, sa->out, sa->out_mean, sa->out_rstd, h, sp->ln_w, sp->ln_b, B * N, C,
+                            m->lc_w[s], NONE, NONE);
         x = sa->out;
     }
 
@@ -952,8 +992,20 @@ const float *fisher_segformer_forward_sync(fisher_segformer *m, const float *ima
     for (int s = 0; s < FISHER_STAGES; s++) {
         stage_acts *sa = &m->acts[s];
         const float *w_s = P(m, m->fuse_w) + (size_t)(FISHER_STAGES - 1 - s) * D; /* deepest first */
-        fisher_linear_forward(m->lc[s], sa->out, P(m, m->lc_w[s]), P(m, m->lc_b[s]), B * sa->N,
-                              c->hidden_sizes[s], D);
+        fisher_layer *fuse = s == 0 ? forward_h_for(m, m->fuse_w) : NULL;
+        if (fuse) { /* linear_fuse's H of its lc_0 block (see fuse_stats) */
+            double sq[D];
+            memset(sq, 0, sizeof sq);
+            fisher_linear_forward_squares(m->lc[0], sq, sa->out, P(m, m->lc_w[0]), P(m, m->lc_b[0]),
+                                          B * N0, c->hidden_sizes[0], D);
+            float *H0 = fuse->H + (size_t)(FISHER_STAGES - 1) * D;
+            fisher_stats_linear_h(H0, sq, B * N0, D, 0);
+            for (int k = 0; k < D; k++) H0[k] *= (float)N0;
+            m->h_forward[fuse - m->layers] = 1;
+        } else {
+            fisher_linear_forward(m->lc[s], sa->out, P(m, m->lc_w[s]), P(m, m->lc_b[s]), B * sa->N,
+                                  c->hidden_sizes[s], D);
+        }
         if (s == 0) {
             fisher_linear_slice_forward(m->fuse, m->lc[0], w_s, ld_fuse, B * N0, D, D, 0);
             continue;
@@ -976,7 +1028,18 @@ const float *fisher_segformer_forward_sync(fisher_segformer *m, const float *ima
         fisher_batchnorm_forward_eval(m->bn, m->fuse, P(m, m->bn_w), P(m, m->bn_b), run_mean,
                                       run_var, B * N0, D, c->batch_norm_eps);
     }
-    fisher_relu_forward(m->relu, m->bn, (size_t)B * N0 * D);
+    fisher_layer *cls = forward_h_for(m, m->cls_w);
+    if (cls) { /* the classifier, a 1×1 conv in the reference, reads relu */
+        double sq[D];
+        memset(sq, 0, sizeof sq);
+        fisher_relu_forward_squares(m->relu, sq, m->bn, B * N0, D);
+        fisher_conv2d_dims d1;
+        fisher_conv2d_dims_init(&d1, B, h0, w0, D, L, 1, 1, 1, 0, 1);
+        fisher_stats_conv_h(cls->H, sq, &d1, 1);
+        m->h_forward[cls - m->layers] = 1;
+    } else {
+        fisher_relu_forward(m->relu, m->bn, (size_t)B * N0 * D);
+    }
     fisher_linear_forward(m->logits, m->relu, P(m, m->cls_w), P(m, m->cls_b), B * N0, D, L);
     fisher_resize_bilinear_forward(m->logits_full, m->logits, B, h0, w0, L, m->H, m->W);
     m->last_training = training;
@@ -1005,13 +1068,18 @@ static fisher_layer *stats_for(fisher_segformer *m, int weight) {
     return trains ? l : NULL; /* a layer with no live chunk needs no statistics */
 }
 
+/* l's H where the forward did not compute it already, else NULL. */
+static float *h_left(const fisher_segformer *m, const fisher_layer *l) {
+    return m->h_forward[l - m->layers] ? NULL : l->H;
+}
+
 /* A linear layer's backward (weight tensor w, bias b), with its statistics
  * into l when l is not NULL (fisher_linear_backward_stats). */
 static void linear_backward(fisher_segformer *m, fisher_layer *l, float *dinp, int w, int b,
                             const float *dout, const float *inp, int R, int IC, int OC) {
     if (l)
-        fisher_linear_backward_stats(dinp, G(m, w), G(m, b), l->H, l->S, dout, inp, P(m, w), LIVE(m, w),
-                                     R, IC, OC);
+        fisher_linear_backward_stats(dinp, G(m, w), G(m, b), h_left(m, l), l->S, dout, inp, P(m, w),
+                                     LIVE(m, w), R, IC, OC);
     else
         fisher_linear_backward(dinp, G(m, w), G(m, b), dout, inp, P(m, w), LIVE(m, w), R, IC, OC);
 }
@@ -1073,7 +1141,7 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
         fisher_layer *o = stats_for(m, p->o_w);
         fisher_layer *sr = p->sr_w != NONE ? stats_for(m, p->sr_w) : NULL;
         fisher_layer *srln = p->sr_w != NONE ? stats_for(m, p->sr_ln_w) : NULL;
-#define HS(l, f) st.f##_H = l ? l->H : NULL, st.f##_S = l ? l->S : NULL
+#define HS(l, f) st.f##_H = l ? h_left(m, l) : NULL, st.f##_S = l ? l->S : NULL
         HS(q, q), HS(k, k), HS(v, v), HS(o, o), HS(sr, sr), HS(srln, sr_ln);
 #undef HS
         st.shards = m->stat_shards;
@@ -1098,7 +1166,9 @@ static void fuse_stats(fisher_segformer *m, fisher_layer *l) {
         const stage_acts *sa = &m->acts[s];
         float *H = l->H + (size_t)(FISHER_STAGES - 1 - s) * D;
         if (s == 0) { /* the four input blocks share one output gradient: its S once */
-            fisher_stats_linear(H, l->S, m->lc[0], m->g.fuse, B * N0, D, D, 0);
+            float *H0 = h_left(m, l) ? H : NULL; /* NULL: the forward's (scaled already) */
+            fisher_stats_linear(H0, l->S, m->lc[0], m->g.fuse, B * N0, D, D, 0);
+            if (!H0) continue;
         } else { /* read off the stage's own grid, not the upsampled copy */
             double sq[D];
             memset(sq, 0, sizeof sq);
@@ -1165,7 +1235,7 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
     if ((l = stats_for(m, m->cls_w))) {
         fisher_conv2d_dims d1; /* the classifier is a 1×1 Conv2d in the reference */
         fisher_conv2d_dims_init(&d1, B, h0, w0, D, L, 1, 1, 1, 0, 1);
-        fisher_stats_conv(l->H, l->S, m->relu, g->logits, &d1, 1);
+        fisher_stats_conv(h_left(m, l), l->S, m->relu, g->logits, &d1, 1);
     }
     int flows = flows_below(m, m->cls_w);
     if (flows) zero(g->relu, nd);

@@ -487,6 +487,45 @@ static void test_conv_backward_stats_fused(void **s) {
     omp_set_num_threads(threads);
 }
 
+/* The forwards that square their output: outputs bit for bit the plain
+ * forwards', and H from their squares bit for bit fisher_stats_linear's
+ * from the output (the statistics' own pass), serial and on two threads. */
+static void test_forward_squares(void **s) {
+    (void)s;
+    const int sizes[][2] = {{18, 12}, {1200, 40}}; /* R, C */
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 5);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        int R = sizes[k][0], C = sizes[k][1], IC = C / 2;
+        size_t n = (size_t)R * C;
+        float *inp = normals(&rng, n, 0.1f), *w = normals(&rng, (size_t)C * IC, 0.0f);
+        float *b = normals(&rng, C, 0.0f), *mean = zeros(R), *rstd = zeros(R);
+        float *out[2] = {zeros(n), zeros(n)}, H[2][C + 1];
+        for (int kind = 0; kind < 3; kind++) {
+            double sq[C];
+            memset(sq, 0, sizeof sq);
+            if (kind == 0) {
+                fisher_layernorm_forward(out[0], mean, rstd, inp, w, b, R, C, 1e-5f);
+                fisher_layernorm_forward_squares(out[1], mean, rstd, sq, inp, w, b, R, C, 1e-5f);
+            } else if (kind == 1) {
+                fisher_relu_forward(out[0], inp, n);
+                fisher_relu_forward_squares(out[1], sq, inp, R, C);
+            } else { /* a linear IC -> C reading the first IC columns of inp as its rows */
+                fisher_linear_forward(out[0], inp, w, b, R, IC, C);
+                fisher_linear_forward_squares(out[1], sq, inp, w, b, R, IC, C);
+            }
+            assert_memory_equal(out[0], out[1], n * sizeof(float));
+            fisher_stats_linear(H[0], NULL, out[0], NULL, R, C, 1, 1);
+            fisher_stats_linear_h(H[1], sq, R, C, 1);
+            assert_memory_equal(H[0], H[1], sizeof H[0]);
+        }
+        free(inp), free(w), free(b), free(mean), free(rstd), free(out[0]), free(out[1]);
+    }
+    omp_set_num_threads(threads);
+}
+
 static void run_elementwise(const char *cas, void (*fwd)(float *, const float *, size_t), int uses_out) {
     size_t n = 150;
     float *inp = get(cas, "inp", n), *dout = get(cas, "dout", n);
@@ -741,6 +780,7 @@ int main(void) {
         cmocka_unit_test(test_linear_live_rows), cmocka_unit_test(test_conv_live_rows),
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_backward_stats_fused), cmocka_unit_test(test_conv_backward_stats_fused),
+        cmocka_unit_test(test_forward_squares),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
         cmocka_unit_test(test_resize_up),
