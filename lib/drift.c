@@ -111,7 +111,8 @@ static uint32_t least_of(const uint32_t *x, size_t n) {
  * is the bucket's next, or the least of a later bucket. */
 #define SPAN_BUCKETS 256
 static uint32_t select_in_span(uint32_t *x, size_t n, size_t j, uint32_t lo, uint32_t span, uint32_t *next) {
-    uint32_t later = UINT32_MAX; /* the least key above the bucket so far */
+    uint32_t later = UINT32_MAX; /* the least key above the bucket, once rank j is the bucket's last */
+    int next_later = 0;
     while (n > 64 && span > 0) { /* each round narrows the span 256-fold */
         int sh = 0;
         while ((span >> sh) >= SPAN_BUCKETS) sh++;
@@ -122,23 +123,31 @@ static uint32_t select_in_span(uint32_t *x, size_t n, size_t j, uint32_t lo, uin
         for (; i + 4 <= n; i += 4)
             for (int l = 0; l < 4; l++) count[l][(x[i + l] - lo) >> sh]++;
         for (; i < n; i++) count[0][(x[i] - lo) >> sh]++;
-        size_t below = 0;
+        size_t below = 0, c;
         uint32_t bucket = 0;
         for (;; bucket++) {
-            size_t c = (size_t)count[0][bucket] + count[1][bucket] + count[2][bucket] + count[3][bucket];
+            c = (size_t)count[0][bucket] + count[1][bucket] + count[2][bucket] + count[3][bucket];
             if (below + c > j) break;
             below += c;
         }
         size_t m = 0;
-        for (i = 0; i < n; i++) { /* the bucket's keys to the front */
-            uint32_t k = x[i], in = (k - lo) >> sh;
-            x[m] = k, m += in == bucket;
-            later = in > bucket && k < later ? k : later;
+        if (next && !next_later && j + 1 == below + c) { /* the next key lies above the bucket */
+            next_later = 1;
+            for (i = 0; i < n; i++) {
+                uint32_t k = x[i], in = (k - lo) >> sh;
+                x[m] = k, m += in == bucket;
+                later = in > bucket && k < later ? k : later;
+            }
+        } else {
+            for (i = 0; i < n; i++) { /* the bucket's keys to the front */
+                uint32_t k = x[i];
+                x[m] = k, m += (k - lo) >> sh == bucket;
+            }
         }
         n = m, j -= below, lo += bucket << sh, span = (1u << sh) - 1;
     }
     uint32_t key = span ? kth_smallest(x, n, j) : lo;
-    if (next) *next = j + 1 < n ? (span ? least_of(x + j + 1, n - j - 1) : lo) : later;
+    if (next) *next = next_later || j + 1 >= n ? later : span ? least_of(x + j + 1, n - j - 1) : lo;
     return key;
 }
 
@@ -986,14 +995,15 @@ static size_t first_reaching(const float *hs, size_t from, size_t to, float s, u
 
 /* Least significant digit first: the keys of magnitudes order like the
  * values, and counting passes beat a comparison sort at the sizes of H (up
- * to a few thousand): three of 11 bits, or for a few hundred values (a
- * one-column chunk's S seen as a row) four of 8, whose tables cost less to
- * clear and sum. A pass in which every key has the same digit would leave
- * the order as it is (the sort is stable), so it is skipped: S near 0.2
+ * to a few thousand): four of 8 bits, or beyond 4096 values three of 11,
+ * whose tables of 2048 cost more to clear and sum than a fourth pass over
+ * fewer values (fisher.c sorts ~100 H of 32 to 1024 values every step on
+ * mit-b0). A pass in which every key has the same digit would leave the
+ * order as it is (the sort is stable), so it is skipped: S near 0.2
  * throughout shares most digits. */
 void fisher_outer_sort(const float *h, size_t n, float *out, float *tmp) {
     enum { RADIX_MAX = 1 << 11 };
-    int digit = n <= 512 ? 8 : 11, passes = (31 + digit - 1) / digit;
+    int digit = n <= 4096 ? 8 : 11, passes = (31 + digit - 1) / digit;
     size_t radix = (size_t)1 << digit, count[RADIX_MAX];
     float *a = out, *b = tmp;
     for (size_t i = 0; i < n; i++) a[i] = fabsf(h[i]);

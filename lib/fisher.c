@@ -278,6 +278,18 @@ static int chunk_outer(const fisher_method *fm, size_t c, fisher_outer *o) {
     return 0;
 }
 
+/* The Fisher of an outer-product chunk as fisher_method_chunk_fisher
+ * writes it (the same products in the same places: float multiplication
+ * commutes), by a loop without the general one's per-element tests, for
+ * the chunks the array route measures (~510 small ones a step on mit-b0). */
+static void outer_fisher(const fisher_outer *o, float *out) {
+    for (size_t r = 0; r < o->rows; r++, out += o->cols)
+        for (size_t c = 0; c < o->cols; c++) {
+            float f = o->s[r] * o->h[c];
+            out[c] = isnan(f) ? 0.0f : fabsf(f);
+        }
+}
+
 /* ------------------------------------------------------------ one step */
 
 static void update_estimator(fisher_method *fm) {
@@ -355,10 +367,11 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r,
             fisher_error e;
             fisher_outer o;
             /* without materialising the chunk when its Fisher is an outer product */
-            int rc = chunk_outer(fm, c, &o) ? 1
-                     : fisher_chunk_drift_update_outer(&fm->drift[c], &o, step, &fm->cfg.drift, &fm->js[c], &e);
+            int outer = !chunk_outer(fm, c, &o);
+            int rc = !outer ? 1 : fisher_chunk_drift_update_outer(&fm->drift[c], &o, step, &fm->cfg.drift, &fm->js[c], &e);
             if (rc == 1) {
-                fisher_method_chunk_fisher(fm, c, scratch);
+                if (outer) outer_fisher(&o, scratch);
+                else fisher_method_chunk_fisher(fm, c, scratch);
                 rc = fisher_chunk_drift_update(&fm->drift[c], scratch, fm->chunks[c].size, step,
                                                &fm->cfg.drift, &fm->js[c], &e);
             }

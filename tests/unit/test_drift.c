@@ -820,7 +820,7 @@ static void test_outer_sort_matches_qsort(void **state) {
     (void)state;
     fisher_rng rng;
     fisher_rng_seed(&rng, 5);
-    const size_t sizes[] = {1, 2, 3, 17, 256, 512, 513, 1000, 2049, 5000}; /* 8-bit digits up to 512 */
+    const size_t sizes[] = {1, 2, 3, 17, 256, 512, 513, 1000, 2049, 4096, 4097, 5000}; /* 8-bit digits up to 4096 */
     for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
         size_t n = sizes[si];
         float *h = malloc(4 * n * sizeof *h), *got = h + n, *tmp = got + n, *want = tmp + n;
