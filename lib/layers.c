@@ -469,7 +469,7 @@ void fisher_conv2d_backward_stats(float *dinp, float *dweight, float *dbias, flo
                                   const fisher_conv2d_dims *d) {
     double sq[d->OC];
     memset(sq, 0, sizeof sq);
-    conv_stats_h(H, inp, d, 1);
+    if (H) conv_stats_h(H, inp, d, 1);
     conv2d_backward(dinp, dweight, dbias, sq, scratch, dout, inp, weight, live_rows, d);
     for (int o = 0; o < d->OC; o++) S[o] = (float)(sq[o] / ((double)d->B * d->OH * d->OW));
 }
@@ -990,6 +990,62 @@ void fisher_linear_forward_squares(float *out, double *sq, const float *inp, con
     banded_squares(bias_band, &j, sq, R, OC);
 }
 
+static int conv_patch_squares(double *h, const float *inp, const fisher_conv2d_dims *d);
+static void conv_patch_squares_direct(double *h, const float *inp, const fisher_conv2d_dims *d);
+static size_t s1_per(const fisher_conv2d_dims *d);
+static int s1_applies(const fisher_conv2d_dims *d);
+static inline void s1_add_pixel(double *restrict rec, const float *restrict x, int iw,
+                                const fisher_conv2d_dims *d);
+static void s1_assemble(double *h, double *rec, const fisher_conv2d_dims *d);
+static void add_d(double *restrict acc, const double *restrict v, size_t n);
+
+/* The linear forward feeding a conv (d: its input is this output) that
+ * also leaves the conv's patch squares in h (C/G·KH·KW, as
+ * fisher_stats_conv sums them): for a stride-1 conv, row records summed
+ * as the bias is added (threads' records added in thread order), else the
+ * conv's own pass over the output. The patch squares of mit-b0's depthwise
+ * convs were a cold read of their 8 MB of input a step in the backward;
+ * here, mit-b0 128×128 batch 4 at 1 thread, forward+backward(fisher) −
+ * (no statistics) went 3.7-4.3 -> 2.8-3.75 ms CPU (3×40 paired steps).
+ * (The same records in the backward, from the cold input, measured no
+ * faster than conv_patch_squares: the read is the cost.) The
+ * records live in the caller's scratch: allocated per call they were
+ * fresh pages (mmap-sized) to fault in and clear every step (1.3 ms). */
+size_t fisher_patch_squares_scratch(const fisher_conv2d_dims *d, int threads) {
+    return (size_t)(threads > 1 ? threads : 1) * d->H * s1_per(d);
+}
+
+void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch, size_t scratch_len,
+                                         const float *inp, const float *weight, const float *bias,
+                                         int IC, const fisher_conv2d_dims *d) {
+    int R = d->B * d->H * d->W, C = d->C, H = d->H, W = d->W;
+    fisher_linear_slice_forward(out, inp, weight, IC, R, IC, C, 0);
+    size_t per = s1_per(d);
+    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R;
+    size_t need = fisher_patch_squares_scratch(d, T);
+    double *rec = !s1_applies(d) ? NULL : scratch && scratch_len >= need ? scratch : malloc(need * sizeof *rec);
+    if (!rec) {
+        add_bias_rows(out, bias, R, C);
+        if (conv_patch_squares(h, out, d)) conv_patch_squares_direct(h, out, d);
+        return;
+    }
+    memset(rec, 0, need * sizeof *rec);
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        double *mine = rec + (size_t)t * H * per;
+        for (int r = (int)((long)t * R / nt); r < (int)((long)(t + 1) * R / nt); r++) {
+            float *o = out + (size_t)r * C;
+            for (int c = 0; c < C; c++) o[c] += bias[c];
+            s1_add_pixel(mine + (size_t)(r / W % H) * per, o, r % W, d);
+        }
+    }
+    for (int t = 1; t < T; t++) add_d(rec, rec + (size_t)t * H * per, (size_t)H * per);
+    s1_assemble(h, rec, d);
+    if (rec != scratch) free(rec);
+}
+
 /* --------------------------------------------------------------- Attention */
 /* Head h of batch b is a strided view: rows of C floats, columns
  * [h·hd, (h+1)·hd). sgemm's leading dimensions let every product read and
@@ -1170,6 +1226,63 @@ static void fold_groups(double *a, int G, int cg) {
 static void add_d(double *restrict acc, const double *restrict v, size_t n) {
 #pragma omp simd
     for (size_t j = 0; j < n; j++) acc[j] += v[j];
+}
+
+/* Stride-1 patch squares by rows. Tap (ki, kj) of a stride-1 conv reads
+ * the inputs of rows [ki − pad, ki − pad + OH) × columns [kj − pad, kj −
+ * pad + OW), clipped to the image. Per input row, the squares summed over
+ * batch and columns (C), then per edge column apart (2e·C, e = KW − 1
+ * columns at each edge, 2e ≤ W): "row records" of s1_per(d) doubles. A
+ * tap's sum is its rows' records less the edge columns it does not read. */
+static size_t s1_per(const fisher_conv2d_dims *d) { return (size_t)(1 + 2 * (d->KW - 1)) * d->C; }
+
+static int s1_applies(const fisher_conv2d_dims *d) {
+    return d->stride == 1 && 2 * (d->KW - 1) <= d->W;
+}
+
+/* One input pixel x (C) of row record rec, in column iw: its squares added. */
+static inline void s1_add_pixel(double *restrict rec, const float *restrict x, int iw,
+                                const fisher_conv2d_dims *d) {
+    int C = d->C, W = d->W, e = d->KW - 1;
+#pragma omp simd
+    for (int c = 0; c < C; c++) rec[c] += (double)x[c] * x[c];
+    int k = iw < e ? iw : iw >= W - e ? 2 * e - (W - iw) : -1;
+    if (k < 0) return;
+    double *q = rec + (size_t)(1 + k) * C;
+#pragma omp simd
+    for (int c = 0; c < C; c++) q[c] += (double)x[c] * x[c];
+}
+
+/* h (K) from the H row records (destroyed: summed into prefix sums). */
+static void s1_assemble(double *h, double *rec, const fisher_conv2d_dims *d) {
+    int H = d->H, W = d->W, C = d->C, G = d->groups, cg = C / G, e = d->KW - 1;
+    int KH = d->KH, KW = d->KW, pad = d->pad;
+    size_t per = s1_per(d);
+    for (int ih = 1; ih < H; ih++) /* rec[ih] = Σ of rows 0..ih */
+        add_d(rec + (size_t)ih * per, rec + (size_t)(ih - 1) * per, per);
+    memset(h, 0, (size_t)cg * KH * KW * sizeof *h);
+    double t[C];
+    for (int ki = 0; ki < KH; ki++)
+        for (int kj = 0; kj < KW; kj++) {
+            int r0 = ki - pad > 0 ? ki - pad : 0, r1 = ki - pad + d->OH < H ? ki - pad + d->OH : H;
+            int c0 = kj - pad > 0 ? kj - pad : 0, c1 = kj - pad + d->OW < W ? kj - pad + d->OW : W;
+            if (r1 <= r0 || c1 <= c0) continue;
+            const double *hi = rec + (size_t)(r1 - 1) * per, *lo = r0 ? rec + (size_t)(r0 - 1) * per : NULL;
+            for (int k = -1; k < 2 * e; k++) { /* the rows' sums, less the edge columns skipped */
+                if (k >= 0) {
+                    int iw = k < e ? k : W - 2 * e + k;
+                    if (iw >= c0 && iw < c1) continue;
+                }
+                size_t at = (size_t)(1 + k) * C;
+                double sign = k < 0 ? 1.0 : -1.0;
+                for (int c = 0; c < C; c++) {
+                    double v = hi[at + c] - (lo ? lo[at + c] : 0.0);
+                    t[c] = k < 0 ? v : t[c] + sign * v;
+                }
+            }
+            for (int g = 0; g < G; g++) /* groups share H: (ci, kh, kw) */
+                for (int ci = 0; ci < cg; ci++) h[(ci * KH + ki) * KW + kj] += t[g * cg + ci];
+        }
 }
 
 /* What conv_patch_squares_direct computes, in O(B·H·W·C) instead of

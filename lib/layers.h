@@ -94,7 +94,8 @@ void fisher_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
                             const float *dout, const float *inp, const float *weight,
                             const uint8_t *live_rows, const fisher_conv2d_dims *d);
 /* The same for a conv with a bias, also leaving its Fisher statistics
- * (fisher_stats_conv with has_bias) in H (C/G·KH·KW + 1) and S (OC); the
+ * (fisher_stats_conv with has_bias) in H (C/G·KH·KW + 1; NULL: only S) and
+ * S (OC); the
  * gradients are bit for bit fisher_conv2d_backward's. */
 void fisher_conv2d_backward_stats(float *dinp, float *dweight, float *dbias, float *H, float *S,
                                   float *scratch, const float *dout, const float *inp,
@@ -192,6 +193,14 @@ void fisher_layernorm_forward_squares(float *out, float *mean, float *rstd, doub
 void fisher_relu_forward_squares(float *out, double *sq, const float *inp, int R, int C);
 void fisher_linear_forward_squares(float *out, double *sq, const float *inp, const float *weight,
                                    const float *bias, int R, int IC, int OC);
+/* fisher_linear_forward (with a bias) whose output (B·H·W, C) is the input
+ * of the conv d, leaving that conv's patch squares in h (C/G·KH·KW, as
+ * fisher_stats_conv sums them; fisher_stats_conv_h makes H of them). */
+void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch, size_t scratch_len,
+                                         const float *inp, const float *weight, const float *bias,
+                                         int IC, const fisher_conv2d_dims *d);
+/* Doubles of scratch it uses with this many threads (less: it allocates). */
+size_t fisher_patch_squares_scratch(const fisher_conv2d_dims *d, int threads);
 
 /* ---- Fisher statistics of a layer (FISHERADAPTUNE.md §1) ----
  * Per-batch second moments of a layer's input (H) and of the loss gradient

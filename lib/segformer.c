@@ -24,6 +24,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +267,8 @@ struct fisher_segformer {
     int collect_stats;
     int forward_h;                           /* this training forward computes layers' H */
     uint8_t *h_forward;                      /* per layer: its H came from the last forward */
+    double *patch_scratch;                   /* fisher_linear_forward_patch_squares' records */
+    size_t patch_scratch_len;
     uint8_t *trainable;                      /* per tensor: 0 = its gradient is never needed */
     const uint8_t **rows_of;                 /* per tensor: its live rows (layers.h), into
                                               * live_rows; NULL when every row is live */
@@ -524,6 +527,7 @@ void fisher_segformer_free(fisher_segformer *m) {
     free(m->stats_data);
     free(m->stats_pack);
     free(m->h_forward);
+    free(m->patch_scratch);
     free(m->param_data);
     free(m->grad_data);
     free(m->buffer_data);
@@ -939,7 +943,21 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
 
     layernorm_forward_h(m, a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, p->ln2_w, p->ln2_b, B * N, C,
                         p->fc1_w, NONE, NONE);
-    fisher_linear_forward(a->h1, a->ln2, P(m, p->fc1_w), P(m, p->fc1_b), B * N, C, Hd);
+    fisher_layer *dw = forward_h_for(m, p->dw_w);
+    if (dw) { /* the depthwise conv's H as fc1 writes its input */
+        double h[Hd / sa->dw.groups * sa->dw.KH * sa->dw.KW];
+        size_t need = fisher_patch_squares_scratch(&sa->dw, omp_get_max_threads());
+        if (need > m->patch_scratch_len) { /* grown once, kept for every step */
+            double *grown = realloc(m->patch_scratch, need * sizeof *grown);
+            if (grown) m->patch_scratch = grown, m->patch_scratch_len = need;
+        }
+        fisher_linear_forward_patch_squares(a->h1, h, m->patch_scratch, m->patch_scratch_len, a->ln2,
+                                            P(m, p->fc1_w), P(m, p->fc1_b), C, &sa->dw);
+        fisher_stats_conv_h(dw->H, h, &sa->dw, 1);
+        m->h_forward[dw - m->layers] = 1;
+    } else {
+        fisher_linear_forward(a->h1, a->ln2, P(m, p->fc1_w), P(m, p->fc1_b), B * N, C, Hd);
+    }
     fisher_conv2d_forward(a->h2, m->conv_scratch, a->h1, P(m, p->dw_w), P(m, p->dw_b), &sa->dw);
     fisher_gelu_forward(a->h3, a->h2, (size_t)B * N * Hd);
     fisher_linear_forward(a->out, a->h3, P(m, p->fc2_w), P(m, p->fc2_b), B * N, Hd, C);
@@ -1089,8 +1107,8 @@ static void linear_backward(fisher_segformer *m, fisher_layer *l, float *dinp, i
 static void conv_backward(fisher_segformer *m, fisher_layer *l, float *dinp, int w, int b,
                           const float *dout, const float *inp, const fisher_conv2d_dims *d) {
     if (l)
-        fisher_conv2d_backward_stats(dinp, G(m, w), G(m, b), l->H, l->S, m->g.conv, dout, inp, P(m, w),
-                                     LIVE(m, w), d);
+        fisher_conv2d_backward_stats(dinp, G(m, w), G(m, b), h_left(m, l), l->S, m->g.conv, dout, inp,
+                                     P(m, w), LIVE(m, w), d);
     else
         fisher_conv2d_backward(dinp, G(m, w), G(m, b), m->g.conv, dout, inp, P(m, w), LIVE(m, w), d);
 }

@@ -263,6 +263,11 @@ static void test_stats_conv_direct(void **s) {
         {"1x1 s4 p1 on one row", 1, 1, 5, 2, 2, 1, 4, 1, 1, 1},
         {"sr 4x4 s4", 2, 8, 12, 8, 8, 4, 4, 0, 1, 1},
         {"threaded depthwise", 4, 32, 31, 16, 16, 3, 1, 1, 16, 1},
+        /* stride 1 by rows and edge columns: wider taps, no padding with
+         * the edges touching, padding past the taps */
+        {"G=3 5x5 s1 p2, by rows", 2, 9, 10, 6, 6, 5, 1, 2, 3, 1},
+        {"depthwise 3x3 s1 p0 W=4", 2, 5, 4, 4, 4, 3, 1, 0, 4, 1},
+        {"dense 3x3 s1 p2", 2, 6, 7, 3, 5, 3, 1, 2, 1, 0},
         {"threaded dense 3x3 s2", 2, 40, 37, 24, 8, 3, 2, 1, 1, 1},
         {"threaded G=2 7x7 s4 p3", 3, 45, 50, 6, 4, 7, 4, 3, 2, 0},
     };
@@ -526,6 +531,48 @@ static void test_forward_squares(void **s) {
     omp_set_num_threads(threads);
 }
 
+/* fisher_linear_forward_patch_squares: the output bit for bit
+ * fisher_linear_forward's, and the conv's H from its squares equal (to
+ * double rounding) fisher_stats_conv's from that output, for stride-1
+ * convs it sums by rows (serial and two threads, with and without enough
+ * scratch) and a strided one it leaves to the conv's own pass. */
+static void test_forward_patch_squares(void **s) {
+    (void)s;
+    /* B, H, W, C (= the linear's OC), K, stride, pad, groups */
+    const int cases[][8] = {{2, 5, 6, 8, 3, 1, 1, 8},   {4, 20, 19, 40, 3, 1, 1, 40},
+                            {2, 9, 10, 6, 5, 1, 2, 3}, {2, 5, 4, 4, 3, 1, 0, 4},
+                            {2, 9, 8, 6, 3, 2, 1, 6}};
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 9);
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        const int *c = cases[k];
+        fisher_conv2d_dims d;
+        assert_int_equal(fisher_conv2d_dims_init(&d, c[0], c[1], c[2], c[3], c[3], c[4], c[4], c[5],
+                                                 c[6], c[7]),
+                         0);
+        int IC = 7, R = d.B * d.H * d.W, K = d.C / d.groups * d.KH * d.KW;
+        size_t n = (size_t)R * d.C, need = fisher_patch_squares_scratch(&d, 2);
+        float *inp = normals(&rng, (size_t)R * IC, 0.2f), *w = normals(&rng, (size_t)d.C * IC, 0.0f);
+        float *b = normals(&rng, d.C, 0.1f), *out[2] = {zeros(n), zeros(n)}, *S = zeros(d.OC);
+        float *H[2] = {zeros(K + 1), zeros(K + 1)};
+        double *scratch = malloc(need * sizeof *scratch), h[K];
+        fisher_linear_forward(out[0], inp, w, b, R, IC, d.C);
+        fisher_stats_conv(H[0], S, out[0], out[0], &d, 1);
+        for (int with_scratch = 0; with_scratch < 2; with_scratch++) {
+            fisher_linear_forward_patch_squares(out[1], h, with_scratch ? scratch : NULL, need, inp, w,
+                                                b, IC, &d);
+            assert_memory_equal(out[0], out[1], n * sizeof(float));
+            fisher_stats_conv_h(H[1], h, &d, 1);
+            assert_close("patch squares H", H[1], H[0], K + 1, 1e-6, 0);
+        }
+        free(inp), free(w), free(b), free(out[0]), free(out[1]), free(S), free(H[0]), free(H[1]);
+        free(scratch);
+    }
+    omp_set_num_threads(threads);
+}
+
 static void run_elementwise(const char *cas, void (*fwd)(float *, const float *, size_t), int uses_out) {
     size_t n = 150;
     float *inp = get(cas, "inp", n), *dout = get(cas, "dout", n);
@@ -780,7 +827,7 @@ int main(void) {
         cmocka_unit_test(test_linear_live_rows), cmocka_unit_test(test_conv_live_rows),
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_backward_stats_fused), cmocka_unit_test(test_conv_backward_stats_fused),
-        cmocka_unit_test(test_forward_squares),
+        cmocka_unit_test(test_forward_squares), cmocka_unit_test(test_forward_patch_squares),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
         cmocka_unit_test(test_resize_up),
