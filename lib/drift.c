@@ -983,6 +983,8 @@ int fisher_chunk_drift_update(fisher_chunk_drift *d, const float *cur, size_t n,
  * of them, under the reference estimator) share the answer. The EMA is
  * still read element by element, with cur computed on the fly. */
 
+#define SEARCH_MIN 1024 /* the scalar route's rows beyond this are binned by searches (65 of ~10 steps cost as much) */
+
 /* The first c in [from, to) with key(s·hs[c]) ≥ t, hs ascending; to if none. */
 static size_t first_reaching(const float *hs, size_t from, size_t to, float s, uint32_t t) {
     while (from < to) {
@@ -1528,7 +1530,17 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
          * to row[] when the rows after it want them again, added once for
          * all rows of the run */
         tally bin_cur = {0}, bin_ema = all_ema;
-        if (!same && next_same) {
+        /* on the scalar route a long row's bins are 65 binary searches (its
+         * keys ascend with hs), cheaper than binning it value by value */
+        int searched = !same && !vec && C > SEARCH_MIN;
+        if (searched) {
+            add_rows(cc, row, row_uses), row_uses = 0;
+            size_t at = first_reaching(hs, 0, C, s[r], kb.t[0]);
+            for (int b = 0; b < JS_BINS; b++) {
+                size_t next = first_reaching(hs, at, C, s[r], kb.t[b + 1]);
+                row[b] = next - at, at = next;
+            }
+        } else if (!same && next_same) {
             add_rows(cc, row, row_uses), row_uses = 0;
             memset(row, 0, sizeof row);
             bin_cur = tally_start(vec, &lanes[2], BITS(2), row);
@@ -1539,8 +1551,8 @@ int fisher_chunk_drift_update_outer(fisher_chunk_drift *d, const fisher_outer *o
         bracket before[2] = {p->b[0], p->b[1]};
         size_t below[2] = {ps.pair.below[0], ps.pair.below[1]};
         ema_row(&ps, d->ema_F + r * C, s[r], h, C, vec, bin_ema, bin_cur);
-        if (!same && next_same) tally_finish(bin_cur);
-        if (same || next_same) row_uses += 1 + dups; /* dups > 0 only when next_same */
+        if (!same && next_same && !searched) tally_finish(bin_cur);
+        if (same || next_same || searched) row_uses += 1 + dups; /* dups > 0 only when next_same */
         if (dups) {
             bracket after[2] = {p->b[0], p->b[1]};
             size_t below_row[2] = {ps.pair.below[0] - below[0], ps.pair.below[1] - below[1]};
