@@ -12,9 +12,17 @@
  * is parallelised here with OpenMP over rows, with the team size the caller
  * set for its thread (omp_set_num_threads; see fisher_set_threads). Loops
  * too small to pay for waking a team run serially (PAR_MIN elements).
- * Per-row work is independent; sums over rows (weight and bias gradients,
- * statistics) use OpenMP array reductions, so their rounding depends on the
- * thread count but not on timing: a run is reproducible for a given count.
+ * Per-row work is independent. Sums over rows (weight and bias gradients,
+ * statistics) run in contiguous bands of rows, one per thread, each into
+ * zeroed partials added in thread order — an OpenMP array reduction would
+ * do the same but GCC leaves its loop scalar — so their rounding depends on
+ * the thread count but not on timing: a run is reproducible for a given
+ * count. (A few small reductions still use the OpenMP clause.)
+ *
+ * Statistics (FISHERADAPTUNE.md §1) ride on passes that touch the data
+ * anyway where that pays: S on the bias-gradient pass, the norm layers'
+ * on their backward's sums, H of the layers that read a LayerNorm, ReLU
+ * or linear output on that forward ("Forwards that square their output").
  */
 #include "layers.h"
 
