@@ -29,18 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from test_serve import FISHERD, Daemon, free_port, small_job
+from test_serve import FISHERD, Daemon, api_routes, free_port, small_job
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token-0123456789"
-
-
-def routes():
-    """(method, pattern, flags) of every route, from the table api.c serves."""
-    src = (ROOT / "api" / "routes.h").read_text()
-    found = re.findall(r'X\("(GET|POST|DELETE|PUT)", "([^"]+)", \w+, ([\w|]+)', src)
-    assert len(found) >= 20, f"routes.h's table not understood: {found}"
-    return found
 
 
 def concrete(pattern):
@@ -88,7 +80,7 @@ def test_it_listens_on_loopback_unless_told(tmp_path):
 def test_beyond_loopback_every_write_needs_the_token(tmp_path):
     d = with_token(tmp_path).start()
     try:
-        writes = [(m, concrete(p)) for m, p, _ in routes() if m != "GET"]
+        writes = [(m, concrete(p)) for m, p, _ in api_routes() if m != "GET"]
         assert len(writes) >= 4
         wrong = {
             "none": {},
@@ -116,7 +108,7 @@ def test_beyond_loopback_every_write_needs_the_token(tmp_path):
         status, _ = d.request("POST", "/api/v1/jobs", small_job(steps=5), headers={"Authorization": "Bearer " + TOKEN.upper()})
         assert status == 401
         # reads stay open without --auth-reads
-        for method, path, _ in routes():
+        for method, path, _ in api_routes():
             if method == "GET" and "events" not in path:
                 assert d.request("GET", concrete(path), raw=True)[0] != 401, path
     finally:
@@ -132,7 +124,7 @@ def test_with_auth_reads_every_api_read_needs_the_token_but_the_dashboard_does_n
         auth = {"Authorization": "Bearer " + TOKEN}
         status, job = d.request("POST", "/api/v1/jobs", small_job(steps=5), headers=auth)
         assert status == 201
-        for method, path, flags in routes():
+        for method, path, flags in api_routes():
             if method != "GET":
                 continue
             url = concrete(path)
