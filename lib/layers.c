@@ -484,21 +484,27 @@ void fisher_conv2d_backward_stats(float *dinp, float *dweight, float *dbias, flo
 
 /* --------------------------------------------------------------- LayerNorm */
 
+/* One row: o (C) = normalised x (C) · w + b; its mean and 1/std out. The
+ * forward and the forward that also squares its output (layernorm_band)
+ * both call it, so the two give the same bits. */
+static inline void layernorm_row(float *restrict o, float *mean, float *rstd, const float *restrict x,
+                                 const float *restrict w, const float *restrict b, int C, float eps) {
+    float m = 0.0f, v = 0.0f;
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+    v /= C;
+    float s = 1.0f / sqrtf(v + eps);
+#pragma omp simd
+    for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+    *mean = m, *rstd = s;
+}
+
 void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                               const float *weight, const float *bias, int R, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((size_t)R * C > PAR_MIN)
-    for (int r = 0; r < R; r++) {
-        const float *x = inp + (size_t)r * C;
-        float *o = out + (size_t)r * C;
-        float m = 0.0f, v = 0.0f;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
-        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
-        v /= C;
-        float s = 1.0f / sqrtf(v + eps);
-        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * weight[c] + bias[c];
-        mean[r] = m, rstd[r] = s;
-    }
+    for (int r = 0; r < R; r++)
+        layernorm_row(out + (size_t)r * C, mean + r, rstd + r, inp + (size_t)r * C, weight, bias, C, eps);
 }
 
 /* acc (n) = (acc + x) in float, in shard order: the arithmetic of a
@@ -887,18 +893,19 @@ void fisher_add_inplace(float *out, const float *inp, size_t n) {
  * squared in its forward it cost 2 ms (the scalar erff loop slowed down
  * more than the squares cost) for 0.6 ms saved in the backward. */
 
-typedef void squares_band(const void *ctx, double *restrict sq, int r0, int r1);
+/* Adds into acc (C) what rows [r0, r1) contribute per column. */
+typedef void column_band(const void *ctx, double *restrict acc, int r0, int r1);
 
-/* Runs band over rows [0, R) of a (R, C) output, sq (C) += its column
- * squares: threads take contiguous bands into zeroed partials, added in
- * thread order — add_column_squares' bands and order, so the sums have its
- * bits. */
-static void banded_squares(squares_band *band, const void *ctx, double *sq, int R, int C) {
+/* Runs band over rows [0, R), acc (C) += the per-column sums: threads take
+ * contiguous bands into zeroed partials, added in thread order, so a run is
+ * reproducible for a given team size (and every statistic summed this way,
+ * in a forward or a backward, has the same bits for the same rows). */
+static void column_bands(column_band *band, const void *ctx, double *acc, int R, int C) {
     int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
     if (T > R) T = R;
     double *part = T > 1 ? calloc((size_t)T * C, sizeof *part) : NULL;
     if (!part) { /* one thread, or no memory for the partial sums */
-        band(ctx, sq, 0, R);
+        band(ctx, acc, 0, R);
         return;
     }
 #pragma omp parallel num_threads(T)
@@ -907,7 +914,7 @@ static void banded_squares(squares_band *band, const void *ctx, double *sq, int 
         band(ctx, part + (size_t)t * C, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt));
     }
     for (int t = 0; t < T; t++)
-        for (int c = 0; c < C; c++) sq[c] += part[(size_t)t * C + c];
+        for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * C + c];
     free(part);
 }
 
@@ -918,29 +925,18 @@ typedef struct {
     float eps;
 } layernorm_job;
 
-/* The bands below write each output element with the plain forward's
- * expression and square it where it is (vectorised, cloned like
+/* The bands below write each output row with the plain forward's
+ * arithmetic and square it while it is in L1 (vectorised, cloned like
  * add_rows_squares; no contraction under -std=c11, so the same bits). */
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void
 layernorm_band(const void *ctx, double *restrict sq, int r0, int r1) {
     const layernorm_job *j = ctx;
     int C = j->C;
-    const float *restrict w = j->weight, *restrict b = j->bias;
-    for (int r = r0; r < r1; r++) { /* fisher_layernorm_forward's arithmetic */
-        const float *restrict x = j->inp + (size_t)r * C;
+    for (int r = r0; r < r1; r++) {
         float *restrict o = j->out + (size_t)r * C;
-        float m = 0.0f, v = 0.0f;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
-        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
-        v /= C;
-        float s = 1.0f / sqrtf(v + j->eps);
+        layernorm_row(o, j->mean + r, j->rstd + r, j->inp + (size_t)r * C, j->weight, j->bias, C, j->eps);
 #pragma omp simd
-        for (int c = 0; c < C; c++) {
-            o[c] = (x[c] - m) * s * w[c] + b[c];
-            sq[c] += (double)o[c] * o[c];
-        }
-        j->mean[r] = m, j->rstd[r] = s;
+        for (int c = 0; c < C; c++) sq[c] += (double)o[c] * o[c];
     }
 }
 
@@ -948,7 +944,7 @@ void fisher_layernorm_forward_squares(float *out, float *mean, float *rstd, doub
                                       const float *inp, const float *weight, const float *bias, int R,
                                       int C, float eps) {
     layernorm_job j = {out, mean, rstd, inp, weight, bias, C, eps};
-    banded_squares(layernorm_band, &j, sq, R, C);
+    column_bands(layernorm_band, &j, sq, R, C);
 }
 
 typedef struct {
@@ -973,7 +969,7 @@ relu_band(const void *ctx, double *restrict sq, int r0, int r1) {
 
 void fisher_relu_forward_squares(float *out, double *sq, const float *inp, int R, int C) {
     rows_job j = {out, inp, C};
-    banded_squares(relu_band, &j, sq, R, C);
+    column_bands(relu_band, &j, sq, R, C);
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void
@@ -995,7 +991,7 @@ void fisher_linear_forward_squares(float *out, double *sq, const float *inp, con
                                    const float *bias, int R, int IC, int OC) {
     fisher_linear_slice_forward(out, inp, weight, IC, R, IC, OC, 0);
     rows_job j = {out, bias, OC};
-    banded_squares(bias_band, &j, sq, R, OC);
+    column_bands(bias_band, &j, sq, R, OC);
 }
 
 static int conv_patch_squares(double *h, const float *inp, const fisher_conv2d_dims *d);
@@ -1164,25 +1160,21 @@ add_rows(double *restrict acc, const float *restrict m, int r0, int r1, int C) {
 
 typedef void rows_kernel(double *restrict acc, const float *restrict m, int r0, int r1, int C);
 
-/* acc (C) += kernel over all R rows of m (R, C). Threads take contiguous
- * bands of rows; their sums are added in thread order, so a run is
- * reproducible for a given team size. */
+typedef struct {
+    const float *m;
+    int C;
+    rows_kernel *kernel;
+} columns_job;
+
+static void columns_band(const void *ctx, double *restrict acc, int r0, int r1) {
+    const columns_job *j = ctx;
+    j->kernel(acc, j->m, r0, r1, j->C);
+}
+
+/* acc (C) += kernel over all R rows of m (R, C), in column_bands' bands. */
 static void add_columns(double *acc, const float *m, int R, int C, rows_kernel *kernel) {
-    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
-    if (T > R) T = R;
-    double *part = T > 1 ? calloc((size_t)T * C, sizeof *part) : NULL;
-    if (!part) { /* one thread, or no memory for the partial sums */
-        kernel(acc, m, 0, R, C);
-        return;
-    }
-#pragma omp parallel num_threads(T)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        kernel(part + (size_t)t * C, m, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
-    }
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * C + c];
-    free(part);
+    columns_job j = {m, C, kernel};
+    column_bands(columns_band, &j, acc, R, C);
 }
 
 /* acc (C) += Σ_rows m[r,c]² over m (R, C). */
