@@ -104,9 +104,23 @@ typedef struct command {
     fisher_error err;
 } command;
 
+/* A status change the store refused (a full disk, most often): kept and
+ * written again every STATUS_RETRY_MS until it goes in, so a job never
+ * stays "running" in the database after it ended. */
+typedef struct {
+    int64_t id;
+    store_job_status to;
+    char *reason;
+} unrecorded_status;
+
+#define STATUS_RETRY_MS 1000
+
 struct sched {
     uv_loop_t *loop;
     uv_async_t doorbell;
+    uv_timer_t retry;                /* rewrites the statuses the store refused */
+    unrecorded_status *unrecorded;   /* (loop thread) oldest first */
+    size_t n_unrecorded;
     store *db;
     sched_config cfg;
     char data_dir[PATH_MAX - 256];   /* room for /jobs/j_<id>/model.safetensors */
@@ -647,15 +661,53 @@ static void worker_main(void *arg) {
 
 /* ------------------------------------------------------------ the loop side */
 
-static void set_status(sched *s, int64_t id, store_job_status to, const char *reason) {
-    fisher_error err = {{0}};
-    int rc = store_job_set_status(s->db, id, to, reason, store_now(), &err);
-    if (rc) {
-        log_msg(LOG_ERROR, id, "cannot record status %s: %s", store_job_status_name(to), err.msg);
-        return;
-    }
+static int write_status(sched *s, int64_t id, store_job_status to, const char *reason, fisher_error *err) {
+    if (store_job_set_status(s->db, id, to, reason, store_now(), err)) return -1;
     log_msg(LOG_INFO, id, "%s%s%s", store_job_status_name(to), reason ? ": " : "", reason ? reason : "");
     if (s->cfg.on_status) s->cfg.on_status(s->cfg.ctx, id, to, reason);
+    return 0;
+}
+
+/* Writes the statuses still unrecorded, oldest first; a job's later ones
+ * wait behind its earlier one, so its history keeps their order. */
+static void retry_statuses(uv_timer_t *h) {
+    sched *s = h->data;
+    size_t kept = 0;
+    for (size_t i = 0; i < s->n_unrecorded; i++) {
+        unrecorded_status *u = &s->unrecorded[i];
+        int blocked = 0;
+        for (size_t k = 0; k < kept; k++) blocked |= s->unrecorded[k].id == u->id;
+        fisher_error err = {{0}};
+        if (!blocked && !write_status(s, u->id, u->to, u->reason, &err)) {
+            log_msg(LOG_INFO, u->id, "status %s recorded after all", store_job_status_name(u->to));
+            free(u->reason);
+            continue;
+        }
+        s->unrecorded[kept++] = *u;
+    }
+    s->n_unrecorded = kept;
+    if (!kept) uv_timer_stop(&s->retry);
+}
+
+static void set_status(sched *s, int64_t id, store_job_status to, const char *reason) {
+    fisher_error err = {{0}};
+    int queued_behind = 0;
+    for (size_t i = 0; i < s->n_unrecorded; i++) queued_behind |= s->unrecorded[i].id == id;
+    if (!queued_behind && !write_status(s, id, to, reason, &err)) return;
+    if (!queued_behind)
+        log_msg(LOG_ERROR, id, "cannot record status %s: %s; trying again every %d ms", store_job_status_name(to),
+                err.msg, STATUS_RETRY_MS);
+    unrecorded_status *grown = realloc(s->unrecorded, (s->n_unrecorded + 1) * sizeof *grown);
+    char *copy = reason ? strdup(reason) : NULL;
+    if (!grown || (reason && !copy)) { /* nothing more to be done: it stays as the store has it */
+        if (grown) s->unrecorded = grown;
+        free(copy);
+        log_msg(LOG_ERROR, id, "out of memory keeping status %s to write later", store_job_status_name(to));
+        return;
+    }
+    s->unrecorded = grown;
+    s->unrecorded[s->n_unrecorded++] = (unrecorded_status){id, to, copy};
+    if (!uv_is_active((uv_handle_t *)&s->retry)) uv_timer_start(&s->retry, retry_statuses, STATUS_RETRY_MS, STATUS_RETRY_MS);
 }
 
 static int waiting_push(sched *s, int64_t id) {
@@ -1102,6 +1154,8 @@ int sched_start(uv_loop_t *loop, store *db, const sched_config *cfg, sched **out
         return fisher_errorf(err, "cannot set up the scheduler's queue");
     }
     s->doorbell.data = s;
+    uv_timer_init(loop, &s->retry);
+    s->retry.data = s;
     size_t interrupted = 0;
     if (store_jobs_interrupt_running(db, "the daemon stopped while it ran", store_now(), &interrupted, err) ||
         load_waiting(s, err)) {
@@ -1167,7 +1221,9 @@ size_t sched_waiting(sched *s) { return s->n_waiting; }
 size_t sched_queued_bytes(sched *s) { return record_queue_bytes(s->records); }
 
 void sched_close(sched *s) {
-    if (s) uv_close((uv_handle_t *)&s->doorbell, NULL);
+    if (!s) return;
+    uv_close((uv_handle_t *)&s->doorbell, NULL);
+    uv_close((uv_handle_t *)&s->retry, NULL);
 }
 
 void sched_free(sched *s) {
@@ -1179,6 +1235,8 @@ void sched_free(sched *s) {
     store_close(s->db);
     pthread_cond_destroy(&s->answered);
     pthread_mutex_destroy(&s->lock);
+    for (size_t i = 0; i < s->n_unrecorded; i++) free(s->unrecorded[i].reason);
+    free(s->unrecorded);
     free(s->waiting);
     free(s);
 }
