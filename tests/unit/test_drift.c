@@ -716,6 +716,27 @@ static void test_tracker_matches_stateless(void **state) {
     printf("  %d measurements identical to the stateless route\n", checked);
 }
 
+/* One measurement of a chunk both ways — from s and h (the outer route,
+ * which may decline: then the array route measures by_outer too) and from
+ * the materialised cur — asserting the same js and the same EMA bits.
+ * Returns 1 when the outer route measured. */
+static int measure_both_ways(fisher_chunk_drift *by_outer, fisher_chunk_drift *by_array,
+                             const fisher_outer *o, const float *cur, int step,
+                             const fisher_drift_config *cfg, const char *what) {
+    size_t n = o->rows * o->cols;
+    fisher_error err = {{0}};
+    double js_outer, js_array;
+    int rc = fisher_chunk_drift_update_outer(by_outer, o, step, cfg, &js_outer, &err);
+    assert_true(rc == 0 || rc == 1);
+    if (rc == 1) assert_int_equal(fisher_chunk_drift_update(by_outer, cur, n, step, cfg, &js_outer, &err), 0);
+    assert_int_equal(fisher_chunk_drift_update(by_array, cur, n, step, cfg, &js_array, &err), 0);
+    if (!(js_outer == js_array))
+        fail_msg("%s step %d: outer js %.17g, array %.17g", what, step, js_outer, js_array);
+    assert_memory_equal(by_outer->ema_F, by_array->ema_F, n * sizeof(float));
+    assert_true(by_outer->total_variation == by_array->total_variation);
+    return rc == 0;
+}
+
 /* An outer-product chunk measured without materialising it must do exactly
  * what the array form does: two trackers over the same trajectories (rows
  * sharing s as the reference estimator makes them, rows all different as
@@ -752,17 +773,9 @@ static void test_tracker_outer_matches_array(void **state) {
                 /* every other step with h sorted by the caller, as fisher.c does for chunks sharing H */
                 fisher_outer_sort(hv, C, sorted, sort_tmp);
                 fisher_outer o = {sv, R, hv, C, step % 2 ? sorted : NULL};
-                fisher_error err = {{0}};
-                double js_outer, js_array;
-                int rc = fisher_chunk_drift_update_outer(&by_outer, &o, step, &cfg, &js_outer, &err);
-                assert_true(rc == 0 || rc == 1);
-                if (rc == 1) assert_int_equal(fisher_chunk_drift_update(&by_outer, cur, n, step, &cfg, &js_outer, &err), 0);
-                else outer_used++;
-                assert_int_equal(fisher_chunk_drift_update(&by_array, cur, n, step, &cfg, &js_array, &err), 0);
-                if (!(js_outer == js_array))
-                    fail_msg("%zux%zu kind %d step %d: outer js %.17g, array %.17g", R, C, kind, step, js_outer, js_array);
-                assert_memory_equal(by_outer.ema_F, by_array.ema_F, n * sizeof(float));
-                assert_true(by_outer.total_variation == by_array.total_variation);
+                char what[64];
+                snprintf(what, sizeof what, "%zux%zu kind %d", R, C, kind);
+                outer_used += measure_both_ways(&by_outer, &by_array, &o, cur, step, &cfg, what);
                 checked++;
             }
             fisher_chunk_drift_free(&by_outer), fisher_chunk_drift_free(&by_array);
@@ -793,15 +806,7 @@ static void test_tracker_outer_large_chunk(void **state) {
         for (size_t r = 0; r < R; r++)
             for (size_t c = 0; c < C; c++) cur[r * C + c] = fabsf(sv[r] * hv[c]);
         fisher_outer o = {sv, R, hv, C, NULL};
-        fisher_error err = {{0}};
-        double js_outer, js_array;
-        int rc = fisher_chunk_drift_update_outer(&by_outer, &o, step, &cfg, &js_outer, &err);
-        assert_true(rc == 0 || rc == 1);
-        if (rc == 1) assert_int_equal(fisher_chunk_drift_update(&by_outer, cur, n, step, &cfg, &js_outer, &err), 0);
-        else outer_used++;
-        assert_int_equal(fisher_chunk_drift_update(&by_array, cur, n, step, &cfg, &js_array, &err), 0);
-        if (!(js_outer == js_array)) fail_msg("step %d: outer js %.17g, array %.17g", step, js_outer, js_array);
-        assert_memory_equal(by_outer.ema_F, by_array.ema_F, n * sizeof(float));
+        outer_used += measure_both_ways(&by_outer, &by_array, &o, cur, step, &cfg, "4200x2048");
     }
     assert_true(outer_used >= 2);
     fisher_chunk_drift_free(&by_outer), fisher_chunk_drift_free(&by_array);
