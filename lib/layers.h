@@ -199,7 +199,8 @@ void fisher_linear_forward_squares(float *out, double *sq, const float *inp, con
 void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch, size_t scratch_len,
                                          const float *inp, const float *weight, const float *bias,
                                          int IC, const fisher_conv2d_dims *d);
-/* Doubles of scratch it uses with this many threads (less: it allocates). */
+/* Doubles of scratch it uses with this many threads (less: it allocates);
+ * scratch aligned to 64 bytes keeps each thread's records on its own lines. */
 size_t fisher_patch_squares_scratch(const fisher_conv2d_dims *d, int threads);
 
 /* ---- Fisher statistics of a layer (FISHERADAPTUNE.md §1) ----

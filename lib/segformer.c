@@ -947,9 +947,10 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
     if (dw) { /* the depthwise conv's H as fc1 writes its input */
         double h[Hd / sa->dw.groups * sa->dw.KH * sa->dw.KW];
         size_t need = fisher_patch_squares_scratch(&sa->dw, omp_get_max_threads());
-        if (need > m->patch_scratch_len) { /* grown once, kept for every step */
-            double *grown = realloc(m->patch_scratch, need * sizeof *grown);
-            if (grown) m->patch_scratch = grown, m->patch_scratch_len = need;
+        if (need > m->patch_scratch_len) { /* grown once, kept for every step; threads'
+                                            * records start on cache lines of their own */
+            double *grown = aligned_alloc(64, need * sizeof *grown);
+            if (grown) free(m->patch_scratch), m->patch_scratch = grown, m->patch_scratch_len = need;
         }
         fisher_linear_forward_patch_squares(a->h1, h, m->patch_scratch, m->patch_scratch_len, a->ln2,
                                             P(m, p->fc1_w), P(m, p->fc1_b), C, &sa->dw);
