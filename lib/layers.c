@@ -501,27 +501,65 @@ void fisher_conv2d_backward_stats(float *dinp, float *dweight, float *dbias, flo
 
 /* --------------------------------------------------------------- LayerNorm */
 
-/* One row: o (C) = normalised x (C) · w + b; its mean and 1/std out. The
- * forward and the forward that also squares its output (layernorm_band)
- * both call it, so the two give the same bits. */
-static inline void layernorm_row(float *restrict o, float *mean, float *rstd, const float *restrict x,
-                                 const float *restrict w, const float *restrict b, int C, float eps) {
-    float m = 0.0f, v = 0.0f;
-    for (int c = 0; c < C; c++) m += x[c];
-    m /= C;
-    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
-    v /= C;
-    float s = 1.0f / sqrtf(v + eps);
+/* LN_ROWS rows at a time (k < LN_ROWS: o_k, x_k = o, x + k·C): o_k (C) =
+ * normalised x_k (C) · w + b, mean[k] and rstd[k] = 1/std; with sq, sq (C)
+ * += each o_k², row after row. A row's sums run over c in order, so its
+ * bits do not depend on its neighbours; rows go eight at a time because
+ * each sum is a chain of dependent float adds, and one short row's chain
+ * (mit-b0: C = 32-256) left the core waiting. The forward and the forward
+ * that also squares its output (layernorm_band) both call it, so the two
+ * give the same bits. */
+#define LN_ROWS 8
+static inline __attribute__((always_inline)) void
+layernorm_rows(float *restrict o, double *restrict sq, float *restrict mean, float *restrict rstd,
+               const float *restrict x, const float *restrict w, const float *restrict b, int n, int C,
+               float eps) {
+    float m[LN_ROWS] = {0}, v[LN_ROWS] = {0}, s[LN_ROWS];
+    for (int c = 0; c < C; c++)
+        for (int k = 0; k < n; k++) m[k] += x[(size_t)k * C + c];
+    for (int k = 0; k < n; k++) m[k] /= C;
+    for (int c = 0; c < C; c++)
+        for (int k = 0; k < n; k++) {
+            float d = x[(size_t)k * C + c] - m[k];
+            v[k] += d * d;
+        }
+    for (int k = 0; k < n; k++) {
+        v[k] /= C;
+        s[k] = 1.0f / sqrtf(v[k] + eps);
+        mean[k] = m[k], rstd[k] = s[k];
+    }
+    for (int k = 0; k < n; k++) {
+        const float *restrict xk = x + (size_t)k * C;
+        float *restrict ok = o + (size_t)k * C;
+        float mk = m[k], sk = s[k];
 #pragma omp simd
-    for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
-    *mean = m, *rstd = s;
+        for (int c = 0; c < C; c++) ok[c] = (xk[c] - mk) * sk * w[c] + b[c];
+        if (sq) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) sq[c] += (double)ok[c] * ok[c];
+        }
+    }
+}
+
+/* Rows [r0, r1) of a LayerNorm forward, LN_ROWS at a time (the count a
+ * constant, so the sums stay in registers), the rest one by one. */
+static inline void layernorm_range(float *out, double *sq, float *mean, float *rstd, const float *inp,
+                                   const float *w, const float *b, int r0, int r1, int C, float eps) {
+    int r = r0;
+    for (; r + LN_ROWS <= r1; r += LN_ROWS)
+        layernorm_rows(out + (size_t)r * C, sq, mean + r, rstd + r, inp + (size_t)r * C, w, b, LN_ROWS, C, eps);
+    for (; r < r1; r++)
+        layernorm_rows(out + (size_t)r * C, sq, mean + r, rstd + r, inp + (size_t)r * C, w, b, 1, C, eps);
 }
 
 void fisher_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                               const float *weight, const float *bias, int R, int C, float eps) {
+    int groups = (R + LN_ROWS - 1) / LN_ROWS;
 #pragma omp parallel for schedule(static) if ((size_t)R * C > PAR_MIN)
-    for (int r = 0; r < R; r++)
-        layernorm_row(out + (size_t)r * C, mean + r, rstd + r, inp + (size_t)r * C, weight, bias, C, eps);
+    for (int g = 0; g < groups; g++) {
+        int r0 = g * LN_ROWS, r1 = r0 + LN_ROWS < R ? r0 + LN_ROWS : R;
+        layernorm_range(out, NULL, mean, rstd, inp, weight, bias, r0, r1, C, eps);
+    }
 }
 
 /* acc (n) = (acc + x) in float, in shard order: the arithmetic of a
@@ -949,12 +987,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void
 layernorm_band(const void *ctx, double *restrict sq, int r0, int r1) {
     const layernorm_job *j = ctx;
     int C = j->C;
-    for (int r = r0; r < r1; r++) {
-        float *restrict o = j->out + (size_t)r * C;
-        layernorm_row(o, j->mean + r, j->rstd + r, j->inp + (size_t)r * C, j->weight, j->bias, C, j->eps);
-#pragma omp simd
-        for (int c = 0; c < C; c++) sq[c] += (double)o[c] * o[c];
-    }
+    layernorm_range(j->out, sq, j->mean, j->rstd, j->inp, j->weight, j->bias, r0, r1, C, j->eps);
 }
 
 void fisher_layernorm_forward_squares(float *out, float *mean, float *rstd, double *sq,
