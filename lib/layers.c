@@ -543,7 +543,8 @@ layernorm_rows(float *restrict o, double *restrict sq, float *restrict mean, flo
 
 /* Rows [r0, r1) of a LayerNorm forward, LN_ROWS at a time (the count a
  * constant, so the sums stay in registers), the rest one by one. */
-static inline void layernorm_range(float *out, double *sq, float *mean, float *rstd, const float *inp,
+static inline __attribute__((always_inline)) void
+layernorm_range(float *out, double *sq, float *mean, float *rstd, const float *inp,
                                    const float *w, const float *b, int r0, int r1, int C, float eps) {
     int r = r0;
     for (; r + LN_ROWS <= r1; r += LN_ROWS)
@@ -1053,6 +1054,23 @@ static inline void s1_add_pixel(double *restrict rec, const float *restrict x, i
 static void s1_assemble(double *h, double *rec, const fisher_conv2d_dims *d);
 static void add_d(double *restrict acc, const double *restrict v, size_t n);
 
+/* Rows [r0, r1) of out (·, C): the bias added, then each pixel's squares
+ * into its image row's record in rec (H records of s1_per(d)). Cloned like
+ * add_rows_squares: inside the parallel region below the loop had been
+ * compiled for SSE2. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+patch_record_rows(double *restrict rec, float *restrict out, const float *restrict bias, int r0, int r1,
+                  const fisher_conv2d_dims *d) {
+    int C = d->C, H = d->H, W = d->W;
+    size_t per = s1_per(d);
+    for (int r = r0; r < r1; r++) {
+        float *restrict o = out + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] += bias[c];
+        s1_add_pixel(rec + (size_t)(r / W % H) * per, o, r % W, d);
+    }
+}
+
 /* The linear forward feeding a conv (d: its input is this output) that
  * also leaves the conv's patch squares in h (C/G·KH·KW, as
  * fisher_stats_conv sums them): for a stride-1 conv, row records summed
@@ -1072,7 +1090,7 @@ size_t fisher_patch_squares_scratch(const fisher_conv2d_dims *d, int threads) {
 void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch, size_t scratch_len,
                                          const float *inp, const float *weight, const float *bias,
                                          int IC, const fisher_conv2d_dims *d) {
-    int R = d->B * d->H * d->W, C = d->C, H = d->H, W = d->W;
+    int R = d->B * d->H * d->W, C = d->C, H = d->H;
     fisher_linear_slice_forward(out, inp, weight, IC, R, IC, C, 0);
     size_t per = s1_per(d);
     int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
@@ -1099,11 +1117,7 @@ void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch,
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         double *mine = rec + (size_t)t * len;
         memset(mine, 0, len * sizeof *mine);
-        for (int r = (int)((long)t * R / nt); r < (int)((long)(t + 1) * R / nt); r++) {
-            float *o = out + (size_t)r * C;
-            for (int c = 0; c < C; c++) o[c] += bias[c];
-            s1_add_pixel(mine + (size_t)(r / W % H) * per, o, r % W, d);
-        }
+        patch_record_rows(mine, out, bias, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), d);
         if (nt > 1) {
 #pragma omp barrier
             size_t i0 = len * t / nt, i1 = len * (t + 1) / nt;
@@ -1359,6 +1373,23 @@ static void s1_assemble(double *h, double *rec, const fisher_conv2d_dims *d) {
  * cg). Threads take contiguous bands of rows and their ht are added in thread
  * order, so a run is reproducible for a given team size. Returns -1 without
  * memory. */
+/* q (n) += Σ_b x_b², x_b = x + b·stride for b < B (n each), two images a
+ * pass (half the traffic on q). Cloned like add_rows_squares. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+add_image_squares(double *restrict q, const float *restrict x, size_t stride, int B, size_t n) {
+    int b = 0;
+    for (; b + 1 < B; b += 2) {
+        const float *restrict u = x + (size_t)b * stride, *restrict v = u + stride;
+#pragma omp simd
+        for (size_t j = 0; j < n; j++) q[j] += (double)u[j] * u[j] + (double)v[j] * v[j];
+    }
+    if (b < B) {
+        const float *restrict u = x + (size_t)b * stride;
+#pragma omp simd
+        for (size_t j = 0; j < n; j++) q[j] += (double)u[j] * u[j];
+    }
+}
+
 static int conv_patch_squares(double *h, const float *inp, const fisher_conv2d_dims *d) {
     int B = d->B, H = d->H, W = d->W, C = d->C, G = d->groups, cg = C / G;
     int KH = d->KH, KW = d->KW, s = d->stride, pad = d->pad, K = cg * KH * KW;
@@ -1392,19 +1423,7 @@ static int conv_patch_squares(double *h, const float *inp, const fisher_conv2d_d
                 int n = nw - iw0 < chunk ? nw - iw0 : chunk;
                 size_t len = (size_t)n * C;
                 memset(q, 0, len * sizeof *q);
-                int b = 0;
-                for (; b + 1 < B; b += 2) { /* two images a pass: half the traffic on q */
-                    const float *x = inp + (((size_t)b * H + ih) * W + iw0) * C;
-                    const float *y = x + (size_t)H * W * C;
-#pragma omp simd
-                    for (size_t j = 0; j < len; j++)
-                        q[j] += (double)x[j] * x[j] + (double)y[j] * y[j];
-                }
-                if (b < B) {
-                    const float *x = inp + (((size_t)b * H + ih) * W + iw0) * C;
-#pragma omp simd
-                    for (size_t j = 0; j < len; j++) q[j] += (double)x[j] * x[j];
-                }
+                add_image_squares(q, inp + ((size_t)ih * W + iw0) * C, (size_t)H * W * C, B, len);
                 for (int p = 0; p < n; p++) {
                     double *qp = q + (size_t)p * C;
                     if (G > 1) fold_groups(qp, G, cg);
