@@ -52,6 +52,32 @@ static double *thread_partials(int T, size_t n) {
     return p;
 }
 
+/* Adds into acc (C) what rows [r0, r1) contribute per column. */
+typedef void column_band(const void *ctx, double *restrict acc, int r0, int r1);
+
+/* Runs band over rows [0, R), acc (C) += the per-column sums: threads take
+ * contiguous bands into zeroed partials, added in thread order, so a run is
+ * reproducible for a given team size (and every statistic summed this way,
+ * in a forward or a backward, has the same bits for the same rows). */
+static void column_bands(column_band *band, const void *ctx, double *acc, int R, int C) {
+    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R;
+    double *part = T > 1 ? thread_partials(T, (size_t)C) : NULL;
+    if (!part) { /* one thread, or no memory for the partial sums */
+        band(ctx, acc, 0, R);
+        return;
+    }
+    size_t stride = partial_stride((size_t)C);
+#pragma omp parallel num_threads(T)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        band(ctx, part + (size_t)t * stride, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt));
+    }
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * stride + c];
+    free(part);
+}
+
 /* ------------------------------------------------------------------ Linear */
 
 void fisher_linear_slice_forward(float *out, const float *inp, const float *weight, int ldw,
@@ -854,11 +880,41 @@ static void batchnorm_sums(double *sum_g, double *sum_gn, double *sum_x, const f
     free(ws);
 }
 
+typedef struct {
+    float *dinp;
+    const float *dout, *inp, *mean, *rstd, *k, *mg, *mgn;
+    int C;
+} batchnorm_dinp_job;
+
+/* Rows [r0, r1) of BatchNorm's dinp (·, C) += k·(dout − mean(dout) −
+ * norm·mean(dout·norm)); with sq, sq (C) += the updated dinp's squares (the
+ * S of the layer whose output gradient dinp is, summed as its own pass
+ * would: a column_band). */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void batchnorm_dinp_band(const void *ctx, double *restrict sq, int r0, int r1) {
+    const batchnorm_dinp_job *j = ctx;
+    int C = j->C;
+    const float *restrict k = j->k, *restrict mg = j->mg, *restrict mgn = j->mgn;
+    const float *restrict mean = j->mean, *restrict rstd = j->rstd;
+    for (int r = r0; r < r1; r++) {
+        const float *restrict x = j->inp + (size_t)r * C, *restrict g = j->dout + (size_t)r * C;
+        float *restrict dx = j->dinp + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) {
+            float n = (x[c] - mean[c]) * rstd[c];
+            dx[c] += k[c] * (g[c] - mg[c] - n * mgn[c]);
+        }
+        if (sq) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) sq[c] += (double)dx[c] * dx[c];
+        }
+    }
+}
+
 int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, const float *dout,
                                    const float *inp, const float *weight, const float *mean,
                                    const float *rstd, int R, int C, fisher_comm *comm,
                                    fisher_error *err) {
-    return fisher_batchnorm_backward_sync_stats(dinp, dweight, dbias, NULL, NULL, dout, inp, weight,
+    return fisher_batchnorm_backward_sync_stats(dinp, dweight, dbias, NULL, NULL, NULL, dout, inp, weight,
                                                 mean, rstd, 1, R, C, comm, err);
 }
 
@@ -868,7 +924,7 @@ int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, co
  * mit-b0 128×128 batch 4, cost 0.6 ms a step at 1 thread). Local sums, taken
  * before any all-reduce: the statistics are each rank's own (layers.h). */
 int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *H,
-                                         float *S, const float *dout, const float *inp,
+                                         float *S, double *dinp_sq, const float *dout, const float *inp,
                                          const float *weight, const float *mean, const float *rstd,
                                          int B, int P, int C, fisher_comm *comm, fisher_error *err) {
     int R = B * P, par = (size_t)R * C > PAR_MIN;
@@ -890,14 +946,15 @@ int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbi
         k[c] = weight[c] * rstd[c];
         mg[c] = (float)(sum_g[c] / rows), mgn[c] = (float)(sum_gn[c] / rows);
     }
-#pragma omp parallel for schedule(static) if (par)
-    for (int r = 0; r < R; r++) {
-        const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
-        float *dx = dinp + (size_t)r * C;
-        for (int c = 0; c < C; c++) {
-            float n = (x[c] - mean[c]) * rstd[c];
-            dx[c] += k[c] * (g[c] - mg[c] - n * mgn[c]);
-        }
+    batchnorm_dinp_job j = {dinp, dout, inp, mean, rstd, k, mg, mgn, C};
+    if (dinp_sq) {
+        column_bands(batchnorm_dinp_band, &j, dinp_sq, R, C);
+        return 0;
+    }
+#pragma omp parallel if (par)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        batchnorm_dinp_band(&j, NULL, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt));
     }
     return 0;
 }
@@ -949,30 +1006,6 @@ void fisher_add_inplace(float *out, const float *inp, size_t n) {
  * squared in its forward it cost 2 ms (the scalar erff loop slowed down
  * more than the squares cost) for 0.6 ms saved in the backward. */
 
-/* Adds into acc (C) what rows [r0, r1) contribute per column. */
-typedef void column_band(const void *ctx, double *restrict acc, int r0, int r1);
-
-/* Runs band over rows [0, R), acc (C) += the per-column sums: threads take
- * contiguous bands into zeroed partials, added in thread order, so a run is
- * reproducible for a given team size (and every statistic summed this way,
- * in a forward or a backward, has the same bits for the same rows). */
-static void column_bands(column_band *band, const void *ctx, double *acc, int R, int C) {
-    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
-    if (T > R) T = R;
-    double *part = T > 1 ? thread_partials(T, (size_t)C) : NULL;
-    if (!part) { /* one thread, or no memory for the partial sums */
-        band(ctx, acc, 0, R);
-        return;
-    }
-#pragma omp parallel num_threads(T)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        band(ctx, part + (size_t)t * partial_stride((size_t)C), (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt));
-    }
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * partial_stride((size_t)C) + c];
-    free(part);
-}
 
 typedef struct {
     float *out, *mean, *rstd;

@@ -152,9 +152,13 @@ int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, co
                                    fisher_error *err);
 /* The same over R = B·P rows, also leaving this rank's own Fisher
  * statistics (fisher_stats_batchnorm, from its local rows) in H (2) and
- * S (C); H NULL: none. The gradients are bit for bit the above's. */
+ * S (C); H NULL: none. With dinp_sq (C) not NULL, Σ_rows dinp² per channel
+ * of the updated dinp is added into it, with the bits of
+ * fisher_stats_linear's own squares of dinp: the S of the layer whose
+ * output gradient dinp is, without reading it again. The gradients are bit
+ * for bit the above's. */
 int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *H,
-                                         float *S, const float *dout, const float *inp,
+                                         float *S, double *dinp_sq, const float *dout, const float *inp,
                                          const float *weight, const float *mean, const float *rstd,
                                          int B, int P, int C, fisher_comm *comm, fisher_error *err);
 

@@ -1177,17 +1177,20 @@ static void block_backward(fisher_segformer *m, int s, int j, const float *x, fl
  * bias over the concatenation [up(lc_3) | up(lc_2) | up(lc_1) | lc_0] of
  * B·N_0 rows, which the forward never builds (see there). Each column block
  * is a stage's upsampled projection; a bias-free conv divides Σ x² by B,
- * i.e. the linear statistic (÷ rows) times N_0. */
-static void fuse_stats(fisher_segformer *m, fisher_layer *l) {
+ * i.e. the linear statistic (÷ rows) times N_0. S from dfuse_sq (D), the
+ * column squares of d(fuse) that BatchNorm's backward summed as it wrote
+ * it: a separate pass re-read 4 MB from memory (mit-b0 128×128 batch 4). */
+static void fuse_stats(fisher_segformer *m, fisher_layer *l, const double *dfuse_sq) {
     int B = m->B, D = m->cfg.decoder_hidden_size;
     int h0 = m->acts[0].h, w0 = m->acts[0].w, N0 = m->acts[0].N;
+    for (int o = 0; o < D; o++) l->S[o] = (float)(dfuse_sq[o] / ((double)B * N0));
     for (int s = 0; s < FISHER_STAGES; s++) {
         const stage_acts *sa = &m->acts[s];
         float *H = l->H + (size_t)(FISHER_STAGES - 1 - s) * D;
-        if (s == 0) { /* the four input blocks share one output gradient: its S once */
+        if (s == 0) {
             float *H0 = h_left(m, l) ? H : NULL; /* NULL: the forward's (scaled already) */
-            fisher_stats_linear(H0, l->S, m->lc[0], m->g.fuse, B * N0, D, D, 0);
             if (!H0) continue;
+            fisher_stats_linear(H0, NULL, m->lc[0], NULL, B * N0, D, D, 0);
         } else { /* read off the stage's own grid, not the upsampled copy */
             double sq[D];
             memset(sq, 0, sizeof sq);
@@ -1269,16 +1272,20 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
         fisher_stats_batchnorm_shards(bn->H, bn->S, m->fuse, g->bn, B, N0, D, m->stat_shards);
     flows = flows_below(m, m->bn_w);
     if (flows) zero(g->fuse, nd);
+    /* linear_fuse's S: the squares of d(fuse) as BatchNorm writes it */
+    fisher_layer *fuse = flows ? stats_for(m, m->fuse_w) : NULL;
+    double dfuse_sq[D];
+    memset(dfuse_sq, 0, sizeof dfuse_sq);
     if (fisher_batchnorm_backward_sync_stats(flows ? g->fuse : NULL, G(m, m->bn_w), G(m, m->bn_b),
                                              bn_fused ? bn_fused->H : NULL,
-                                             bn_fused ? bn_fused->S : NULL, g->bn, m->fuse,
-                                             P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B, N0, D,
-                                             m->comm, err))
+                                             bn_fused ? bn_fused->S : NULL, fuse ? dfuse_sq : NULL, g->bn,
+                                             m->fuse, P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B, N0,
+                                             D, m->comm, err))
         return -1;
     if (!flows) return 0;
     /* the stage-wise fuse of the forward, in reverse: stage s's share of
      * d(fuse) is resized back to its resolution, then through W_s and lc_s */
-    if ((l = stats_for(m, m->fuse_w))) fuse_stats(m, l);
+    if (fuse) fuse_stats(m, fuse, dfuse_sq);
     float *dfuse_w = G(m, m->fuse_w);
     int to_lc = flows_below(m, m->fuse_w), to_encoder = flows_below(m, m->lc_w[0]);
     for (int s = 0; s < FISHER_STAGES; s++) {

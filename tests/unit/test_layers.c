@@ -418,8 +418,10 @@ static void test_backward_stats_fused(void **s) {
         for (int i = 0; i < 2; i++) memset(dinp[i], 0, n * sizeof(float));
         fisher_batchnorm_backward(dinp[0], dw[0], db[0], dout, inp, w, bmean, brstd, R, C);
         fisher_stats_batchnorm(H[0], S[0], inp, dout, B, N, C);
-        assert_int_equal(fisher_batchnorm_backward_sync_stats(dinp[1], dw[1], db[1], H[1], S[1], dout,
-                                                              inp, w, bmean, brstd, B, N, C, NULL,
+        double dinp_sq[C];
+        memset(dinp_sq, 0, sizeof dinp_sq);
+        assert_int_equal(fisher_batchnorm_backward_sync_stats(dinp[1], dw[1], db[1], H[1], S[1], dinp_sq,
+                                                              dout, inp, w, bmean, brstd, B, N, C, NULL,
                                                               NULL),
                          0);
         assert_memory_equal(dinp[0], dinp[1], n * sizeof(float));
@@ -427,6 +429,11 @@ static void test_backward_stats_fused(void **s) {
         assert_memory_equal(db[0], db[1], C * sizeof(float));
         assert_memory_equal(H[0], H[1], sizeof H[0]);
         assert_memory_equal(S[0], S[1], C * sizeof(float));
+        /* the squares of dinp: the next layer's S as its own pass makes it */
+        float S_of_dinp[C];
+        for (int c = 0; c < C; c++) S_of_dinp[c] = (float)(dinp_sq[c] / R);
+        fisher_stats_linear(NULL, S[0], NULL, dinp[1], R, 1, C, 0);
+        assert_memory_equal(S[0], S_of_dinp, C * sizeof(float));
 
         /* Linear C -> OC, with and without its bias gradient */
         float *lw = normals(&rng, (size_t)OC * C, 0.0f), *ldout = normals(&rng, (size_t)R * OC, 0.0f);
