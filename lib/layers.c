@@ -1509,6 +1509,7 @@ void fisher_stats_conv(float *H, float *S, const float *inp, const float *dout,
     double sq[d->OC];
     memset(sq, 0, sizeof sq);
     if (H) conv_stats_h(H, inp, d, has_bias);
+    if (!S) return;
     add_column_squares(sq, dout, d->B * P, d->OC);
     for (int o = 0; o < d->OC; o++) S[o] = (float)(sq[o] / ((double)d->B * P));
 }
@@ -1674,7 +1675,7 @@ void fisher_esa_backward(float *dinp, const fisher_esa_params *grad, float *scra
     if (reduced) {
         fisher_layernorm_backward(dsr, grad->sr_ln_w, grad->sr_ln_b, dsr_ln, a->sr, w->sr_ln_w,
                                   a->sr_mean, a->sr_rstd, B * M, C);
-        if (st->sr_H)
+        if (st->sr_S)
             fisher_conv2d_backward_stats(dinp, grad->sr_w, grad->sr_b, st->sr_H, st->sr_S,
                                          esa_conv_scratch(scratch, d), dsr, inp, w->sr_w, lr->sr_w,
                                          &d->sr_conv);

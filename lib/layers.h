@@ -217,7 +217,8 @@ size_t fisher_patch_squares_scratch(const fisher_conv2d_dims *d, int threads);
  *   conv       inp (B, H, W, C) and dout (B, OH, OW, OC) as in d; H has
  *              K = C/G·KH·KW entries in weight order (cin, kh, kw) [+1 bias]
  *              summed over every (batch, group, position) patch, divided by
- *              B·P·K with a bias and by B without; S[o] = Σ s² / (B·P)
+ *              B·P·K with a bias and by B without; S[o] = Σ s² / (B·P);
+ *              S NULL: only H (taken in the forward)
  *   batchnorm  inp, dout (B, P, C); H (2), S (C)
  *   layernorm  inp, dout (B, N, C), normalised over C; H (2), S (C) */
 void fisher_stats_linear(float *H, float *S, const float *inp, const float *dout, int R, int IC,

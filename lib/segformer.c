@@ -939,6 +939,17 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
                         kv_read_ln1 ? p->k_w : NONE, kv_read_ln1 ? p->v_w : NONE);
     fisher_esa_params w = esa_params(m, p, P);
     fisher_esa_forward(a->x1, &a->esa, m->esa_scratch, a->ln1, &w, &sa->esa);
+    /* the output projection's and the reduction conv's H while their
+     * inputs are still in cache (in the backward they were cold reads) */
+    fisher_layer *o = forward_h_for(m, p->o_w), *sr = p->sr_w != NONE ? forward_h_for(m, p->sr_w) : NULL;
+    if (o) {
+        fisher_stats_linear(o->H, NULL, a->esa.ctx, NULL, B * N, C, C, 1);
+        m->h_forward[o - m->layers] = 1;
+    }
+    if (sr) {
+        fisher_stats_conv(sr->H, NULL, a->ln1, NULL, &sa->esa.sr_conv, 1);
+        m->h_forward[sr - m->layers] = 1;
+    }
     fisher_add_inplace(a->x1, x, (size_t)B * N * C);
 
     layernorm_forward_h(m, a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, p->ln2_w, p->ln2_b, B * N, C,
@@ -961,6 +972,11 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
     }
     fisher_conv2d_forward(a->h2, m->conv_scratch, a->h1, P(m, p->dw_w), P(m, p->dw_b), &sa->dw);
     fisher_gelu_forward(a->h3, a->h2, (size_t)B * N * Hd);
+    fisher_layer *fc2 = forward_h_for(m, p->fc2_w);
+    if (fc2) { /* fc2's H while GELU's output is still in cache */
+        fisher_stats_linear(fc2->H, NULL, a->h3, NULL, B * N, Hd, C, 1);
+        m->h_forward[fc2 - m->layers] = 1;
+    }
     fisher_linear_forward(a->out, a->h3, P(m, p->fc2_w), P(m, p->fc2_b), B * N, Hd, C);
     fisher_add_inplace(a->out, a->x1, (size_t)B * N * C);
 }
