@@ -47,7 +47,7 @@ struct fisher_method {
     uint8_t *keep;
     int *frozen;                   /* per chunk, for reports */
     size_t *live_idx;
-    size_t *by_size;               /* chunk indices, largest first: the order threads take them in */
+    size_t *by_size;               /* chunk indices, largest first: threads take them from both ends */
 };
 
 /* ------------------------------------------------------------ chunking */
@@ -357,9 +357,20 @@ int fisher_method_step(fisher_method *fm, int64_t step, fisher_method_report *r,
         r->measured = 1;
         int failed = 0, team = fm->threads < omp_get_max_threads() ? fm->threads : omp_get_max_threads();
         sort_layer_H(fm, team);
-        /* chunks are independent: measured in parallel, each thread with its own scratch */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(team) reduction(| : failed)
-        for (size_t i = 0; i < fm->n_chunks; i++) {
+        /* Chunks are independent: measured in parallel, each thread with
+         * its own scratch. Even threads take the largest chunks first, odd
+         * ones the smallest: large chunks stream their EMA from memory,
+         * small ones mostly compute (logs, selection), so two threads
+         * rarely stream at once (mit-b0 128×128 batch 4, 2 threads: 2.91 ->
+         * 2.71 ms a step, medians of 60, 4 alternating runs each). */
+        size_t front = 0, back = fm->n_chunks; /* by_size[front, back) not yet taken */
+#pragma omp parallel num_threads(team) reduction(| : failed)
+        for (;;) {
+            size_t i;
+            int from_back = omp_get_thread_num() % 2;
+#pragma omp critical(fisher_chunk_queue)
+            i = front < back ? (from_back ? --back : front++) : SIZE_MAX;
+            if (i == SIZE_MAX) break;
             size_t c = fm->by_size[i];
             fm->js[c] = fm->js_ema[c] = NAN;
             if (!fm->chunks[c].live) continue;
