@@ -266,9 +266,12 @@ AMORTISED = (50, 300)   # the small example's and the SegFormer config's ema_int
 FROZEN = (0.0, 0.25, 0.5, 0.75, 0.9)
 # The overhead rows judge a few per cent, and the steps of one process vary
 # by about as much (mit-b0 full, 15 steps: best 96.0 ms, median 99.5 ms), so
-# full and the ema_interval rows time 3× the case's steps per round (a mean
-# over 45 steps rather than 15 at the default 3 rounds).
+# full and the ema_interval rows time 3× the case's steps per process. Whole
+# processes differ too (mit-b0 full, 4 processes of 45 steps: means 83.9 to
+# 87.5 ms; one run's ema_interval 10 row read +2.7% for an expected +0.7%),
+# so those rows also run 2 processes a round.
 OVERHEAD_REPS_FACTOR = 3
+OVERHEAD_PROCESSES = 2
 
 
 def frozen_name(fraction, spread):
@@ -295,12 +298,14 @@ def fisher_section(binary, rounds, reps):
     overhead_rows = {"full"} | {f"fisher, ema_interval {e}" for e in EMA_INTERVALS}
     for r in range(rounds):  # interleaved, like the main table
         for name, extra in variants:
-            n = reps * OVERHEAD_REPS_FACTOR if name in overhead_rows else reps
-            out = run_one("c", binary, config, size, batch, threads, WARMUP, n, extra)
-            times[name] += out["step_ms"]
-            trainable[name] = out["params_trainable"] / out["parameters"]
-            print(f"  round {r + 1}/{rounds} {name}: "
-                  f"{' '.join(f'{v:.1f}' for v in out['step_ms'])} ms", file=sys.stderr)
+            overhead = name in overhead_rows
+            for _ in range(OVERHEAD_PROCESSES if overhead else 1):
+                n = reps * OVERHEAD_REPS_FACTOR if overhead else reps
+                out = run_one("c", binary, config, size, batch, threads, WARMUP, n, extra)
+                times[name] += out["step_ms"]
+                trainable[name] = out["params_trainable"] / out["parameters"]
+                print(f"  round {r + 1}/{rounds} {name}: "
+                      f"{' '.join(f'{v:.1f}' for v in out['step_ms'])} ms", file=sys.stderr)
     med = {name: statistics.median(v) for name, v in times.items()}
     mean = {name: statistics.mean(v) for name, v in times.items()}
     full = med["full"]
@@ -326,7 +331,7 @@ def fisher_section(binary, rounds, reps):
             row += f" {100 * trainable[name]:.1f}% | {med[name]:.1f} | {med[name] / base:.2f} |"
         lines.append(row)
     lines += ["", f"- Overhead rows: mean step time over {rounds} round(s) of "
-              f"{reps * OVERHEAD_REPS_FACTOR} steps — with "
+              f"{OVERHEAD_PROCESSES} processes × {reps * OVERHEAD_REPS_FACTOR} steps — with "
               "ema_interval N one step in N measures every chunk's drift, so the mean is what a run "
               "pays; 'vs full' compares means; the amortised rows add one measurement's measured cost "
               "(ema_interval 1 minus full) every N steps. Freezing rows: drift measurement off "
