@@ -292,6 +292,54 @@ def test_disk_full_fails_the_running_job_and_harms_nothing_else(tmp_path):
     ok, detail = True, None
 
 
+def wait_logged(d, text, since, timeout=60):
+    """Waits until the daemon's log holds text after byte offset since."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text.encode() in d.log.read_bytes()[since:]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in the log after {timeout} s:\n{d.log.read_text()[-3000:]}")
+
+
+def test_a_status_change_the_store_refuses_is_written_once_it_takes_it(tmp_path):
+    """Another process holds the database's write lock while a job ends: the
+    scheduler cannot record the end, keeps it, tries again every second, and
+    writes it as soon as the lock is gone — the job does not stay "running".
+    (test_disk_full reaches this path only when its timing makes it.)"""
+    d = Daemon(tmp_path / "var").start()
+    try:
+        status, job = d.post("/api/v1/jobs", small_job(name="locked-out", steps=100000,
+                                                       checkpoint_interval=100000))
+        assert status == 201, job
+        d.wait_step(job["id"], 3)
+        logged = d.log.stat().st_size
+        holder = sqlite3.connect(tmp_path / "var" / "fisherd.db", isolation_level=None, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, as a second writer would hold it
+        try:
+            assert d.post(f"/api/v1/jobs/{job['id']}/cancel", {})[0] in (200, 202)
+            wait_logged(d, "cannot record status", logged)
+            retried = d.log.stat().st_size
+            time.sleep(2.5)  # a retry or two while the lock is still held
+            assert b"recorded after all" not in d.log.read_bytes()[retried:]
+            assert d.get("/healthz")[0] == 200  # the daemon answers meanwhile
+            assert d.get(f"/api/v1/jobs/{job['id']}")[1]["status"] == "running"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        wait_logged(d, "recorded after all", retried)
+        ended = wait_status(d, job["id"], ("failed", "succeeded", "cancelled"), timeout=30)
+        print(f"refused status: the job ended {ended['status']} ({ended['reason']}) once the lock was gone")
+        assert ended["status"] in ("cancelled", "failed"), ended
+        assert d.stop() == 0
+        d = Daemon(tmp_path / "var").start()  # and a restart reads the same end
+        assert d.get(f"/api/v1/jobs/{job['id']}")[1]["status"] == ended["status"]
+        ok, detail = integrity(tmp_path / "var" / "fisherd.db")
+        assert ok, detail
+    finally:
+        d.stop(signal.SIGKILL)
+
+
 # ----------------------------------------------------- corrupt uploads and data
 
 def png(width, height, rows, color_type=0, bit_depth=8):
