@@ -204,8 +204,13 @@ void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch,
                                          const float *inp, const float *weight, const float *bias,
                                          int IC, const fisher_conv2d_dims *d);
 /* Doubles of scratch it uses with this many threads (less: it allocates);
- * scratch aligned to 64 bytes keeps each thread's records on its own lines. */
+ * scratch from fisher_scratch_alloc keeps each thread's records on cache
+ * lines of its own. */
 size_t fisher_patch_squares_scratch(const fisher_conv2d_dims *d, int threads);
+/* n doubles starting on a cache line (NULL without memory); free them with
+ * fisher_scratch_free (NULL is fine). */
+double *fisher_scratch_alloc(size_t n);
+void fisher_scratch_free(double *p);
 
 /* ---- Fisher statistics of a layer (FISHERADAPTUNE.md §1) ----
  * Per-batch second moments of a layer's input (H) and of the loss gradient

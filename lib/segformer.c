@@ -527,7 +527,7 @@ void fisher_segformer_free(fisher_segformer *m) {
     free(m->stats_data);
     free(m->stats_pack);
     free(m->h_forward);
-    free(m->patch_scratch);
+    fisher_scratch_free(m->patch_scratch);
     free(m->param_data);
     free(m->grad_data);
     free(m->buffer_data);
@@ -960,8 +960,8 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
         size_t need = fisher_patch_squares_scratch(&sa->dw, omp_get_max_threads());
         if (need > m->patch_scratch_len) { /* grown once, kept for every step; threads'
                                             * records start on cache lines of their own */
-            double *grown = aligned_alloc(64, need * sizeof *grown);
-            if (grown) free(m->patch_scratch), m->patch_scratch = grown, m->patch_scratch_len = need;
+            double *grown = fisher_scratch_alloc(need);
+            if (grown) fisher_scratch_free(m->patch_scratch), m->patch_scratch = grown, m->patch_scratch_len = need;
         }
         fisher_linear_forward_patch_squares(a->h1, h, m->patch_scratch, m->patch_scratch_len, a->ln2,
                                             P(m, p->fc1_w), P(m, p->fc1_b), C, &sa->dw);
