@@ -588,11 +588,12 @@ layernorm_rows(float *restrict o, double *restrict sq, float *restrict mean, flo
 /* Rows [r0, r1) of a LayerNorm forward, LN_ROWS at a time (the count a
  * constant, so the sums stay in registers), the rest one by one. */
 static inline __attribute__((always_inline)) void
-layernorm_range(float *out, double *sq, float *mean, float *rstd, const float *inp,
-                                   const float *w, const float *b, int r0, int r1, int C, float eps) {
+layernorm_range(float *out, double *sq, float *mean, float *rstd, const float *inp, const float *w,
+                const float *b, int r0, int r1, int C, float eps) {
     int r = r0;
     for (; r + LN_ROWS <= r1; r += LN_ROWS)
-        layernorm_rows(out + (size_t)r * C, sq, mean + r, rstd + r, inp + (size_t)r * C, w, b, LN_ROWS, C, eps);
+        layernorm_rows(out + (size_t)r * C, sq, mean + r, rstd + r, inp + (size_t)r * C, w, b, LN_ROWS, C,
+                       eps);
     for (; r < r1; r++)
         layernorm_rows(out + (size_t)r * C, sq, mean + r, rstd + r, inp + (size_t)r * C, w, b, 1, C, eps);
 }
@@ -908,7 +909,8 @@ typedef struct {
  * norm·mean(dout·norm)); with sq, sq (C) += the updated dinp's squares (the
  * S of the layer whose output gradient dinp is, summed as its own pass
  * would: a column_band). */
-__attribute__((target_clones("avx512f", "avx2", "default"))) static void batchnorm_dinp_band(const void *ctx, double *restrict sq, int r0, int r1) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+batchnorm_dinp_band(const void *ctx, double *restrict sq, int r0, int r1) {
     const batchnorm_dinp_job *j = ctx;
     int C = j->C;
     const float *restrict k = j->k, *restrict mg = j->mg, *restrict mgn = j->mgn;
@@ -1147,7 +1149,8 @@ void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch,
     int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
     if (T > R) T = R;
     size_t need = fisher_patch_squares_scratch(d, T);
-    double *rec = !s1_applies(d) ? NULL : scratch && scratch_len >= need ? scratch : fisher_scratch_alloc(need);
+    double *rec = NULL;
+    if (s1_applies(d)) rec = scratch && scratch_len >= need ? scratch : fisher_scratch_alloc(need);
     if (!rec) {
         add_bias_rows(out, bias, R, C);
         if (conv_patch_squares(h, out, d)) conv_patch_squares_direct(h, out, d);

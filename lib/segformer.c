@@ -961,7 +961,10 @@ static void block_forward(fisher_segformer *m, int s, int j, const float *x) {
         if (need > m->patch_scratch_len) { /* grown once, kept for every step; threads'
                                             * records start on cache lines of their own */
             double *grown = fisher_scratch_alloc(need);
-            if (grown) fisher_scratch_free(m->patch_scratch), m->patch_scratch = grown, m->patch_scratch_len = need;
+            if (grown) {
+                fisher_scratch_free(m->patch_scratch);
+                m->patch_scratch = grown, m->patch_scratch_len = need;
+            }
         }
         fisher_linear_forward_patch_squares(a->h1, h, m->patch_scratch, m->patch_scratch_len, a->ln2,
                                             P(m, p->fc1_w), P(m, p->fc1_b), C, &sa->dw);
