@@ -76,9 +76,11 @@ typedef void column_band(const void *ctx, double *restrict acc, int r0, int r1);
 /* Runs band over rows [0, R), acc (C) += the per-column sums: threads take
  * contiguous bands into zeroed partials, added in thread order, so a run is
  * reproducible for a given team size (and every statistic summed this way,
- * in a forward or a backward, has the same bits for the same rows). */
-static void column_bands(column_band *band, const void *ctx, double *acc, int R, int C) {
-    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
+ * in a forward or a backward, has the same bits for the same rows). A row
+ * reads row_len floats (C, or more when a row spans several pixels): the
+ * work that decides whether threads pay. */
+static void column_bands(column_band *band, const void *ctx, double *acc, int R, int C, size_t row_len) {
+    int T = (size_t)R * row_len > PAR_MIN ? omp_get_max_threads() : 1;
     if (T > R) T = R;
     double *part = T > 1 ? thread_partials(T, (size_t)C) : NULL;
     if (!part) { /* one thread, or no memory for the partial sums */
@@ -968,7 +970,7 @@ int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbi
     }
     batchnorm_dinp_job j = {dinp, dout, inp, mean, rstd, k, mg, mgn, C};
     if (dinp_sq) {
-        column_bands(batchnorm_dinp_band, &j, dinp_sq, R, C);
+        column_bands(batchnorm_dinp_band, &j, dinp_sq, R, C, (size_t)C);
         return 0;
     }
 #pragma omp parallel if (par)
@@ -1023,9 +1025,10 @@ void fisher_add_inplace(float *out, const float *inp, size_t n) {
  * classifier reading ReLU and linear_fuse's lc_0 block, on mit-b0 128×128
  * batch 4 at 1 thread: forward+backward(fisher) − (no statistics) 5.0-5.2
  * -> 2.9-3.7 ms CPU a step (3×40 paired steps). Not GELU's output (fc2):
- * squared in its forward it cost 2 ms (the scalar erff loop slowed down
- * more than the squares cost) for 0.6 ms saved in the backward. */
-
+ * squared inside its erff loop it cost more than it saved in the backward
+ * (2 ms for 0.6 ms; again +1.1 ms forward for −0.6 ms backward at 2
+ * threads): segformer.c sums fc2's H in a pass of its own right after GELU,
+ * while the output is still in cache. */
 
 typedef struct {
     float *out, *mean, *rstd;
@@ -1048,7 +1051,7 @@ void fisher_layernorm_forward_squares(float *out, float *mean, float *rstd, doub
                                       const float *inp, const float *weight, const float *bias, int R,
                                       int C, float eps) {
     layernorm_job j = {out, mean, rstd, inp, weight, bias, C, eps};
-    column_bands(layernorm_band, &j, sq, R, C);
+    column_bands(layernorm_band, &j, sq, R, C, (size_t)C);
 }
 
 typedef struct {
@@ -1073,7 +1076,7 @@ relu_band(const void *ctx, double *restrict sq, int r0, int r1) {
 
 void fisher_relu_forward_squares(float *out, double *sq, const float *inp, int R, int C) {
     rows_job j = {out, inp, C};
-    column_bands(relu_band, &j, sq, R, C);
+    column_bands(relu_band, &j, sq, R, C, (size_t)C);
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void
@@ -1095,7 +1098,7 @@ void fisher_linear_forward_squares(float *out, double *sq, const float *inp, con
                                    const float *bias, int R, int IC, int OC) {
     fisher_linear_slice_forward(out, inp, weight, IC, R, IC, OC, 0);
     rows_job j = {out, bias, OC};
-    column_bands(bias_band, &j, sq, R, OC);
+    column_bands(bias_band, &j, sq, R, OC, (size_t)OC);
 }
 
 static int conv_patch_squares(double *h, const float *inp, const fisher_conv2d_dims *d);
@@ -1292,7 +1295,7 @@ static void columns_band(const void *ctx, double *restrict acc, int r0, int r1) 
 /* acc (C) += kernel over all R rows of m (R, C), in column_bands' bands. */
 static void add_columns(double *acc, const float *m, int R, int C, rows_kernel *kernel) {
     columns_job j = {m, C, kernel};
-    column_bands(columns_band, &j, acc, R, C);
+    column_bands(columns_band, &j, acc, R, C, (size_t)C);
 }
 
 /* acc (C) += Σ_rows m[r,c]² over m (R, C). */
@@ -1804,27 +1807,24 @@ resize_squares_rows(double *restrict acc, const float *restrict inp, int r0, int
  * reduction and the branches per channel had left this loop scalar:
  * mit-b0 128×128 batch 4, 1 thread, the three decode-head calls went
  * 0.74 -> 0.29 ms a step. */
+typedef struct {
+    const float *inp;
+    int H, W, C;
+    const double *gh0, *gh1, *gw0, *gw1;
+} resize_job;
+
+static void resize_band(const void *ctx, double *restrict acc, int r0, int r1) {
+    const resize_job *j = ctx;
+    resize_squares_rows(acc, j->inp, r0, r1, j->H, j->W, j->C, j->gh0, j->gh1, j->gw0, j->gw1);
+}
+
 void fisher_resize_bilinear_squares(double *acc, const float *inp, int B, int H, int W, int C, int OH,
                                     int OW) {
     double gh0[H], gh1[H], gw0[W], gw1[W];
     resize_gram(gh0, gh1, H, OH);
     resize_gram(gw0, gw1, W, OW);
-    int R = B * H, T = (size_t)R * W * C > PAR_MIN ? omp_get_max_threads() : 1;
-    if (T > R) T = R;
-    double *part = T > 1 ? thread_partials(T, (size_t)C) : NULL;
-    if (!part) { /* one thread, or no memory for the partial sums */
-        resize_squares_rows(acc, inp, 0, R, H, W, C, gh0, gh1, gw0, gw1);
-        return;
-    }
-#pragma omp parallel num_threads(T)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        resize_squares_rows(part + (size_t)t * partial_stride((size_t)C), inp, (int)((long)t * R / nt),
-                            (int)((long)(t + 1) * R / nt), H, W, C, gh0, gh1, gw0, gw1);
-    }
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * partial_stride((size_t)C) + c];
-    fisher_scratch_free(part);
+    resize_job j = {inp, H, W, C, gh0, gh1, gw0, gw1};
+    column_bands(resize_band, &j, acc, B * H, C, (size_t)W * C); /* a row: an input image row */
 }
 
 void fisher_resize_bilinear_backward(float *dinp, const float *dout, int B, int H, int W, int C,
