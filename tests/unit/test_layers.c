@@ -243,8 +243,8 @@ static void test_conv_live_rows(void **s) {
  * over every (batch, group, position) patch, on shapes that reach the
  * corners: odd sizes, strides past the kernel (unread rows and columns),
  * padding past the kernel (outputs that read only padding), groups, and
- * sizes large enough for the threaded path. Both sum in double, in different
- * orders, so they agree to rounding. */
+ * sizes large enough for the threaded path. The direct loop sums in double,
+ * ours squares in float blocks (square_sums), so they agree within 1e-6. */
 static void test_stats_conv_direct(void **s) {
     (void)s;
     static const conv_case cases[] = {
@@ -539,9 +539,47 @@ static void test_forward_squares(void **s) {
     omp_set_num_threads(threads);
 }
 
+/* Column squares are summed in float over blocks of rows (layers.c:
+ * square_sums), within 1e-6 of the exact sums. Rows where a column's
+ * first value dwarfs the squares after it, by less than float resolution
+ * (1e-8 next to 1): one float sum over all rows drops them all (1.2e-5 of
+ * the column here), blocks drop at most a block's worth. Odd row counts,
+ * serial and on two threads, H and S, with their bias column. */
+static void test_squares_within_float_rounding(void **s) {
+    (void)s;
+    const int rows[] = {1237, 40, 15};
+    int threads = omp_get_max_threads();
+    fisher_rng rng;
+    fisher_rng_seed(&rng, 13);
+    for (int team = 1; team <= 2; team++) {
+        omp_set_num_threads(team);
+        for (size_t k = 0; k < sizeof rows / sizeof *rows; k++) {
+            int R = rows[k], C = 37;
+            size_t n = (size_t)R * C;
+            float *m = malloc(n * sizeof *m), H[C + 1], S[C], want[C + 1];
+            for (size_t i = 0; i < n; i++) /* columns of both kinds: one big value, or normals */
+                m[i] = (int)(i % C) < C / 2 ? (i < (size_t)C ? 1.0f : 1e-4f)
+                                            : fisher_rng_normal(&rng) * (float)(1 + i % 7);
+            double sq[C];
+            memset(sq, 0, sizeof sq);
+            for (size_t i = 0; i < n; i++) sq[i % C] += (double)m[i] * m[i];
+            for (int c = 0; c < C; c++) want[c] = (float)(sq[c] / R);
+            want[C] = 1.0f;
+            fisher_stats_linear(H, S, m, m, R, C, C, 1);
+            char name[64];
+            snprintf(name, sizeof name, "H of %d rows on %d threads", R, team);
+            assert_close(name, H, want, C + 1, 1e-6, 0);
+            snprintf(name, sizeof name, "S of %d rows on %d threads", R, team);
+            assert_close(name, S, want, C, 1e-6, 0);
+            free(m);
+        }
+    }
+    omp_set_num_threads(threads);
+}
+
 /* fisher_linear_forward_patch_squares: the output bit for bit
- * fisher_linear_forward's, and the conv's H from its squares equal (to
- * double rounding) fisher_stats_conv's from that output, for stride-1
+ * fisher_linear_forward's, and the conv's H from its squares equal (within
+ * the float blocks' 1e-6) fisher_stats_conv's from that output, for stride-1
  * convs it sums by rows (serial and two threads, with and without enough
  * scratch) and a strided one it leaves to the conv's own pass. */
 static void test_forward_patch_squares(void **s) {
@@ -855,6 +893,7 @@ int main(void) {
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_backward_stats_fused), cmocka_unit_test(test_conv_backward_stats_fused),
         cmocka_unit_test(test_forward_squares), cmocka_unit_test(test_forward_patch_squares),
+        cmocka_unit_test(test_squares_within_float_rounding),
         cmocka_unit_test(test_gelu),           cmocka_unit_test(test_relu),
         cmocka_unit_test(test_attention),      cmocka_unit_test(test_efficient_self_attention),
         cmocka_unit_test(test_resize_up),
