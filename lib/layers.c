@@ -1194,7 +1194,14 @@ void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch,
     if (T > R) T = R;
     size_t need = fisher_patch_squares_scratch(d, T);
     double *rec = NULL;
-    if (s1_applies(d)) rec = scratch && scratch_len >= need ? scratch : fisher_scratch_alloc(need);
+    /* the records cost T·H·s1_per doubles to clear and fold whatever the
+     * pixels, 2·KW − 1 per batch row of W pixels and thread: they pay on
+     * wide images only (mit-b0's fc1 at 128×128 batch 4, 2 threads, best of
+     * 200: they add ≤ 9 µs to the forward at 32×32 and 16×16, where the
+     * conv's own pass takes 65 and 35 µs, but 26 and 45 µs at 8×8 and 4×4,
+     * where it takes 22 and 11 µs) */
+    int records_pay = (size_t)d->B * d->W >= 4 * (size_t)T * (2 * d->KW - 1);
+    if (s1_applies(d) && records_pay) rec = scratch && scratch_len >= need ? scratch : fisher_scratch_alloc(need);
     if (!rec) {
         add_bias_rows(out, bias, R, C);
         if (conv_patch_squares(h, out, d)) conv_patch_squares_direct(h, out, d);

@@ -581,12 +581,14 @@ static void test_squares_within_float_rounding(void **s) {
  * fisher_linear_forward's, and the conv's H from its squares equal (within
  * the float blocks' 1e-6) fisher_stats_conv's from that output, for stride-1
  * convs it sums by rows (serial and two threads, with and without enough
- * scratch) and a strided one it leaves to the conv's own pass. */
+ * scratch; batch rows wide enough for the records to pay), and those it
+ * leaves to the conv's own pass: narrow images and a strided conv. */
 static void test_forward_patch_squares(void **s) {
     (void)s;
     /* B, H, W, C (= the linear's OC), K, stride, pad, groups */
-    const int cases[][8] = {{2, 5, 6, 8, 3, 1, 1, 8},   {4, 20, 19, 40, 3, 1, 1, 40},
-                            {2, 9, 10, 6, 5, 1, 2, 3}, {2, 5, 4, 4, 3, 1, 0, 4},
+    const int cases[][8] = {{2, 5, 20, 8, 3, 1, 1, 8},  {4, 20, 19, 40, 3, 1, 1, 40},
+                            {2, 9, 20, 6, 5, 1, 2, 3},  {5, 5, 4, 4, 3, 1, 0, 4},
+                            {2, 5, 6, 8, 3, 1, 1, 8},   {2, 9, 10, 6, 5, 1, 2, 3},
                             {2, 9, 8, 6, 3, 2, 1, 6}};
     int threads = omp_get_max_threads();
     omp_set_num_threads(2);
