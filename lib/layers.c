@@ -41,8 +41,15 @@
  * are added into the partials one after another, and a line the two cores
  * both wrote went back and forth between them at every row: mit-b0 128×128
  * batch 4 at 2 threads, fisher − full went 7.88 -> 6.81 ms a step (mean of
- * 6 alternating runs of 40 steps), full a little faster too. */
-static size_t partial_stride(size_t n) { return (n + 7) & ~(size_t)7; }
+ * 6 alternating runs of 40 steps), full a little faster too. A stride of
+ * whole 4 KB pages gets 512 bytes more: the next thread's partials at the
+ * same page offset made its loads wait on its stores to the partials
+ * (4K aliasing; BatchNorm's backward sums, C = 256 and two sums a channel:
+ * 475 -> 405 µs a call at 2 threads, best of 300). */
+static size_t partial_stride(size_t n) {
+    size_t lines = (n + 7) & ~(size_t)7;
+    return lines % 512 ? lines : lines + 64;
+}
 
 /* n doubles from a cache line's start, carved out of a plain malloc (its
  * address kept just before them): aligned_alloc's chunks, split to align,
@@ -800,13 +807,13 @@ void fisher_batchnorm_forward_train(float *out, float *mean, float *rstd, float 
                                     float *running_var, const float *inp, const float *weight,
                                     const float *bias, int R, int C, float momentum, float eps) {
     fisher_batchnorm_forward_train_sync(out, mean, rstd, running_mean, running_var, inp, weight, bias,
-                                        R, C, momentum, eps, NULL, NULL); /* cannot fail alone */
+                                        R, C, momentum, eps, NULL, NULL, NULL); /* cannot fail alone */
 }
 
 int fisher_batchnorm_forward_train_sync(float *out, float *mean, float *rstd, float *running_mean,
                                         float *running_var, const float *inp, const float *weight,
                                         const float *bias, int R, int C, float momentum, float eps,
-                                        fisher_comm *comm, fisher_error *err) {
+                                        double *local_sums, fisher_comm *comm, fisher_error *err) {
     int par = (size_t)R * C > PAR_MIN;
     double sum[C + 1], sq[C]; /* sum[C]: the rows, so the global count comes with the sums */
     for (int c = 0; c < C; c++) sum[c] = 0.0, sq[c] = 0.0;
@@ -814,6 +821,7 @@ int fisher_batchnorm_forward_train_sync(float *out, float *mean, float *rstd, fl
 #pragma omp parallel for schedule(static) reduction(+ : sum[:C]) if (par)
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) sum[c] += inp[(size_t)r * C + c];
+    if (local_sums) memcpy(local_sums, sum, (size_t)C * sizeof *sum);
     if (fisher_comm_sum_f64(comm, sum, (size_t)C + 1, err)) return -1;
     double rows = sum[C]; /* of the global batch */
     for (int c = 0; c < C; c++) mean[c] = (float)(sum[c] / rows);
@@ -865,28 +873,30 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
                                    NULL); /* cannot fail alone */
 }
 
-/* BatchNorm's H and S (layers.h) from the column sums of its input and of
- * its output gradient over B·P rows, in double. */
-static void batchnorm_stats_from_sums(float *H, float *S, const double *u, const double *sg, int B,
-                                      int P, int C) {
+/* BatchNorm's H (layers.h) from the column sums of its input over B·P
+ * rows, S from those of its output gradient, in double. */
+void fisher_stats_batchnorm_h(float *H, const double *sums, int B, int P, int C) {
     double h0 = 0;
     for (int c = 0; c < C; c++) {
-        double uc = u[c] / ((double)P * P);
+        double uc = sums[c] / ((double)P * P);
         h0 += uc * uc;
-        S[c] = (float)(sg[c] * sg[c] / B);
     }
     H[0] = (float)(h0 / ((double)B * B));
     H[1] = (float)((double)C / ((double)B * B));
 }
 
+static void batchnorm_s_from_sums(float *S, const double *sg, int B, int C) {
+    for (int c = 0; c < C; c++) S[c] = (float)(sg[c] * sg[c] / B);
+}
+
 /* One band of rows [r0, r1) of the BatchNorm backward's sums: sg += dout,
- * sgn += dout·x̂ and, with sx, sx += x, all in double. Vectorised bands
- * instead of an OpenMP array reduction, which GCC leaves scalar (see
- * layernorm_grad_rows); each sum still runs row by row in row order. */
+ * sgn += dout·x̂, in double. Vectorised bands instead of an OpenMP array
+ * reduction, which GCC leaves scalar (see layernorm_grad_rows); each sum
+ * still runs row by row in row order. */
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void
-batchnorm_sum_rows(double *restrict sg, double *restrict sgn, double *restrict sx,
-                   const float *restrict inp, const float *restrict dout, const float *restrict mean,
-                   const float *restrict rstd, int r0, int r1, int C) {
+batchnorm_sum_rows(double *restrict sg, double *restrict sgn, const float *restrict inp,
+                   const float *restrict dout, const float *restrict mean, const float *restrict rstd,
+                   int r0, int r1, int C) {
     for (int r = r0; r < r1; r++) {
         const float *x = inp + (size_t)r * C, *g = dout + (size_t)r * C;
 #pragma omp simd
@@ -894,21 +904,17 @@ batchnorm_sum_rows(double *restrict sg, double *restrict sgn, double *restrict s
             sg[c] += g[c];
             sgn[c] += (double)g[c] * ((x[c] - mean[c]) * rstd[c]);
         }
-        if (sx) {
-#pragma omp simd
-            for (int c = 0; c < C; c++) sx[c] += x[c];
-        }
     }
 }
 
-/* sum_g, sum_gn and (when not NULL) sum_x (C each) = those sums over R rows.
- * Threads take contiguous bands into zeroed partials, added in thread
- * order: reproducible for a given team size. */
-static void batchnorm_sums(double *sum_g, double *sum_gn, double *sum_x, const float *dout,
-                           const float *inp, const float *mean, const float *rstd, int R, int C) {
+/* sum_g, sum_gn (C each) = those sums over R rows. Threads take contiguous
+ * bands into zeroed partials, added in thread order: reproducible for a
+ * given team size. */
+static void batchnorm_sums(double *sum_g, double *sum_gn, const float *dout, const float *inp,
+                           const float *mean, const float *rstd, int R, int C) {
     int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
     if (T > R) T = R > 0 ? R : 1;
-    size_t per = partial_stride(3 * (size_t)C);
+    size_t per = partial_stride(2 * (size_t)C);
     double *ws = thread_partials(T, per);
     if (!ws) T = 1;
     double one[ws ? 1 : per]; /* no memory: one band, partials on the stack */
@@ -918,19 +924,13 @@ static void batchnorm_sums(double *sum_g, double *sum_gn, double *sum_x, const f
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         double *p = base + (size_t)t * per;
-        batchnorm_sum_rows(p, p + C, sum_x ? p + 2 * C : NULL, inp, dout, mean, rstd,
-                           (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
+        batchnorm_sum_rows(p, p + C, inp, dout, mean, rstd, (int)((long)t * R / nt),
+                           (int)((long)(t + 1) * R / nt), C);
     }
-    for (int c = 0; c < C; c++) {
-        sum_g[c] = 0.0, sum_gn[c] = 0.0;
-        if (sum_x) sum_x[c] = 0.0;
-    }
+    for (int c = 0; c < C; c++) sum_g[c] = 0.0, sum_gn[c] = 0.0;
     for (int t = 0; t < T; t++) {
         const double *p = base + (size_t)t * per;
-        for (int c = 0; c < C; c++) {
-            sum_g[c] += p[c], sum_gn[c] += p[C + c];
-            if (sum_x) sum_x[c] += p[2 * C + c];
-        }
+        for (int c = 0; c < C; c++) sum_g[c] += p[c], sum_gn[c] += p[C + c];
     }
     fisher_scratch_free(ws);
 }
@@ -969,25 +969,25 @@ int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, co
                                    const float *inp, const float *weight, const float *mean,
                                    const float *rstd, int R, int C, fisher_comm *comm,
                                    fisher_error *err) {
-    return fisher_batchnorm_backward_sync_stats(dinp, dweight, dbias, NULL, NULL, NULL, dout, inp, weight,
-                                                mean, rstd, 1, R, C, comm, err);
+    return fisher_batchnorm_backward_sync_stats(dinp, dweight, dbias, NULL, NULL, dout, inp, weight, mean,
+                                                rstd, 1, R, C, comm, err);
 }
 
-/* The statistics ride on the pass that sums dout and dout·x̂ per channel,
- * which reads every row of inp and dout anyway: Σ dout is already there,
- * Σ x is one more add an element (the separate pass over both, 4 MB each on
- * mit-b0 128×128 batch 4, cost 0.6 ms a step at 1 thread). Local sums, taken
- * before any all-reduce: the statistics are each rank's own (layers.h). */
-int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *H,
-                                         float *S, double *dinp_sq, const float *dout, const float *inp,
+/* S rides on the pass that sums dout and dout·x̂ per channel: Σ dout is
+ * already there (a separate pass over inp and dout for H and S, 4 MB each on
+ * mit-b0 128×128 batch 4, had cost 0.6 ms a step at 1 thread; H's Σx in this
+ * pass, another 0.17 ms at 2 threads, before the forward's sums gave it).
+ * Local sums, taken before any all-reduce: S is each rank's own (layers.h). */
+int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *S,
+                                         double *dinp_sq, const float *dout, const float *inp,
                                          const float *weight, const float *mean, const float *rstd,
                                          int B, int P, int C, fisher_comm *comm, fisher_error *err) {
     int R = B * P, par = (size_t)R * C > PAR_MIN;
     /* Σ dout, Σ dout·norm per channel, and the rows: one buffer, one all-reduce */
-    double sums[2 * C + 1], *sum_g = sums, *sum_gn = sums + C, sum_x[C];
+    double sums[2 * C + 1], *sum_g = sums, *sum_gn = sums + C;
     sums[2 * C] = (double)R;
-    batchnorm_sums(sum_g, sum_gn, H ? sum_x : NULL, dout, inp, mean, rstd, R, C);
-    if (H) batchnorm_stats_from_sums(H, S, sum_x, sum_g, B, P, C);
+    batchnorm_sums(sum_g, sum_gn, dout, inp, mean, rstd, R, C);
+    if (S) batchnorm_s_from_sums(S, sum_g, B, C);
     /* the local sums: the gradient all-reduce adds the ranks' up */
     for (int c = 0; c < C; c++) {
         if (dweight) dweight[c] += (float)sum_gn[c];
@@ -1201,7 +1201,8 @@ void fisher_linear_forward_patch_squares(float *out, double *h, double *scratch,
      * conv's own pass takes 65 and 35 µs, but 26 and 45 µs at 8×8 and 4×4,
      * where it takes 22 and 11 µs) */
     int records_pay = (size_t)d->B * d->W >= 4 * (size_t)T * (2 * d->KW - 1);
-    if (s1_applies(d) && records_pay) rec = scratch && scratch_len >= need ? scratch : fisher_scratch_alloc(need);
+    if (s1_applies(d) && records_pay)
+        rec = scratch && scratch_len >= need ? scratch : fisher_scratch_alloc(need);
     if (!rec) {
         add_bias_rows(out, bias, R, C);
         if (conv_patch_squares(h, out, d)) conv_patch_squares_direct(h, out, d);
@@ -1600,7 +1601,8 @@ void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *d
     double u[C], sg[C];
     column_sums_d(u, inp, B * P, C);
     column_sums_d(sg, dout, B * P, C);
-    batchnorm_stats_from_sums(H, S, u, sg, B, P, C);
+    fisher_stats_batchnorm_h(H, u, B, P, C);
+    batchnorm_s_from_sums(S, sg, B, C);
 }
 
 void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *dout, int B, int N,

@@ -140,25 +140,27 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
  * the LOCAL sums only, because the gradient all-reduce that follows
  * (train.h) adds them up across ranks — global sums here would be counted
  * size times. comm NULL: exactly, bit for bit, the functions above. Every
- * rank must call them, with the same C. Return 0, or -1 with err when the
- * communicator fails. */
+ * rank must call them, with the same C. local_sums (C) not NULL: the
+ * forward also leaves there Σx of this rank's own rows, taken before the
+ * all-reduce (for fisher_stats_batchnorm_h). Return 0, or -1 with err when
+ * the communicator fails. */
 int fisher_batchnorm_forward_train_sync(float *out, float *mean, float *rstd, float *running_mean,
                                         float *running_var, const float *inp, const float *weight,
                                         const float *bias, int R, int C, float momentum, float eps,
-                                        fisher_comm *comm, fisher_error *err);
+                                        double *local_sums, fisher_comm *comm, fisher_error *err);
 int fisher_batchnorm_backward_sync(float *dinp, float *dweight, float *dbias, const float *dout,
                                    const float *inp, const float *weight, const float *mean,
                                    const float *rstd, int R, int C, fisher_comm *comm,
                                    fisher_error *err);
-/* The same over R = B·P rows, also leaving this rank's own Fisher
- * statistics (fisher_stats_batchnorm, from its local rows) in H (2) and
- * S (C); H NULL: none. With dinp_sq (C) not NULL, Σ_rows dinp² per channel
- * of the updated dinp is added into it, with the bits of
- * fisher_stats_linear's own squares of dinp: the S of the layer whose
- * output gradient dinp is, without reading it again. The gradients are bit
- * for bit the above's. */
-int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *H,
-                                         float *S, double *dinp_sq, const float *dout, const float *inp,
+/* The same over R = B·P rows, also leaving this rank's own Fisher S
+ * (fisher_stats_batchnorm's, from its local rows) in S (C); S NULL: none.
+ * (Its H comes from the forward's local sums: fisher_stats_batchnorm_h.)
+ * With dinp_sq (C) not NULL, Σ_rows dinp² per channel of the updated dinp
+ * is added into it, with the bits of fisher_stats_linear's own squares of
+ * dinp: the S of the layer whose output gradient dinp is, without reading
+ * it again. The gradients are bit for bit the above's. */
+int fisher_batchnorm_backward_sync_stats(float *dinp, float *dweight, float *dbias, float *S,
+                                         double *dinp_sq, const float *dout, const float *inp,
                                          const float *weight, const float *mean, const float *rstd,
                                          int B, int P, int C, fisher_comm *comm, fisher_error *err);
 
@@ -237,6 +239,9 @@ void fisher_stats_linear_h(float *H, const double *sq, int R, int IC, int has_bi
 void fisher_stats_conv_h(float *H, const double *h, const fisher_conv2d_dims *d, int has_bias);
 void fisher_stats_batchnorm(float *H, float *S, const float *inp, const float *dout, int B, int P,
                             int C);
+/* BatchNorm's H from sums (C) = Σ over its B·P rows of the input per
+ * channel: what fisher_batchnorm_forward_train_sync's local_sums hold. */
+void fisher_stats_batchnorm_h(float *H, const double *sums, int B, int P, int C);
 void fisher_stats_layernorm(float *H, float *S, const float *inp, const float *dout, int B, int N,
                             int C);
 /* The norm layers' statistics as the mean over `shards` equal shards of the

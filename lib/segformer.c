@@ -1056,11 +1056,19 @@ const float *fisher_segformer_forward_sync(fisher_segformer *m, const float *ima
     float *run_var = m->buffer_data + m->buffers.tensors[m->bn_var].offset;
     if (training) {
         m->last_training = 0; /* until this forward is whole */
+        /* BatchNorm's H from the forward's own Σx (with shards, the
+         * backward's fisher_stats_batchnorm_shards takes both) */
+        fisher_layer *bn = m->stat_shards <= 1 ? forward_h_for(m, m->bn_w) : NULL;
+        double bn_sums[D];
         if (fisher_batchnorm_forward_train_sync(m->bn, m->bn_mean_b, m->bn_rstd_b, run_mean, run_var,
                                                 m->fuse, P(m, m->bn_w), P(m, m->bn_b), B * N0, D,
-                                                c->batch_norm_momentum, c->batch_norm_eps, m->comm,
-                                                err))
+                                                c->batch_norm_momentum, c->batch_norm_eps,
+                                                bn ? bn_sums : NULL, m->comm, err))
             return NULL;
+        if (bn) {
+            fisher_stats_batchnorm_h(bn->H, bn_sums, B, N0, D);
+            m->h_forward[bn - m->layers] = 1;
+        }
         m->num_batches_tracked++;
     } else {
         fisher_batchnorm_forward_eval(m->bn, m->fuse, P(m, m->bn_w), P(m, m->bn_b), run_mean,
@@ -1285,10 +1293,13 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
     if (!flows) return 0;
     zero(g->bn, nd);
     fisher_relu_backward(g->bn, g->relu, m->relu, nd);
-    /* one process's whole batch: the statistics from the backward's own pass */
+    /* one process's whole batch: S from the backward's own pass, H from
+     * the forward's sums (a forward that did not take it: a pass here) */
     fisher_layer *bn = stats_for(m, m->bn_w), *bn_fused = m->stat_shards <= 1 ? bn : NULL;
     if (bn && !bn_fused)
         fisher_stats_batchnorm_shards(bn->H, bn->S, m->fuse, g->bn, B, N0, D, m->stat_shards);
+    if (bn_fused && h_left(m, bn_fused))
+        fisher_stats_batchnorm(bn_fused->H, bn_fused->S, m->fuse, g->bn, B, N0, D);
     flows = flows_below(m, m->bn_w);
     if (flows) zero(g->fuse, nd);
     /* linear_fuse's S: the squares of d(fuse) as BatchNorm writes it */
@@ -1296,7 +1307,6 @@ static int backward_pass(fisher_segformer *m, const float *dlogits, fisher_error
     double dfuse_sq[D];
     memset(dfuse_sq, 0, sizeof dfuse_sq);
     if (fisher_batchnorm_backward_sync_stats(flows ? g->fuse : NULL, G(m, m->bn_w), G(m, m->bn_b),
-                                             bn_fused ? bn_fused->H : NULL,
                                              bn_fused ? bn_fused->S : NULL, fuse ? dfuse_sq : NULL, g->bn,
                                              m->fuse, P(m, m->bn_w), m->bn_mean_b, m->bn_rstd_b, B, N0,
                                              D, m->comm, err))

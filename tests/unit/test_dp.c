@@ -80,7 +80,8 @@ static void *bn_rank_main(void *arg) {
     fisher_set_threads(1);
     for (int c = 0; c < BN_C; c++) a->rm[c] = 0.5f, a->rv[c] = 2.0f;
     a->rc = fisher_batchnorm_forward_train_sync(a->out, a->mean, a->rstd, a->rm, a->rv, a->inp, a->weight,
-                                                a->bias, a->R, BN_C, 0.1f, 1e-5f, &a->comm, &a->err) ||
+                                                a->bias, a->R, BN_C, 0.1f, 1e-5f, NULL, &a->comm,
+                                                &a->err) ||
             fisher_batchnorm_backward_sync(a->dinp, a->dw, a->db, a->dout, a->inp, a->weight, a->mean,
                                            a->rstd, a->R, BN_C, &a->comm, &a->err);
     return NULL;

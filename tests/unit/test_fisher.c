@@ -410,7 +410,11 @@ static void test_skipping_frozen_work_changes_nothing(void **state) {
  * 1e-4 of the vector's largest entry. A LayerNorm/BatchNorm S[c] is the
  * square of its bias gradient over B, so it is compared as that gradient,
  * sqrt(S·B), with test_segformer's gradient tolerance — some of those
- * gradients are exactly 0 and rounding noise in both frameworks. */
+ * gradients are exactly 0 and rounding noise in both frameworks.
+ * Twice: collecting from the forward on (the H the forward takes where it
+ * can), then switched on only after the forward (every H from the backward,
+ * as fisher_segformer_collect_stats promises), the first run's values
+ * poisoned in between. */
 static void test_layer_statistics_match_hooks(void **state) {
     (void)state;
     fisher_safetensors *fx = fixture_open("segformer_tiny.safetensors.gz");
@@ -425,35 +429,42 @@ static void test_layer_statistics_match_hooks(void **state) {
     float *images = fixture_f32(fx, "input", npix * 3), *target = fixture_f32(fx, "target", npix);
     float *dlogits = malloc(npix * sizeof(float));
     assert_int_equal(fisher_segformer_prepare(m, B, H, W, &err), 0);
-    fisher_segformer_collect_stats(m, 1);
-    fisher_segformer_zero_grad(m);
-    const float *logits = fisher_segformer_forward(m, images, 1);
-    fisher_seg_loss(dlogits, logits, target, npix, 0.65f);
-    assert_int_equal(fisher_segformer_backward(m, dlogits, &err), 0);
-    double grad_max = max_abs_f(fisher_segformer_grad_data(m), fisher_segformer_params(m)->total);
-
     const fisher_layer *layers;
     size_t n = fisher_segformer_layers(m, &layers);
     assert_int_equal(n, 61);
-    for (size_t i = 0; i < n; i++) {
-        const fisher_layer *l = &layers[i];
-        char name[FISHER_NAME_MAX + 8];
-        snprintf(name, sizeof name, "H.%s", l->name);
-        float *h = fixture_f32(hooks, name, l->h_len);
-        assert_close(name, l->H, h, l->h_len, 1e-3, 1e-4 * max_abs_f(h, l->h_len));
-        snprintf(name, sizeof name, "S.%s", l->name);
-        float *sv = fixture_f32(hooks, name, l->s_len);
-        if (l->cls == FISHER_CLASS_LINEAR || l->cls == FISHER_CLASS_CONV) {
-            assert_close(name, l->S, sv, l->s_len, 1e-3, 1e-4 * max_abs_f(sv, l->s_len));
-        } else { /* as the bias gradient it squares */
-            float *got = malloc(l->s_len * sizeof(float)), *want = malloc(l->s_len * sizeof(float));
-            for (size_t c = 0; c < l->s_len; c++)
-                got[c] = sqrtf(l->S[c] * (float)B), want[c] = sqrtf(sv[c] * (float)B);
-            assert_close(name, got, want, l->s_len, 1e-3,
-                         fmax(1e-3 * max_abs_f(want, l->s_len), 1e-6 * grad_max));
-            free(got), free(want);
+    for (int late = 0; late < 2; late++) {
+        for (size_t i = 0; i < n; i++) {
+            for (size_t k = 0; k < layers[i].h_len; k++) layers[i].H[k] = NAN;
+            for (size_t k = 0; k < layers[i].s_len; k++) layers[i].S[k] = NAN;
         }
-        free(h), free(sv);
+        fisher_segformer_collect_stats(m, !late);
+        fisher_segformer_zero_grad(m);
+        const float *logits = fisher_segformer_forward(m, images, 1);
+        fisher_segformer_collect_stats(m, 1);
+        fisher_seg_loss(dlogits, logits, target, npix, 0.65f);
+        assert_int_equal(fisher_segformer_backward(m, dlogits, &err), 0);
+        double grad_max = max_abs_f(fisher_segformer_grad_data(m), fisher_segformer_params(m)->total);
+
+        for (size_t i = 0; i < n; i++) {
+            const fisher_layer *l = &layers[i];
+            char name[FISHER_NAME_MAX + 8];
+            snprintf(name, sizeof name, "H.%s", l->name);
+            float *h = fixture_f32(hooks, name, l->h_len);
+            assert_close(name, l->H, h, l->h_len, 1e-3, 1e-4 * max_abs_f(h, l->h_len));
+            snprintf(name, sizeof name, "S.%s", l->name);
+            float *sv = fixture_f32(hooks, name, l->s_len);
+            if (l->cls == FISHER_CLASS_LINEAR || l->cls == FISHER_CLASS_CONV) {
+                assert_close(name, l->S, sv, l->s_len, 1e-3, 1e-4 * max_abs_f(sv, l->s_len));
+            } else { /* as the bias gradient it squares */
+                float *got = malloc(l->s_len * sizeof(float)), *want = malloc(l->s_len * sizeof(float));
+                for (size_t c = 0; c < l->s_len; c++)
+                    got[c] = sqrtf(l->S[c] * (float)B), want[c] = sqrtf(sv[c] * (float)B);
+                assert_close(name, got, want, l->s_len, 1e-3,
+                             fmax(1e-3 * max_abs_f(want, l->s_len), 1e-6 * grad_max));
+                free(got), free(want);
+            }
+            free(h), free(sv);
+        }
     }
     free(images), free(target), free(dlogits);
     fisher_segformer_free(m);

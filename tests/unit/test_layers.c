@@ -415,21 +415,31 @@ static void test_backward_stats_fused(void **s) {
 
         /* BatchNorm over (B, N, C) */
         float *bmean = zeros(C), *brstd = zeros(C), *rm = zeros(C), *rv = zeros(C);
+        float *bout = zeros(n), *bmean2 = zeros(C), *brstd2 = zeros(C);
         fisher_batchnorm_forward_train(out, bmean, brstd, rm, rv, inp, w, b, R, C, 0.1f, 1e-5f);
+        /* H from the forward's sums: the same forward, its own Σx */
+        double bsums[C];
+        memset(rm, 0, C * sizeof(float)), memset(rv, 0, C * sizeof(float));
+        assert_int_equal(fisher_batchnorm_forward_train_sync(bout, bmean2, brstd2, rm, rv, inp, w, b, R, C,
+                                                             0.1f, 1e-5f, bsums, NULL, NULL),
+                         0);
+        assert_memory_equal(out, bout, n * sizeof(float));
+        assert_memory_equal(bmean, bmean2, C * sizeof(float));
+        fisher_stats_batchnorm_h(H[1], bsums, B, N, C);
         for (int i = 0; i < 2; i++) memset(dinp[i], 0, n * sizeof(float));
         fisher_batchnorm_backward(dinp[0], dw[0], db[0], dout, inp, w, bmean, brstd, R, C);
         fisher_stats_batchnorm(H[0], S[0], inp, dout, B, N, C);
+        assert_close("batchnorm H from the forward's sums", H[1], H[0], 2, 1e-6, 0);
         double dinp_sq[C];
         memset(dinp_sq, 0, sizeof dinp_sq);
-        assert_int_equal(fisher_batchnorm_backward_sync_stats(dinp[1], dw[1], db[1], H[1], S[1], dinp_sq,
-                                                              dout, inp, w, bmean, brstd, B, N, C, NULL,
-                                                              NULL),
+        assert_int_equal(fisher_batchnorm_backward_sync_stats(dinp[1], dw[1], db[1], S[1], dinp_sq, dout,
+                                                              inp, w, bmean, brstd, B, N, C, NULL, NULL),
                          0);
         assert_memory_equal(dinp[0], dinp[1], n * sizeof(float));
         assert_memory_equal(dw[0], dw[1], C * sizeof(float));
         assert_memory_equal(db[0], db[1], C * sizeof(float));
-        assert_memory_equal(H[0], H[1], sizeof H[0]);
         assert_memory_equal(S[0], S[1], C * sizeof(float));
+        free(bout), free(bmean2), free(brstd2);
         /* the squares of dinp: the next layer's S as its own pass makes it */
         float S_of_dinp[C];
         for (int c = 0; c < C; c++) S_of_dinp[c] = (float)(dinp_sq[c] / R);
