@@ -266,12 +266,17 @@ AMORTISED = (50, 300)   # the small example's and the SegFormer config's ema_int
 FROZEN = (0.0, 0.25, 0.5, 0.75, 0.9)
 # The overhead rows judge a few per cent, and the steps of one process vary
 # by about as much (mit-b0 full, 15 steps: best 96.0 ms, median 99.5 ms), so
-# full and the ema_interval rows time 3× the case's steps per process. Whole
+# full and the ema_interval rows time 2× the case's steps per process. Whole
 # processes differ too (mit-b0 full, 4 processes of 45 steps: means 83.9 to
-# 87.5 ms; one run's ema_interval 10 row read +2.7% for an expected +0.7%),
-# so those rows also run 2 processes a round.
-OVERHEAD_REPS_FACTOR = 3
-OVERHEAD_PROCESSES = 2
+# 87.5 ms), and so does the machine within a round: run each row's processes
+# back to back, full first, and one run read +3.2, +9.2 and +4.5% for
+# ema_interval 1 and +2.1, +5.8 and +1.1% for ema_interval 10 (~0.4%
+# expected) in its three rounds: the machine slowed as a round went on.
+# So those rows run 4 processes a round, in sweeps over the rows that go
+# forth and back (full, 1, 10, 10, 1, full, ...): a machine that speeds up or
+# slows down over a round weighs on every row alike.
+OVERHEAD_REPS_FACTOR = 2
+OVERHEAD_PROCESSES = 4
 
 
 def frozen_name(fraction, spread):
@@ -296,16 +301,17 @@ def fisher_section(binary, rounds, reps):
     times = {name: [] for name, _ in variants}
     trainable = {}
     overhead_rows = {"full"} | {f"fisher, ema_interval {e}" for e in EMA_INTERVALS}
+    overhead = [v for v in variants if v[0] in overhead_rows]
+    sweeps = [overhead if k % 2 == 0 else overhead[::-1] for k in range(OVERHEAD_PROCESSES)]
+    schedule = [(v, reps * OVERHEAD_REPS_FACTOR) for sweep in sweeps for v in sweep]
+    schedule += [(v, reps) for v in variants if v[0] not in overhead_rows]
     for r in range(rounds):  # interleaved, like the main table
-        for name, extra in variants:
-            overhead = name in overhead_rows
-            for _ in range(OVERHEAD_PROCESSES if overhead else 1):
-                n = reps * OVERHEAD_REPS_FACTOR if overhead else reps
-                out = run_one("c", binary, config, size, batch, threads, WARMUP, n, extra)
-                times[name] += out["step_ms"]
-                trainable[name] = out["params_trainable"] / out["parameters"]
-                print(f"  round {r + 1}/{rounds} {name}: "
-                      f"{' '.join(f'{v:.1f}' for v in out['step_ms'])} ms", file=sys.stderr)
+        for (name, extra), n in schedule:
+            out = run_one("c", binary, config, size, batch, threads, WARMUP, n, extra)
+            times[name] += out["step_ms"]
+            trainable[name] = out["params_trainable"] / out["parameters"]
+            print(f"  round {r + 1}/{rounds} {name}: "
+                  f"{' '.join(f'{v:.1f}' for v in out['step_ms'])} ms", file=sys.stderr)
     med = {name: statistics.median(v) for name, v in times.items()}
     mean = {name: statistics.mean(v) for name, v in times.items()}
     full = med["full"]
@@ -331,7 +337,8 @@ def fisher_section(binary, rounds, reps):
             row += f" {100 * trainable[name]:.1f}% | {med[name]:.1f} | {med[name] / base:.2f} |"
         lines.append(row)
     lines += ["", f"- Overhead rows: mean step time over {rounds} round(s) of "
-              f"{OVERHEAD_PROCESSES} processes × {reps * OVERHEAD_REPS_FACTOR} steps — with "
+              f"{OVERHEAD_PROCESSES} processes × {reps * OVERHEAD_REPS_FACTOR} steps, a round's "
+              "processes in sweeps over the rows forth and back — with "
               "ema_interval N one step in N measures every chunk's drift, so the mean is what a run "
               "pays; 'vs full' compares means; the amortised rows add one measurement's measured cost "
               "(ema_interval 1 minus full) every N steps. Freezing rows: drift measurement off "
