@@ -112,10 +112,12 @@ static inline void square_sums_row(square_sums *s, const float *restrict v) {
     if (++s->rows == SQUARE_BLOCK) square_sums_flush(s);
 }
 
-/* Declares square_sums `name` adding into acc (C), with its block on the stack. */
+/* Declares square_sums `name` adding into acc (C), with its block on the
+ * stack (cleared only when there is an acc: bands that square optionally
+ * pass NULL on the plain path). */
 #define SQUARE_SUMS(name, acc, C)                                                                  \
     float name##_part[(C) > 0 ? (C) : 1];                                                          \
-    memset(name##_part, 0, sizeof name##_part);                                                    \
+    if (acc) memset(name##_part, 0, sizeof name##_part);                                           \
     square_sums name = {(acc), name##_part, (C), 0}
 
 /* Runs band over rows [0, R), acc (C) += the per-column sums: threads take
@@ -141,6 +143,35 @@ static void column_bands(column_band *band, const void *ctx, double *acc, int R,
     for (int t = 0; t < T; t++)
         for (int c = 0; c < C; c++) acc[c] += part[(size_t)t * stride + c];
     fisher_scratch_free(part);
+}
+
+/* Folds one band's partials (as band left them) into the caller's sums. */
+typedef void partial_fold(void *ctx, const double *part);
+
+/* Runs band over rows [0, R) in contiguous bands, one a thread, each into
+ * zeroed partials of n doubles, then fold for each band in thread order:
+ * reproducible for a given team size. For sums of more than one kind (a
+ * band's partials may hold floats too), where column_bands adds one double
+ * vector. Without memory for the partials: one band, partials on the
+ * stack. A row reads row_len floats: the work that decides whether threads
+ * pay. */
+static void banded_partials(column_band *band, partial_fold *fold, void *ctx, int R, size_t n,
+                            size_t row_len) {
+    int T = (size_t)R * row_len > PAR_MIN ? omp_get_max_threads() : 1;
+    if (T > R) T = R > 0 ? R : 1;
+    size_t per = partial_stride(n);
+    double *ws = thread_partials(T, n);
+    if (!ws) T = 1;
+    double one[ws ? 1 : per];
+    if (!ws) memset(one, 0, sizeof one);
+    double *base = ws ? ws : one;
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        band(ctx, base + (size_t)t * per, (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt));
+    }
+    for (int t = 0; t < T; t++) fold(ctx, base + (size_t)t * per);
+    fisher_scratch_free(ws);
 }
 
 /* ------------------------------------------------------------------ Linear */
@@ -220,35 +251,35 @@ bias_rows(float *restrict acc, double *restrict sq, const float *restrict m, int
     if (sq) square_sums_flush(&squares);
 }
 
+typedef struct {
+    float *acc;
+    double *sq;
+    const float *m;
+    int C;
+} column_sums_job;
+
+/* A band's partials: sq (C doubles), then acc (C floats). */
+static void column_sums_band(const void *ctx, double *restrict p, int r0, int r1) {
+    const column_sums_job *j = ctx;
+    bias_rows((float *)(p + j->C), j->sq ? p : NULL, j->m, r0, r1, j->C);
+}
+
+static void column_sums_fold(void *ctx, const double *p) {
+    column_sums_job *j = ctx;
+    const float *a = (const float *)(p + j->C);
+    for (int c = 0; c < j->C; c++) j->acc[c] += a[c];
+    for (int c = 0; j->sq && c < j->C; c++) j->sq[c] += p[c];
+}
+
 /* Σ over rows of m (R, C) added into acc (C); with sq (C) not NULL, also
- * Σ m² per column added into sq. Threads take contiguous bands into zeroed
- * partials, added in thread order (as add_columns does, so sq has the bits
- * of add_column_squares). An OpenMP array reduction left this loop scalar;
+ * Σ m² per column added into sq, in banded_partials' bands (the bands of
+ * add_columns, so sq has the bits of add_column_squares). An OpenMP array
+ * reduction left this loop scalar;
  * the vector bands keep each column's sum row by row in row order, so
  * acc has its old bits too (with a zeroed acc, as every backward has). */
 static void add_column_sums(float *acc, double *sq, const float *m, int R, int C) {
-    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
-    if (T > R) T = R > 0 ? R : 1;
-    size_t per = partial_stride((size_t)C + (C + 1) / 2); /* doubles: sq (C), then acc (C floats) */
-    double *ws = thread_partials(T, per);
-    if (!ws) T = 1;
-    double one[ws ? 1 : per]; /* no memory: one band, partials on the stack */
-    if (!ws) memset(one, 0, sizeof one);
-    double *base = ws ? ws : one;
-#pragma omp parallel num_threads(T) if (T > 1)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        double *p = base + (size_t)t * per;
-        bias_rows((float *)(p + C), sq ? p : NULL, m, (int)((long)t * R / nt),
-                  (int)((long)(t + 1) * R / nt), C);
-    }
-    for (int t = 0; t < T; t++) {
-        const double *p = base + (size_t)t * per;
-        const float *a = (const float *)(p + C);
-        for (int c = 0; c < C; c++) acc[c] += a[c];
-        for (int c = 0; sq && c < C; c++) sq[c] += p[c];
-    }
-    fisher_scratch_free(ws);
+    column_sums_job j = {acc, sq, m, C};
+    banded_partials(column_sums_band, column_sums_fold, &j, R, (size_t)C + (C + 1) / 2, (size_t)C);
 }
 
 void fisher_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -706,39 +737,39 @@ layernorm_grad_rows(float *restrict dw, float *restrict db, double *restrict cs,
     }
 }
 
+typedef struct {
+    float *dweight, *dbias;
+    double *colsum;
+    const float *dout, *inp, *mean, *rstd;
+    int C;
+} layernorm_grads_job;
+
+/* A band's partials: cs (C doubles), then dw and db (C floats each). */
+static void layernorm_grads_band(const void *ctx, double *restrict cs, int r0, int r1) {
+    const layernorm_grads_job *j = ctx;
+    float *dw = (float *)(cs + j->C), *db = dw + j->C;
+    layernorm_grad_rows(dw, j->dbias ? db : NULL, j->colsum ? cs : NULL, j->inp, j->dout, j->mean,
+                        j->rstd, r0, r1, j->C);
+}
+
+static void layernorm_grads_fold(void *ctx, const double *cs) {
+    layernorm_grads_job *j = ctx;
+    int C = j->C;
+    const float *dw = (const float *)(cs + C), *db = dw + C;
+    for (int c = 0; j->dweight && c < C; c++) j->dweight[c] += dw[c];
+    for (int c = 0; j->dbias && c < C; c++) j->dbias[c] += db[c];
+    for (int c = 0; j->colsum && c < C; c++) j->colsum[c] += cs[c];
+}
+
 /* The LayerNorm's parameter gradients over R rows, added into dweight and
  * dbias (either may be NULL; one pass for both), and with colsum (C) not
- * NULL Σ_r dout per column written there. Threads take contiguous bands,
- * each into zeroed partials, added in thread order: reproducible for a
- * given team size. */
+ * NULL Σ_r dout per column written there (banded_partials). */
 static void layernorm_param_grads(float *dweight, float *dbias, double *colsum, const float *dout,
                                   const float *inp, const float *mean, const float *rstd, int R,
                                   int C) {
-    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
-    if (T > R) T = R > 0 ? R : 1;
-    size_t per = partial_stride(2 * (size_t)C); /* doubles: cs (C), then dw and db (C floats each) */
-    double *ws = thread_partials(T, per);
-    if (!ws) T = 1;
-    double one[ws ? 1 : per]; /* no memory: one band, partials on the stack */
-    if (!ws) memset(one, 0, sizeof one);
-    double *base = ws ? ws : one;
-#pragma omp parallel num_threads(T) if (T > 1)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        double *cs = base + (size_t)t * per;
-        float *dw = (float *)(cs + C), *db = dw + C;
-        layernorm_grad_rows(dw, dbias ? db : NULL, colsum ? cs : NULL, inp, dout, mean, rstd,
-                            (int)((long)t * R / nt), (int)((long)(t + 1) * R / nt), C);
-    }
     if (colsum) memset(colsum, 0, (size_t)C * sizeof *colsum);
-    for (int t = 0; t < T; t++) {
-        const double *cs = base + (size_t)t * per;
-        const float *dw = (const float *)(cs + C), *db = dw + C;
-        for (int c = 0; dweight && c < C; c++) dweight[c] += dw[c];
-        for (int c = 0; dbias && c < C; c++) dbias[c] += db[c];
-        for (int c = 0; colsum && c < C; c++) colsum[c] += cs[c];
-    }
-    fisher_scratch_free(ws);
+    layernorm_grads_job j = {dweight, dbias, colsum, dout, inp, mean, rstd, C};
+    banded_partials(layernorm_grads_band, layernorm_grads_fold, &j, R, 2 * (size_t)C, (size_t)C);
 }
 
 void fisher_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -874,7 +905,7 @@ void fisher_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
 }
 
 /* BatchNorm's H (layers.h) from the column sums of its input over B·P
- * rows, S from those of its output gradient, in double. */
+ * rows, in double. */
 void fisher_stats_batchnorm_h(float *H, const double *sums, int B, int P, int C) {
     double h0 = 0;
     for (int c = 0; c < C; c++) {
@@ -885,6 +916,7 @@ void fisher_stats_batchnorm_h(float *H, const double *sums, int B, int P, int C)
     H[1] = (float)((double)C / ((double)B * B));
 }
 
+/* Its S from the column sums of its output gradient. */
 static void batchnorm_s_from_sums(float *S, const double *sg, int B, int C) {
     for (int c = 0; c < C; c++) S[c] = (float)(sg[c] * sg[c] / B);
 }
@@ -907,32 +939,29 @@ batchnorm_sum_rows(double *restrict sg, double *restrict sgn, const float *restr
     }
 }
 
-/* sum_g, sum_gn (C each) = those sums over R rows. Threads take contiguous
- * bands into zeroed partials, added in thread order: reproducible for a
- * given team size. */
+typedef struct {
+    double *sum_g, *sum_gn;
+    const float *dout, *inp, *mean, *rstd;
+    int C;
+} batchnorm_sums_job;
+
+/* A band's partials: sg, then sgn (C doubles each). */
+static void batchnorm_sums_band(const void *ctx, double *restrict p, int r0, int r1) {
+    const batchnorm_sums_job *j = ctx;
+    batchnorm_sum_rows(p, p + j->C, j->inp, j->dout, j->mean, j->rstd, r0, r1, j->C);
+}
+
+static void batchnorm_sums_fold(void *ctx, const double *p) {
+    batchnorm_sums_job *j = ctx;
+    for (int c = 0; c < j->C; c++) j->sum_g[c] += p[c], j->sum_gn[c] += p[j->C + c];
+}
+
+/* sum_g, sum_gn (C each) = those sums over R rows (banded_partials). */
 static void batchnorm_sums(double *sum_g, double *sum_gn, const float *dout, const float *inp,
                            const float *mean, const float *rstd, int R, int C) {
-    int T = (size_t)R * C > PAR_MIN ? omp_get_max_threads() : 1;
-    if (T > R) T = R > 0 ? R : 1;
-    size_t per = partial_stride(2 * (size_t)C);
-    double *ws = thread_partials(T, per);
-    if (!ws) T = 1;
-    double one[ws ? 1 : per]; /* no memory: one band, partials on the stack */
-    if (!ws) memset(one, 0, sizeof one);
-    double *base = ws ? ws : one;
-#pragma omp parallel num_threads(T) if (T > 1)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        double *p = base + (size_t)t * per;
-        batchnorm_sum_rows(p, p + C, inp, dout, mean, rstd, (int)((long)t * R / nt),
-                           (int)((long)(t + 1) * R / nt), C);
-    }
     for (int c = 0; c < C; c++) sum_g[c] = 0.0, sum_gn[c] = 0.0;
-    for (int t = 0; t < T; t++) {
-        const double *p = base + (size_t)t * per;
-        for (int c = 0; c < C; c++) sum_g[c] += p[c], sum_gn[c] += p[C + c];
-    }
-    fisher_scratch_free(ws);
+    batchnorm_sums_job j = {sum_g, sum_gn, dout, inp, mean, rstd, C};
+    banded_partials(batchnorm_sums_band, batchnorm_sums_fold, &j, R, 2 * (size_t)C, (size_t)C);
 }
 
 typedef struct {
